@@ -1,0 +1,29 @@
+# sfsr: one DAG for the whole super-resolution study.
+#   snakemake --cores all --resources gpu=1      # everything (rule `all`)
+#   snakemake --cores all data                   # one stage (data, evaluate, ...)
+# The logic lives in src/sfsr; rules/*.smk only wire it: rules/<stage>.smk -> workflow_scripts/<stage>.py.
+
+import os
+import sys
+
+# The Snakefile and the workflow scripts import the library from this checkout's src/ (first on
+# sys.path, also inside conda envs and cluster jobs), so the code that runs is this commit's code.
+sys.path.insert(0, os.path.join(workflow.basedir, "src"))
+
+import sfsr.config
+
+configfile: "config.yaml"
+
+sfsr.config.validate(config, os.path.join(workflow.basedir, "config.schema.yaml"))
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.data.input,
+
+
+localrules: all, data

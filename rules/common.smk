@@ -1,0 +1,73 @@
+# Wiring helpers shared by all rules: paths and target lists. No pipeline logic lives here.
+
+DATA = config["data_dir"]
+RESULTS = os.path.join(config["results_dir"], config["experiment"])
+DATASETS = config["datasets"]
+SCALES = config["scales"]
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+
+
+wildcard_constraints:
+    dataset=r"[A-Za-z0-9_]+",
+    scale=r"\d+",
+    filename=r"[^/]+",
+
+
+def used_datasets():
+    """Datasets named by any stage, in config order, without repeats."""
+    names = []
+    for key in sfsr.config.DATASET_LISTS:
+        names += [n for n in config[key] if n not in names]
+    return names
+
+
+file_name = sfsr.config.download_file_name
+
+
+def download_entry(wildcards):
+    """Downloads are stored by file name, so datasets sharing an archive (Set5/Set14/B100/Urban100
+    in benchmark.tar) fetch it once; sfsr.config.check_references rejects clashing names."""
+    for spec in DATASETS.values():
+        for entry in spec["files"]:
+            if file_name(entry) == wildcards.filename:
+                return entry
+    raise ValueError(f"no dataset lists a file named {wildcards.filename!r}")
+
+
+def is_local_archive(spec):
+    return spec["source"] == "local" and spec["path"].lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def extract_inputs(wildcards):
+    spec = DATASETS[wildcards.dataset]
+    if spec["source"] == "url":
+        return [f"{DATA}/downloads/{file_name(e)}" for e in spec["files"]]
+    if is_local_archive(spec):
+        return [spec["path"]]
+    raise ValueError(f"dataset {wildcards.dataset!r} (source {spec['source']}) has nothing to extract")
+
+
+def source_root(wildcards):
+    """Folder the prepare step reads: extracted archive, local folder in place, or none (builtin)."""
+    spec = DATASETS[wildcards.dataset]
+    if spec["source"] == "builtin":
+        return []
+    if spec["source"] == "local" and not is_local_archive(spec):
+        return spec["path"]
+    return f"{DATA}/raw/{wildcards.dataset}"
+
+
+def prepared_hr(dataset):
+    return f"{DATA}/prepared/{dataset}/HR"
+
+
+def prepared_lr(dataset, scale):
+    return f"{DATA}/prepared/{dataset}/LR_bicubic/X{scale}"
+
+
+def data_targets():
+    targets = []
+    for name in used_datasets():
+        targets.append(f"{DATA}/prepared/{name}/manifest.csv")
+        targets += [prepared_lr(name, s) for s in SCALES]
+    return targets

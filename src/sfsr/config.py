@@ -1,0 +1,161 @@
+"""Loading and checking the study configuration.
+
+``config.yaml`` is validated against ``config.schema.yaml`` (JSON Schema): first by
+:func:`check_schema`, which turns the most relevant schema violation into one sentence naming the key
+and its location, then by ``snakemake.utils.validate``, which also fills in every default. After
+that :func:`check_references` verifies what a schema cannot express (a dataset referenced by a split
+must be defined, builtin photo names must exist, ...). All of it happens when the Snakefile is
+parsed, so a bad config fails before any job runs.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from sfsr.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_SCHEMA = REPO_ROOT / "config.schema.yaml"
+
+#: Top-level keys that list dataset names.
+DATASET_LISTS = ("train", "valid", "test", "classification", "refsr")
+
+
+def _location(path) -> str:
+    parts = [str(p) if not isinstance(p, int) else f"[{p}]" for p in path]
+    out = ""
+    for part in parts:
+        out += part if part.startswith("[") or not out else f".{part}"
+    return out or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    where = _location(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
+        names = ", ".join(repr(k) for k in extra) or error.message
+        hint = f" Allowed keys here: {', '.join(allowed)}." if allowed else ""
+        return f"unknown key {names} at '{where}'.{hint}"
+    if error.validator == "required":
+        return f"missing key at '{where}': {error.message}."
+    if error.validator == "enum":
+        return f"'{where}' is {error.instance!r}; allowed values: {error.validator_value}."
+    if error.validator == "type":
+        return (f"'{where}' must be of type {error.validator_value}, "
+                f"got {type(error.instance).__name__} {error.instance!r}.")
+    return f"'{where}': {error.message}."
+
+
+def load_schema(path: str | Path = DEFAULT_SCHEMA) -> dict:
+    with open(path, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def check_schema(config: dict, schema: dict, source: str = "config") -> None:
+    """Raise :class:`ConfigError` naming the key and location of the first violation."""
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = list(validator.iter_errors(config))
+    if not errors:
+        return
+    best = jsonschema.exceptions.best_match(errors)
+    # best_match prefers shallow errors; the deepest one names the offending key most precisely.
+    deepest = max(errors, key=lambda e: len(e.absolute_path))
+    chosen = deepest if len(deepest.absolute_path) > len(best.absolute_path) else best
+    if chosen.context:  # an allOf/if-then failure: report the concrete sub-error
+        chosen = max(chosen.context, key=lambda e: len(e.absolute_path))
+    more = f" ({len(errors) - 1} more problem(s) after fixing this one may be reported)" if len(errors) > 1 else ""
+    raise ConfigError(f"{source}: {_describe(chosen)}{more} See config.schema.yaml for every key, "
+                      "its type, default and description.")
+
+
+def download_file_name(entry: dict) -> str:
+    """Name a url file is saved under: ``filename`` or the last part of the URL path."""
+    return entry.get("filename") or entry["url"].split("?")[0].rstrip("/").split("/")[-1]
+
+
+def check_references(config: dict) -> None:
+    """Cross-checks the schema cannot express; raise :class:`ConfigError` naming the key."""
+    from sfsr.data.sources import BUILTIN_IMAGES
+
+    datasets = config.get("datasets", {})
+    defined = ", ".join(sorted(datasets)) or "none"
+    for key in DATASET_LISTS:
+        for i, name in enumerate(config.get(key, [])):
+            if name not in datasets:
+                raise ConfigError(f"config key '{key}[{i}]' names dataset {name!r}, which is not "
+                                  f"defined under 'datasets' (defined: {defined}). Add it to "
+                                  "'datasets' or fix the name.")
+    for name, spec in datasets.items():
+        if spec["source"] == "builtin":
+            unknown = [img for img in spec.get("images", []) if img not in BUILTIN_IMAGES]
+            if unknown:
+                raise ConfigError(f"config key 'datasets.{name}.images' has unknown builtin photo(s) "
+                                  f"{unknown}; available: {', '.join(sorted(BUILTIN_IMAGES))}.")
+            if spec.get("layout", "flat") not in ("flat", "builtin_classes"):
+                raise ConfigError(f"config key 'datasets.{name}.layout' is {spec['layout']!r}, but a "
+                                  "builtin source only supports 'flat' or 'builtin_classes'.")
+        elif spec.get("layout") == "builtin_classes":
+            raise ConfigError(f"config key 'datasets.{name}.layout' is 'builtin_classes', which "
+                              "needs 'source: builtin'.")
+    seen: dict[str, tuple[str, dict]] = {}
+    for name, spec in datasets.items():
+        for i, entry in enumerate(spec.get("files", [])):
+            fname = download_file_name(entry)
+            if not fname or "/" in fname or fname.startswith("."):
+                raise ConfigError(f"config key 'datasets.{name}.files[{i}]': cannot derive a file "
+                                  f"name from url {entry['url']!r}; set 'filename'.")
+            if fname in seen and (seen[fname][1]["url"], seen[fname][1].get("sha256"),
+                                  seen[fname][1].get("md5")) != (entry["url"], entry.get("sha256"),
+                                                                 entry.get("md5")):
+                raise ConfigError(f"config key 'datasets.{name}.files[{i}]' saves as {fname!r}, "
+                                  f"like datasets.{seen[fname][0]} but with another url or "
+                                  "checksum; downloads are shared by file name, so set a distinct "
+                                  "'filename'.")
+            seen.setdefault(fname, (name, entry))
+    for key in ("classification",):
+        for name in config.get(key, []):
+            if datasets[name].get("layout", "flat") in ("flat", "refgroups"):
+                raise ConfigError(f"config key '{key}' names dataset {name!r} whose layout is "
+                                  f"{datasets[name].get('layout', 'flat')!r}; classification sets need "
+                                  "class_folders, flowers102, cub200 or builtin_classes.")
+    for name in config.get("refsr", []):
+        if datasets[name].get("layout") != "refgroups":
+            raise ConfigError(f"config key 'refsr' names dataset {name!r}, whose layout is not "
+                              "'refgroups'.")
+
+
+def validate(config: dict, schema_path: str | Path = DEFAULT_SCHEMA, source: str = "config") -> dict:
+    """Validate ``config`` in place (defaults filled by snakemake.utils.validate) and return it."""
+    from snakemake.utils import validate as snakemake_validate
+
+    schema = load_schema(schema_path)
+    check_schema(config, schema, source)
+    snakemake_validate(config, str(schema_path), set_default=True)
+    # snakemake fills defaults of properties it visits; nested $ref'd objects inside
+    # additionalProperties that were absent (e.g. datasets.X.split) get theirs here.
+    split_defaults = {k: v["default"] for k, v in schema["$defs"]["split"]["properties"].items()}
+    for spec in config.get("datasets", {}).values():
+        split = spec.setdefault("split", {})
+        for key, value in split_defaults.items():
+            split.setdefault(key, copy.deepcopy(value))
+    check_references(config)
+    return config
+
+
+def load(path: str | Path, schema_path: str | Path = DEFAULT_SCHEMA) -> dict:
+    """Read a YAML config file and validate it (for scripts and tests outside Snakemake)."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            config = yaml.safe_load(fh) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    return validate(config, schema_path, source=str(path))

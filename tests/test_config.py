@@ -1,0 +1,88 @@
+"""Config validation: schema errors name the key and location, cross-checks catch undefined names."""
+
+import copy
+
+import pytest
+import yaml
+
+from sfsr import config as cfg
+from sfsr.errors import ConfigError
+
+
+@pytest.fixture()
+def base(repo_root):
+    with open(repo_root / "config.yaml", encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def test_default_config_is_valid_and_defaults_are_filled(base):
+    config = cfg.validate(copy.deepcopy(base))
+    assert config["min_image_size"] == 16
+    spec = config["datasets"]["builtin_train"]
+    assert spec["layout"] == "flat" and spec["root"] == ""
+    assert spec["split"]["val_fraction"] == 0.1
+
+
+def test_unknown_key_is_named_with_its_location(base):
+    base["datasets"]["builtin_train"]["sorce"] = "builtin"
+    with pytest.raises(ConfigError) as err:
+        cfg.validate(base)
+    msg = str(err.value)
+    assert "'sorce'" in msg and "datasets.builtin_train" in msg and "Allowed keys" in msg
+
+
+def test_unknown_top_level_key(base):
+    base["scale"] = [4]
+    with pytest.raises(ConfigError, match=r"unknown key 'scale' at '<top level>'"):
+        cfg.validate(base)
+
+
+def test_wrong_type_names_the_key(base):
+    base["seed"] = "zero"
+    with pytest.raises(ConfigError, match=r"'seed' must be of type integer"):
+        cfg.validate(base)
+
+
+def test_bad_scale_value(base):
+    base["scales"] = [5]
+    with pytest.raises(ConfigError, match=r"scales\[0\]"):
+        cfg.validate(base)
+
+
+def test_undefined_dataset_is_named(base):
+    base["test"] = ["builtin_test", "set55"]
+    with pytest.raises(ConfigError, match=r"'test\[1\]' names dataset 'set55'.*not defined"):
+        cfg.validate(base)
+
+
+def test_url_dataset_needs_files(base):
+    base["datasets"]["x"] = {"source": "url"}
+    with pytest.raises(ConfigError, match=r"datasets\.x.*files"):
+        cfg.validate(base)
+
+
+def test_bad_checksum_format(base):
+    base["datasets"]["x"] = {"source": "url", "files": [{"url": "https://e.org/a.zip", "sha256": "abc"}]}
+    with pytest.raises(ConfigError, match=r"datasets\.x\.files\[0\]\.sha256"):
+        cfg.validate(base)
+
+
+def test_unknown_builtin_photo(base):
+    base["datasets"]["builtin_test"]["images"].append("lena")
+    with pytest.raises(ConfigError, match=r"'lena'"):
+        cfg.validate(base)
+
+
+def test_classification_set_must_have_labels(base):
+    base["classification"] = ["builtin_test"]
+    with pytest.raises(ConfigError, match=r"classification.*builtin_test.*layout"):
+        cfg.validate(base)
+
+
+def test_load_reports_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        cfg.load(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        cfg.load(bad)
