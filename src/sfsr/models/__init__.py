@@ -1,0 +1,131 @@
+"""SR generators, discriminators, classifiers and generator checkpoints.
+
+Plain functions with explicit dispatch:
+
+* :func:`build_generator` (``srresnet``, ``msrresnet``, ``edsr_baseline``, ``edsr``, ``rrdbnet``,
+  ``autoencoder``). Generators take float RGB NCHW in [0, 1] and return the SR image, approximately in
+  [0, 1] (never clamped inside). Every generator has ``.encode(lr)`` (body features at LR size),
+  ``.upsample(features)``, ``.num_features`` and ``.scale``; ``forward(lr) = upsample(encode(lr))``.
+* :func:`build_discriminator` (``vgg``, ``patchgan``), :func:`build_classifier`.
+* Checkpoints: :func:`generator_spec`, :func:`save_generator`, :func:`load_generator`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sfsr import io
+from sfsr.errors import DataError
+from sfsr.models.autoencoder import ConvAutoencoderSR
+from sfsr.models.classifier import Classifier, build_classifier, classifier_features
+from sfsr.models.discriminators import PatchDiscriminator, VGGDiscriminator
+from sfsr.models.edsr import EDSR
+from sfsr.models.rrdbnet import RRDBNet
+from sfsr.models.srresnet import SUPPORTED_SCALES, SRResNet
+
+GENERATOR_NAMES = ("srresnet", "msrresnet", "edsr_baseline", "edsr", "rrdbnet", "autoencoder")
+DISCRIMINATOR_NAMES = ("vgg", "patchgan")
+
+# keyword arguments each generator accepts (the tiny-model knobs) and their standard values
+_GENERATOR_KWARGS: dict[str, dict[str, Any]] = {
+    "srresnet": {"num_blocks": 16, "num_features": 64, "use_bn": True},
+    "msrresnet": {"num_blocks": 16, "num_features": 64, "use_bn": False},
+    "edsr_baseline": {"num_blocks": 16, "num_features": 64, "res_scale": 1.0},
+    "edsr": {"num_blocks": 32, "num_features": 256, "res_scale": 0.1},
+    "rrdbnet": {"num_blocks": 23, "num_features": 64, "growth": 32, "res_scale": 0.2},
+    "autoencoder": {"num_blocks": 2, "num_features": 64},
+}
+
+__all__ = [
+    "GENERATOR_NAMES", "DISCRIMINATOR_NAMES", "SUPPORTED_SCALES",
+    "build_generator", "build_discriminator", "build_classifier", "classifier_features",
+    "generator_spec", "save_generator", "load_generator", "count_parameters",
+    "Classifier", "ConvAutoencoderSR", "EDSR", "PatchDiscriminator", "RRDBNet", "SRResNet",
+    "VGGDiscriminator",
+]
+
+
+def _generator_kwargs(name: str, scale: int, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Validate name/scale/kwargs; return the full keyword set (defaults + overrides)."""
+    if name not in _GENERATOR_KWARGS:
+        raise ValueError(f"unknown generator {name!r}; valid names: {', '.join(GENERATOR_NAMES)}")
+    if scale not in SUPPORTED_SCALES:
+        raise ValueError(f"unsupported scale {scale!r} for {name}; supported: {list(SUPPORTED_SCALES)}")
+    allowed = _GENERATOR_KWARGS[name]
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for generator {name!r}; valid: {sorted(allowed)}")
+    return {**allowed, **kwargs}
+
+
+def build_generator(name: str, scale: int, **kwargs: Any) -> nn.Module:
+    """Build generator ``name`` for ``scale`` (2, 3, 4 or 8). ``kwargs`` override the standard
+    configuration: num_blocks, num_features, use_bn (srresnet/msrresnet), res_scale (edsr*,
+    rrdbnet), growth (rrdbnet). Unknown names/options raise ValueError listing the valid ones."""
+    kw = _generator_kwargs(name, scale, kwargs)
+    if name in ("srresnet", "msrresnet"):
+        return SRResNet(scale, **kw)
+    elif name in ("edsr_baseline", "edsr"):
+        return EDSR(scale, **kw)
+    elif name == "rrdbnet":
+        return RRDBNet(scale, **kw)
+    elif name == "autoencoder":
+        return ConvAutoencoderSR(scale, **kw)
+    raise AssertionError(name)  # unreachable: _generator_kwargs validated the name
+
+
+def build_discriminator(name: str, **kwargs: Any) -> nn.Module:
+    """``vgg`` (SRGAN discriminator with adaptive pooling, logits (N,1); kwargs in_channels,
+    num_features, pool_size, dense_features) or ``patchgan`` (pix2pix 70x70, logit map; kwargs
+    in_channels, num_features, n_layers)."""
+    if name == "vgg":
+        return VGGDiscriminator(**kwargs)
+    elif name == "patchgan":
+        return PatchDiscriminator(**kwargs)
+    raise ValueError(f"unknown discriminator {name!r}; valid names: {', '.join(DISCRIMINATOR_NAMES)}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (trainable or not; buffers such as BN statistics excluded)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def generator_spec(name: str, scale: int, **kwargs: Any) -> dict[str, Any]:
+    """The JSON-able description a checkpoint stores to rebuild the generator (validated here)."""
+    _generator_kwargs(name, scale, kwargs)
+    return {"name": name, "scale": int(scale), "kwargs": dict(kwargs)}
+
+
+def save_generator(path: str | os.PathLike, model: nn.Module, spec: dict[str, Any], **extra: Any) -> None:
+    """Write ``{"arch": spec, "state_dict": ..., **extra}`` atomically (``extra``: e.g. epoch,
+    metrics; keep it to plain types, tensors and dicts so ``weights_only`` loading works)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    io.torch_save(path, {"arch": spec, "state_dict": state, **extra})
+
+
+def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, int]:
+    """Load a checkpoint written by :func:`save_generator`; returns (model in eval mode, scale).
+
+    A missing, corrupt or mismatching file raises :class:`DataError` naming the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"generator checkpoint {str(path)!r} not found; train the model first or fix the path")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(f"generator checkpoint {str(path)!r} cannot be read ({type(exc).__name__}: {exc}); "
+                        "it is corrupt or not a torch file - delete it and re-run training") from exc
+    try:
+        arch = ckpt["arch"]
+        model = build_generator(arch["name"], arch["scale"], **arch.get("kwargs", {}))
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except Exception as exc:
+        raise DataError(f"generator checkpoint {str(path)!r} does not describe a usable generator "
+                        f"({type(exc).__name__}: {exc}); it was not written by save_generator or by "
+                        "this version - re-run training") from exc
+    return model.to(device).eval(), int(arch["scale"])
