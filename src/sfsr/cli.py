@@ -35,7 +35,7 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
                         "(the checkpoint knows its scale)")
     written = upscale_path(args.input, args.output, scale=args.scale, method=args.method,
                            checkpoint=args.checkpoint, device=args.device, tile=args.tile,
-                           tile_overlap=args.tile_overlap, progress=not args.quiet)
+                           tile_overlap=args.tile_overlap, progress=not args.quiet, bf16=args.bf16)
     if not args.quiet:
         print(f"wrote {len(written)} image(s) to {args.output}", file=sys.stderr)
     return 0
@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--tile", type=int, default=None, help="LR tile size (pixels) to bound memory")
     p.add_argument("--tile-overlap", type=int, default=16, help="LR pixels of overlap between tiles")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA only; ignored on CPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("input", help="an image file or a folder of images")
     p.add_argument("output", help="output PNG file (for one image) or folder")

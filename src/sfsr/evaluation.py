@@ -1,0 +1,323 @@
+"""Evaluation of SR outputs: per-image tables, means with bootstrap confidence intervals, and the
+accuracy of a frozen classifier on HR, bicubic and SR images.
+
+All image-quality numbers come from :func:`sfsr.metrics.image_metrics` (one convention, recorded in
+every row's ``convention`` column).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torchvision.transforms.v2 import functional as TF
+from tqdm.auto import tqdm
+
+from sfsr.data.images import DEFAULT_EXTENSIONS as IMAGE_EXTENSIONS
+from sfsr.data.images import list_images, read_image
+from sfsr.errors import DataError
+from sfsr.metrics import image_metrics, topk_accuracy
+from sfsr.models.classifier import Classifier
+
+METRIC_COLUMNS = ("psnr_y", "ssim_y", "psnr_rgb")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _images_by_stem(folder: str | os.PathLike, what: str) -> dict[str, Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{what} folder not found: {folder} (give an existing folder of images)")
+    paths = list_images(folder, IMAGE_EXTENSIONS)
+    by_stem: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in by_stem:
+            raise DataError(f"{what} folder {folder} holds two images with the stem {path.stem!r}: "
+                            f"{by_stem[path.stem].name} and {path.name}; keep one")
+        by_stem[path.stem] = path
+    if not by_stem:
+        raise DataError(f"{what} folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return by_stem
+
+
+def _shorten(stems: Sequence[str], limit: int = 20) -> str:
+    shown = ", ".join(stems[:limit])
+    return shown + (f", ... ({len(stems)} in all)" if len(stems) > limit else "")
+
+
+def evaluate_folders(hr_dir: str | os.PathLike, sr_dir: str | os.PathLike, scale: int,
+                     *, resizer: str | None = None, progress: bool = False) -> pd.DataFrame:
+    """Per-image PSNR-Y / SSIM-Y / PSNR-RGB of every SR image against the HR image of the same stem.
+
+    Returns a long-format DataFrame with columns ``image, psnr_y, ssim_y, psnr_rgb, channel,
+    crop_border, convention`` (+ ``resizer`` when given), sorted by image stem. Raises
+    :class:`DataError` when the two folders do not hold the same stems (listing what is missing
+    on each side) or when an SR image does not have the size of its modcropped HR image.
+    """
+    hr = _images_by_stem(hr_dir, "HR")
+    sr = _images_by_stem(sr_dir, "SR")
+    missing_sr = sorted(set(hr) - set(sr))
+    missing_hr = sorted(set(sr) - set(hr))
+    if missing_sr or missing_hr:
+        parts = []
+        if missing_sr:
+            parts.append(f"no SR image in {sr_dir} for: {_shorten(missing_sr)}")
+        if missing_hr:
+            parts.append(f"no HR image in {hr_dir} for: {_shorten(missing_hr)}")
+        raise DataError("HR and SR folders do not match by file stem; " + "; ".join(parts)
+                        + ". Every HR image needs exactly one SR image with the same stem.")
+    rows = []
+    for stem in tqdm(sorted(hr), desc=f"evaluate x{scale}", disable=not progress):
+        try:
+            row = image_metrics(read_image(hr[stem]), read_image(sr[stem]), scale)
+        except DataError as exc:
+            raise DataError(f"{sr[stem]} (HR {hr[stem]}): {exc}") from None
+        rows.append({"image": stem, **row})
+    table = pd.DataFrame(rows, columns=["image", *METRIC_COLUMNS, "channel", "crop_border",
+                                        "convention"])
+    if resizer is not None:
+        table["resizer"] = resizer
+    return table
+
+
+def mean_metrics(df: pd.DataFrame) -> dict[str, Any]:
+    """``{"n", "psnr_y", "ssim_y", "psnr_rgb"}``: the number of images and the plain means."""
+    if len(df) == 0:
+        raise DataError("no per-image metrics to average (empty table)")
+    out: dict[str, Any] = {"n": int(len(df))}
+    for col in METRIC_COLUMNS:
+        out[col] = float(df[col].astype(float).mean())
+    return out
+
+
+def bootstrap_ci(values: Sequence[float] | np.ndarray, n_boot: int = 2000, seed: int = 0,
+                 alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile-bootstrap ``(1 - alpha)`` confidence interval of the mean of ``values``.
+
+    Resamples the values with replacement ``n_boot`` times (numpy, vectorised in chunks,
+    deterministic for a given ``seed``). One value gives ``(v, v)``; none gives ``(nan, nan)``.
+    """
+    x = np.asarray(values, dtype=np.float64).ravel()
+    n = x.size
+    if n == 0:
+        return (float("nan"), float("nan"))
+    if n == 1:
+        return (float(x[0]), float(x[0]))
+    rng = np.random.default_rng(seed)
+    chunk = max(1, 5_000_000 // n)
+    means = np.concatenate([
+        x[rng.integers(0, n, size=(min(chunk, n_boot - start), n))].mean(axis=1)
+        for start in range(0, n_boot, chunk)
+    ])
+    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return (float(low), float(high))
+
+
+def summarize(per_image: pd.DataFrame, by: Sequence[str] = ("model", "dataset", "scale"),
+              *, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
+    """Mean and bootstrap CI of PSNR-Y, SSIM-Y and PSNR-RGB per group of ``by`` columns.
+
+    Output columns: ``*by, n, <m>, <m>_ci_low, <m>_ci_high`` for each metric ``m``, and
+    ``convention``. Groups mixing metric conventions are refused (they are not comparable).
+    """
+    by = list(by)
+    missing = [c for c in by + list(METRIC_COLUMNS) + ["convention"] if c not in per_image.columns]
+    if missing:
+        raise DataError(f"summarize: per-image table lacks the column(s) {missing}; it has "
+                        f"{list(per_image.columns)}")
+    rows = []
+    for key, group in per_image.groupby(by, sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        conventions = sorted(group["convention"].unique())
+        if len(conventions) != 1:
+            raise DataError(f"summarize: group {dict(zip(by, key))} mixes metric conventions "
+                            f"{conventions}; recompute all rows with one convention")
+        row: dict[str, Any] = dict(zip(by, key))
+        row["n"] = int(len(group))
+        for col in METRIC_COLUMNS:
+            values = group[col].to_numpy(dtype=np.float64)
+            row[col] = float(values.mean())
+            row[f"{col}_ci_low"], row[f"{col}_ci_high"] = bootstrap_ci(values, n_boot, seed, alpha)
+        row["convention"] = conventions[0]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary_markdown(df: pd.DataFrame) -> str:
+    """A Markdown table of :func:`summarize` output: ``mean [low, high]`` per metric."""
+    metric_fmt = {"psnr_y": ("PSNR-Y (dB)", "{:.2f}"), "ssim_y": ("SSIM-Y", "{:.4f}"),
+                  "psnr_rgb": ("PSNR-RGB (dB)", "{:.2f}")}
+    keys = [c for c in df.columns if c not in {"n", "convention"} and not c.startswith(METRIC_COLUMNS)]
+    out = df[keys + ["n"]].copy()
+    for col, (title, fmt) in metric_fmt.items():
+        if col not in df.columns:
+            continue
+        if f"{col}_ci_low" in df.columns:
+            out[title] = [f"{fmt.format(m)} [{fmt.format(lo)}, {fmt.format(hi)}]" for m, lo, hi
+                          in zip(df[col], df[f"{col}_ci_low"], df[f"{col}_ci_high"])]
+        else:
+            out[title] = [fmt.format(m) for m in df[col]]
+    text = out.to_markdown(index=False)
+    if "convention" in df.columns:
+        conventions = ", ".join(sorted(df["convention"].astype(str).unique()))
+        text += f"\n\nMetric convention: `{conventions}`; brackets: 95% bootstrap CI of the mean.\n"
+    return text
+
+
+# --------------------------------------------------------------------------------------------
+# Classification accuracy of a frozen classifier
+# --------------------------------------------------------------------------------------------
+
+def _preprocess(image: np.ndarray, input_size: int, resize_size: int,
+                mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 HxW[x3] -> float 3 x input_size x input_size (resize short side, centre crop, then
+    ``(x / 255 - mean) / std``)."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise DataError(f"classifier input must be uint8 HxW or HxWx3, got {image.dtype} {image.shape}")
+    t = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)
+    t = TF.resize(t, [resize_size], antialias=True)
+    t = TF.center_crop(t, [input_size, input_size])
+    return (t.float() / 255.0 - mean) / std
+
+
+def _manifest_items(folder: Path, manifest: pd.DataFrame | str | os.PathLike,
+                    class_to_index: Mapping[Any, int] | None) -> tuple[list[Path], list[int]]:
+    if not isinstance(manifest, pd.DataFrame):
+        manifest_path = Path(manifest)
+        if not manifest_path.is_file():
+            raise DataError(f"manifest not found: {manifest_path}")
+        manifest = pd.read_csv(manifest_path, dtype={"stem": str})
+    for col in ("stem", "class_id"):
+        if col not in manifest.columns:
+            raise DataError(f"manifest lacks the column {col!r} (has {list(manifest.columns)})")
+    by_stem = _images_by_stem(folder, "classification input")
+    stems = manifest["stem"].astype(str).tolist()
+    missing = [s for s in stems if s not in by_stem]
+    if missing:
+        raise DataError(f"{folder} lacks images for {len(missing)} manifest row(s): {_shorten(missing)}")
+    labels = []
+    for stem, cid in zip(stems, manifest["class_id"]):
+        if class_to_index is not None:
+            if cid not in class_to_index and str(cid) not in class_to_index:
+                raise DataError(f"class_id {cid!r} of {stem!r} is not in class_to_index")
+            labels.append(int(class_to_index[cid] if cid in class_to_index else class_to_index[str(cid)]))
+        else:
+            try:
+                labels.append(int(cid))
+            except (TypeError, ValueError):
+                raise DataError(f"class_id {cid!r} of {stem!r} is not an integer class index; pass "
+                                f"class_to_index to map class ids to the classifier's outputs") from None
+    return [by_stem[s] for s in stems], labels
+
+
+def _batches(items: Sequence[Any], batch_size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), batch_size):
+        yield items[start:start + batch_size]
+
+
+def classification_accuracy(
+    classifier: nn.Module,
+    images: Sequence[np.ndarray] | str | os.PathLike,
+    labels: Sequence[int] | None = None,
+    *,
+    manifest: pd.DataFrame | str | os.PathLike | None = None,
+    class_to_index: Mapping[Any, int] | None = None,
+    device: str | torch.device = "cpu",
+    batch_size: int = 32,
+    input_size: int = 224,
+    resize_size: int | None = None,
+    normalize: bool | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Top-1 / top-5 accuracy of a frozen classifier on a set of images.
+
+    ``images`` is a list of uint8 arrays (with ``labels``: class indices) or a folder; with a
+    folder, ``manifest`` (DataFrame or CSV with ``stem`` and ``class_id``) names the images and
+    their classes, and files are matched by stem (so a folder of SR outputs ``<stem>.png`` works).
+    Each image is resized so its short side is ``resize_size`` (default ``input_size * 256 / 224``,
+    antialiased bilinear), centre-cropped to ``input_size``, scaled to [0, 1] and, when
+    ``normalize``, normalised with ``mean``/``std`` (ImageNet by default). ``normalize=None``
+    (default) normalises unless the classifier is a :class:`sfsr.models.classifier.Classifier`,
+    which normalises inside its ``forward`` and takes [0, 1] RGB. Gray images are replicated to
+    RGB. The classifier is moved to ``device`` and run in eval mode (its mode is restored).
+    Returns ``{"top1", "top5", "n"}``.
+    """
+    if isinstance(images, (str, os.PathLike)):
+        if manifest is None:
+            raise DataError(f"classification_accuracy on the folder {images} needs a manifest "
+                            "(stem, class_id) to know each image's class")
+        items, labels = _manifest_items(Path(images), manifest, class_to_index)
+    else:
+        items = list(images)
+        if labels is None or len(labels) != len(items):
+            raise ValueError(f"give one label per image ({len(items)} images, "
+                             f"{'no' if labels is None else len(labels)} labels)")
+        labels = [int(v) for v in labels]
+    if not items:
+        raise DataError("classification_accuracy: no images")
+    resize_size = int(resize_size or round(input_size * 256 / 224))
+    if normalize is None:
+        normalize = not isinstance(classifier, Classifier)
+    if not normalize:
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    classifier.to(device)
+    was_training = classifier.training
+    classifier.eval()
+    logits = []
+    try:
+        with torch.inference_mode():
+            for batch in tqdm(list(_batches(items, batch_size)), desc="classify", disable=not progress):
+                arrays = [read_image(x) if isinstance(x, Path) else x for x in batch]
+                x = torch.stack([_preprocess(a, input_size, resize_size, mean_t, std_t) for a in arrays])
+                logits.append(classifier(x.to(device)).float().cpu())
+    finally:
+        classifier.train(was_training)
+    acc = topk_accuracy(torch.cat(logits), torch.tensor(labels), ks=(1, 5))
+    return {"top1": acc[1], "top5": acc[5], "n": len(items)}
+
+
+def accuracy_table(accuracies: Mapping[str, Mapping[str, Any]],
+                   metrics: Mapping[str, Mapping[str, Any]] | pd.DataFrame | None = None,
+                   *, hr: str = "hr", bicubic: str = "bicubic") -> pd.DataFrame:
+    """Join classifier accuracies per input (HR, bicubic, each SR model) with image metrics.
+
+    ``accuracies`` maps an input name to :func:`classification_accuracy`'s dict; ``metrics`` maps a
+    model name to its mean metrics (:func:`mean_metrics` output) or is a DataFrame with a ``model``
+    column. ``gap_closed`` (and ``gap_closed_top5``) is ``(acc_model - acc_bicubic) / (acc_hr -
+    acc_bicubic)``: 0 for bicubic, 1 for HR, NaN when HR and bicubic accuracies are equal.
+    """
+    for key in (hr, bicubic):
+        if key not in accuracies:
+            raise DataError(f"accuracy_table needs the {key!r} accuracy (has {sorted(accuracies)})")
+    if isinstance(metrics, pd.DataFrame):
+        if "model" not in metrics.columns:
+            raise DataError("accuracy_table: metrics DataFrame needs a 'model' column")
+        metrics = {str(r["model"]): r for r in metrics.to_dict("records")}
+    metrics = metrics or {}
+    rows = []
+    for name, acc in accuracies.items():
+        row: dict[str, Any] = {"input": name, "top1": float(acc["top1"]), "top5": float(acc["top5"]),
+                               "n": int(acc["n"])}
+        m = metrics.get(name, {})
+        for col in METRIC_COLUMNS:
+            row[col] = float(m[col]) if col in m else float("nan")
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    for top, out in (("top1", "gap_closed"), ("top5", "gap_closed_top5")):
+        a_hr = float(accuracies[hr][top])
+        a_bic = float(accuracies[bicubic][top])
+        denom = a_hr - a_bic
+        table[out] = (table[top] - a_bic) / denom if denom != 0 else float("nan")
+    return table

@@ -1,0 +1,178 @@
+"""Upscaling images with MATLAB-exact bicubic interpolation or a trained generator.
+
+A generator always sees a float RGB ``1x3xHxW`` tensor in [0, 1] (gray images are replicated to
+three channels) and its output is quantized with :func:`sfsr.metrics.to_uint8` (clamp, x255,
+round half away from zero), so a saved PNG holds exactly the pixels the metrics evaluate. Large
+images can be processed in overlapping LR tiles: each tile is extended by ``tile_overlap`` LR
+pixels on every side, run through the model, and only its core is kept, so the result equals the
+whole-image result whenever the model's receptive-field radius is at most ``tile_overlap`` LR
+pixels (up to float rounding: within one grey level).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from sfsr import io
+from sfsr.data.bicubic import imresize
+from sfsr.data.images import DEFAULT_EXTENSIONS as IMAGE_EXTENSIONS
+from sfsr.data.images import list_images, read_image
+from sfsr.errors import ConfigError, DataError
+from sfsr.metrics import to_uint8
+
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; refuse CUDA when it is not available."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked but CUDA is not available on this machine; "
+                          "use --device cpu (or auto)")
+    return dev
+
+
+def _run_model(model: nn.Module, x: torch.Tensor, scale: int, bf16: bool) -> torch.Tensor:
+    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and x.device.type == "cuda"
+           else contextlib.nullcontext())
+    with amp:
+        y = model(x)
+    expected = (x.shape[2] * scale, x.shape[3] * scale)
+    if tuple(y.shape[2:]) != expected or y.shape[:2] != x.shape[:2]:
+        raise DataError(f"the model turned a {tuple(x.shape)} input into {tuple(y.shape)}, expected "
+                        f"(1, 3, {expected[0]}, {expected[1]}) for x{scale}; check that the "
+                        "checkpoint's scale matches --scale")
+    return y.float()
+
+
+def upscale_image(image: np.ndarray, *, scale: int, model: nn.Module | None = None,
+                  device: str | torch.device = "cpu", tile: int | None = None,
+                  tile_overlap: int = 16, bf16: bool = False) -> np.ndarray:
+    """Upscale one uint8 image by ``scale``.
+
+    ``model=None``: MATLAB-exact bicubic (:func:`sfsr.data.bicubic.imresize`), gray stays gray.
+    With a model: the image is fed as float RGB in [0, 1] (gray replicated), under
+    ``torch.inference_mode`` in eval mode, optionally in overlapping LR tiles of ``tile`` pixels
+    with ``tile_overlap`` pixels of context on each side; bf16 autocast is used only when
+    ``bf16`` is set and the device is CUDA. The model is moved to ``device``. Returns uint8
+    ``(H*scale) x (W*scale) x 3``.
+    """
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim not in (2, 3):
+        raise DataError(f"upscale_image expects a uint8 HxW or HxWxC image, got {image.dtype} {image.shape}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if model is None:
+        return imresize(image, scale=scale)
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.shape[2] != 3:
+        raise DataError(f"upscale_image expects gray or RGB, got {image.shape[2]} channels")
+    if tile is not None and tile < 1:
+        raise ConfigError(f"tile must be a positive number of LR pixels, got {tile}")
+    if tile_overlap < 0:
+        raise ConfigError(f"tile_overlap must be >= 0, got {tile_overlap}")
+    dev = torch.device(device)
+    model.to(dev)
+    was_training = model.training
+    model.eval()
+    x = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)[None]
+    x = x.float().div_(255.0)
+    h, w = image.shape[:2]
+    s = int(scale)
+    try:
+        with torch.inference_mode():
+            if tile is None or (tile >= h and tile >= w):
+                out = _run_model(model, x.to(dev), s, bf16).cpu()
+            else:
+                out = torch.empty(1, 3, h * s, w * s, dtype=torch.float32)
+                for y0 in range(0, h, tile):
+                    y1 = min(y0 + tile, h)
+                    ya, yb = max(y0 - tile_overlap, 0), min(y1 + tile_overlap, h)
+                    for x0 in range(0, w, tile):
+                        x1 = min(x0 + tile, w)
+                        xa, xb = max(x0 - tile_overlap, 0), min(x1 + tile_overlap, w)
+                        y = _run_model(model, x[:, :, ya:yb, xa:xb].to(dev), s, bf16).cpu()
+                        out[:, :, y0 * s:y1 * s, x0 * s:x1 * s] = \
+                            y[:, :, (y0 - ya) * s:(y1 - ya) * s, (x0 - xa) * s:(x1 - xa) * s]
+    finally:
+        model.train(was_training)
+    return to_uint8(out)
+
+
+def _plan_outputs(inputs: list[Path], output: Path, single: bool) -> list[Path]:
+    if single:
+        if output.is_dir() or output.suffix == "":
+            return [output / f"{inputs[0].stem}.png"]
+        if output.suffix.lower() != ".png":
+            raise ConfigError(f"output {output} must be a .png file or a folder (outputs are PNG)")
+        return [output]
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"input is a folder but output {output} is a file; give an output folder")
+    return [output / f"{p.stem}.png" for p in inputs]
+
+
+def upscale_path(input: str | os.PathLike, output: str | os.PathLike, *, scale: int | None = None,
+                 method: str = "bicubic", checkpoint: str | os.PathLike | None = None,
+                 device: str = "auto", tile: int | None = None, tile_overlap: int = 16,
+                 progress: bool = True, bf16: bool = False) -> list[Path]:
+    """Upscale an image file or every image of a folder; write ``<stem>.png`` (atomic writes).
+
+    Without ``checkpoint``: ``method`` (only ``bicubic``) at ``scale``. With ``checkpoint``: the
+    generator it holds, at its own scale (``scale``, if given, must match it). ``output`` is a
+    ``.png`` file or a folder for one input image, a folder for a folder. Returns written paths.
+    """
+    src = Path(input)
+    dst = Path(output)
+    if not src.exists():
+        raise DataError(f"input not found: {src} (give an image file or a folder of images)")
+    model = None
+    dev = torch.device("cpu")
+    if checkpoint is not None:
+        from sfsr.models import load_generator  # only the model path needs the model code
+
+        ckpt = Path(checkpoint)
+        if not ckpt.is_file():
+            raise DataError(f"checkpoint not found: {ckpt}")
+        dev = resolve_device(device)
+        model, ckpt_scale = load_generator(ckpt, dev)
+        if scale is not None and int(scale) != int(ckpt_scale):
+            raise ConfigError(f"--scale {scale} does not match the x{ckpt_scale} generator in {ckpt}; "
+                              "leave --scale out (the checkpoint knows its scale) or use a matching "
+                              "checkpoint")
+        scale = int(ckpt_scale)
+    else:
+        if method != "bicubic":
+            raise ConfigError(f"unknown upscaling method {method!r}; use 'bicubic' or give a checkpoint")
+        if scale is None:
+            raise ConfigError("give a scale for bicubic upscaling (e.g. --scale 4)")
+    single = src.is_file()
+    inputs = [src] if single else list_images(src, IMAGE_EXTENSIONS)
+    if not inputs:
+        raise DataError(f"no images in {src} ({', '.join(IMAGE_EXTENSIONS)})")
+    stems = [p.stem for p in inputs]
+    dupes = sorted({s for s in stems if stems.count(s) > 1})
+    if dupes:
+        raise DataError(f"{src} holds several images with the same stem ({', '.join(dupes)}); outputs "
+                        "are named <stem>.png, keep one of each")
+    outputs = _plan_outputs(inputs, dst, single)
+    clash = [o for i, o in zip(inputs, outputs) if o.resolve() == i.resolve()]
+    if clash:
+        raise ConfigError(f"output {clash[0]} would overwrite its input; choose another output path")
+    for src_path, dst_path in tqdm(list(zip(inputs, outputs)), desc=f"upscale x{scale}",
+                                   disable=not progress or len(inputs) == 1):
+        sr = upscale_image(read_image(src_path), scale=scale, model=model, device=dev, tile=tile,
+                           tile_overlap=tile_overlap, bf16=bf16)
+        io.save_image(dst_path, sr)
+    return outputs

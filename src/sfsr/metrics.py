@@ -1,0 +1,261 @@
+"""The project's single implementation of image-quality and classification metrics.
+
+Every PSNR/SSIM number the project reports is computed by :func:`image_metrics`, under the
+convention named by :data:`CONVENTION` (described field by field in :data:`CONVENTION_INFO` and in
+``docs/metrics.md``). It is the convention of the published SR tables (SRCNN, VDSR, SRResNet,
+EDSR...), computed in MATLAB:
+
+* SR output is clamped to [0, 1], scaled by 255 and rounded half away from zero to uint8 before any
+  metric (:func:`to_uint8`);
+* the HR image is cropped to a multiple of the scale (``modcrop``) and the SR image must then have
+  exactly its size;
+* ``scale`` pixels are shaved from every border;
+* PSNR and SSIM are computed on the luma Y of ITU-R BT.601 as MATLAB's ``rgb2ycbcr`` defines it
+  (``Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255`` on 0-255 values), kept in float64, not
+  rounded; a grayscale HR image is compared on its own gray channel (see :func:`image_metrics`);
+* SSIM is Wang et al.'s ``ssim_index``: 11x11 Gaussian window with sigma 1.5, ``K1 = 0.01``,
+  ``K2 = 0.03``, ``L = 255``, averaged over the *valid* region (no padding).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from scipy import ndimage
+from sklearn.metrics import confusion_matrix as _sk_confusion_matrix
+
+from sfsr.data.bicubic import modcrop
+from sfsr.errors import DataError
+
+CONVENTION = "y-bt601-matlab;gray-own;shave=scale;modcrop;ssim=gauss11-1.5-valid;uint8-round;v1"
+"""Versioned name of the metric convention; stored in every result row. Bump ``v1`` on any change."""
+
+CONVENTION_INFO: dict[str, Any] = {
+    "name": CONVENTION,
+    "quantization": "SR output clamped to [0,1], x255, rounded half away from zero to uint8",
+    "crop": "HR cropped to a multiple of the scale (modcrop); SR must match its size exactly",
+    "shave": "scale pixels removed from every border before PSNR and SSIM",
+    "channel_rgb": "Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255 on 0-255 values, float64, not "
+                   "rounded (MATLAB rgb2ycbcr, BT.601 studio range)",
+    "channel_gray": "a grayscale HR image is compared on its own gray values (0-255); the SR "
+                    "image's gray value is its full-range luma 0.299 R + 0.587 G + 0.114 B, or the "
+                    "SR image itself when it is single-channel",
+    "psnr": "10 log10(255^2 / MSE) on the shaved channel, float64",
+    "ssim": "Wang et al. ssim_index: 11x11 Gaussian window sigma 1.5, K1=0.01, K2=0.03, L=255, "
+            "mean over the valid region (no padding)",
+    "psnr_rgb": "PSNR over the three shaved RGB channels together (gray HR replicated to RGB)",
+}
+
+_Y_WEIGHTS = np.array([65.481, 128.553, 24.966]) / 255.0
+_LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
+_SSIM_SIGMA = 1.5
+_SSIM_RADIUS = 5  # 11x11 window
+
+
+def to_uint8(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Quantize a float image in [0, 1] to uint8 exactly as a saved SR output would be.
+
+    Torch tensors are channel-first (``CHW`` or ``1CHW``); numpy arrays are channel-last (``HWC``)
+    or ``HW``. Values are computed in float64: clamp to [0, 1], multiply by 255, round half away
+    from zero. Returns a uint8 numpy ``HxWxC`` array (``HxW`` for a single channel).
+    """
+    if isinstance(x, torch.Tensor):
+        t = x.detach().to("cpu", torch.float64)
+        if t.ndim == 4:
+            if t.shape[0] != 1:
+                raise ValueError(f"to_uint8 takes one image, got a batch of shape {tuple(t.shape)}")
+            t = t[0]
+        if t.ndim == 3:
+            t = t.permute(1, 2, 0)
+        elif t.ndim != 2:
+            raise ValueError(f"to_uint8 expects CHW, 1CHW or HW tensors, got {tuple(t.shape)}")
+        arr = t.numpy()
+    else:
+        arr = np.asarray(x, dtype=np.float64)
+        if arr.ndim not in (2, 3):
+            raise ValueError(f"to_uint8 expects HWC or HW arrays, got shape {arr.shape}")
+    arr = np.floor(np.clip(arr, 0.0, 1.0) * 255.0 + 0.5)  # non-negative: half away from zero
+    out = arr.astype(np.uint8)
+    if out.ndim == 3 and out.shape[2] == 1:
+        out = out[:, :, 0]
+    return out
+
+
+def _as_rgb_array(img: np.ndarray) -> np.ndarray:
+    img = np.asarray(img)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 RGB image, got shape {img.shape}")
+    return img.astype(np.float64)
+
+
+def rgb_to_y(img: np.ndarray) -> np.ndarray:
+    """BT.601 luma as MATLAB ``rgb2ycbcr`` defines it, in float64 and not rounded.
+
+    ``img`` holds 0-255 values (uint8 or float) as ``HxWx3`` RGB. Returns ``HxW`` float64 in
+    [16, 235]: ``Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255``.
+    """
+    return 16.0 + _as_rgb_array(img) @ _Y_WEIGHTS
+
+
+def rgb_to_gray(img: np.ndarray) -> np.ndarray:
+    """Full-range BT.601 luma ``0.299 R + 0.587 G + 0.114 B`` (0-255, float64, not rounded).
+
+    Used to compare an RGB SR output with a grayscale HR image (MATLAB ``rgb2gray`` without the
+    rounding)."""
+    return _as_rgb_array(img) @ _LUMA_WEIGHTS
+
+
+def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
+    """Peak signal-to-noise ratio in dB between two same-shaped arrays (``inf`` when equal)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"psnr: shapes differ: {a.shape} vs {b.shape}")
+    mse = np.mean((a - b) ** 2)
+    if mse == 0:
+        return float("inf")
+    return float(10.0 * np.log10(data_range**2 / mse))
+
+
+def _gaussian_window_1d(sigma: float = _SSIM_SIGMA, radius: int = _SSIM_RADIUS) -> np.ndarray:
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    w = np.exp(-(x**2) / (2.0 * sigma**2))
+    return w / w.sum()  # fspecial('gaussian', 11, 1.5) is the outer product of this vector
+
+
+def _filter_valid(img: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """MATLAB ``filter2(w' * w, img, 'valid')`` for a symmetric separable window."""
+    r = (len(w) - 1) // 2
+    out = ndimage.correlate1d(img, w, axis=0, mode="constant")
+    out = ndimage.correlate1d(out, w, axis=1, mode="constant")
+    return out[r:-r, r:-r]
+
+
+def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
+    """SSIM of two 2-D arrays, Wang et al.'s MATLAB ``ssim_index`` with the default settings.
+
+    11x11 Gaussian window (sigma 1.5), ``K1 = 0.01``, ``K2 = 0.03``, ``L = data_range``; local
+    statistics use the biased (population) covariance; the mean is taken over the valid region
+    (pixels whose whole window lies inside the image), so images must be at least 11x11.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"ssim expects two 2-D arrays of the same shape, got {a.shape} and {b.shape}")
+    if min(a.shape) < 2 * _SSIM_RADIUS + 1:
+        raise ValueError(f"ssim needs images of at least 11x11 pixels, got {a.shape}")
+    c1 = (0.01 * data_range) ** 2
+    c2 = (0.03 * data_range) ** 2
+    w = _gaussian_window_1d()
+    mu_a = _filter_valid(a, w)
+    mu_b = _filter_valid(b, w)
+    var_a = _filter_valid(a * a, w) - mu_a**2
+    var_b = _filter_valid(b * b, w) - mu_b**2
+    cov = _filter_valid(a * b, w) - mu_a * mu_b
+    num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
+    den = (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
+    return float(np.mean(num / den))
+
+
+def _split_channels(img: np.ndarray, what: str) -> np.ndarray:
+    """Return ``HxW`` (gray) or ``HxWx3`` uint8; reject anything else with a clear message."""
+    img = np.asarray(img)
+    if img.dtype != np.uint8:
+        raise TypeError(f"image_metrics: {what} must be uint8 (quantize SR output with "
+                        f"sfsr.metrics.to_uint8 first), got {img.dtype}")
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 3 and img.shape[2] == 4:
+        raise DataError(f"image_metrics: {what} has 4 channels (RGBA); convert it to RGB first")
+    if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 3)):
+        raise DataError(f"image_metrics: {what} must be HxW gray or HxWx3 RGB, got shape {img.shape}")
+    return img
+
+
+def image_metrics(hr: np.ndarray, sr: np.ndarray, scale: int) -> dict[str, Any]:
+    """PSNR-Y, SSIM-Y and PSNR-RGB of one SR image under :data:`CONVENTION`.
+
+    ``hr`` and ``sr`` are uint8 ``HxW`` or ``HxWx3`` arrays. ``hr`` is cropped to a multiple of
+    ``scale``; ``sr`` must then have exactly its height and width (else :class:`DataError`).
+    ``scale`` pixels are shaved from every border.
+
+    * RGB HR: PSNR/SSIM on the BT.601 Y of both (a gray SR is replicated to RGB first);
+      ``channel = 'y'``.
+    * Gray HR: compared on its own gray values; the SR gray value is the SR image itself when it
+      is single-channel, else its full-range luma ``0.299 R + 0.587 G + 0.114 B`` (not the 16-235
+      Y, which would shrink every error by 219/255); ``channel = 'gray'``. ``psnr_rgb`` compares
+      the HR gray replicated to three channels with the SR RGB image.
+    """
+    if int(scale) != scale or scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale!r}")
+    scale = int(scale)
+    hr = _split_channels(hr, "HR image")
+    sr = _split_channels(sr, "SR image")
+    hr = modcrop(hr, scale)
+    if hr.shape[:2] != sr.shape[:2]:
+        raise DataError(f"SR image is {sr.shape[1]}x{sr.shape[0]} (WxH) but the HR image cropped to a "
+                        f"multiple of x{scale} is {hr.shape[1]}x{hr.shape[0]}; the SR output must be "
+                        f"exactly scale x the LR size of modcrop(HR, {scale})")
+    s = scale
+    if min(hr.shape[:2]) - 2 * s < 2 * _SSIM_RADIUS + 1:
+        raise DataError(f"image of {hr.shape[1]}x{hr.shape[0]} is too small to evaluate at x{scale} "
+                        f"(needs at least {2 * s + 11} pixels per side)")
+    hr_rgb = np.repeat(hr[:, :, None], 3, axis=2) if hr.ndim == 2 else hr
+    sr_rgb = np.repeat(sr[:, :, None], 3, axis=2) if sr.ndim == 2 else sr
+    if hr.ndim == 2:
+        channel = "gray"
+        hr_c = hr.astype(np.float64)
+        sr_c = sr.astype(np.float64) if sr.ndim == 2 else rgb_to_gray(sr)
+    else:
+        channel = "y"
+        hr_c = rgb_to_y(hr_rgb)
+        sr_c = rgb_to_y(sr_rgb)
+    hr_c, sr_c = hr_c[s:-s, s:-s], sr_c[s:-s, s:-s]
+    return {
+        "psnr_y": psnr(hr_c, sr_c),
+        "ssim_y": ssim(hr_c, sr_c),
+        "psnr_rgb": psnr(hr_rgb[s:-s, s:-s], sr_rgb[s:-s, s:-s]),
+        "channel": channel,
+        "crop_border": s,
+        "convention": CONVENTION,
+    }
+
+
+def _to_tensor(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    return x.detach().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+
+
+def topk_accuracy(logits: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray | Iterable[int],
+                  ks: Iterable[int] = (1, 5)) -> dict[int, float]:
+    """Fraction of samples whose label is among the ``k`` highest logits, for each ``k``.
+
+    ``logits`` is ``N x num_classes``; ``labels`` holds ``N`` class indices. ``k`` larger than the
+    number of classes counts every sample as correct. Returns ``{k: accuracy in [0, 1]}``.
+    """
+    logits_t = _to_tensor(logits).float()
+    labels_t = _to_tensor(labels if not isinstance(labels, (list, tuple)) else np.asarray(labels)).long()
+    if logits_t.ndim != 2 or labels_t.ndim != 1 or logits_t.shape[0] != labels_t.shape[0]:
+        raise ValueError(f"topk_accuracy expects logits N x C and labels N, got {tuple(logits_t.shape)} "
+                         f"and {tuple(labels_t.shape)}")
+    n, c = logits_t.shape
+    if n == 0:
+        raise ValueError("topk_accuracy: no samples")
+    ks = [int(k) for k in ks]
+    kmax = min(max(ks), c)
+    top = logits_t.topk(kmax, dim=1).indices  # N x kmax, best first
+    hit = top == labels_t[:, None]
+    return {k: float(hit[:, :min(k, c)].any(dim=1).float().mean()) for k in ks}
+
+
+def confusion_matrix(logits_or_preds: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
+                     num_classes: int) -> np.ndarray:
+    """``num_classes x num_classes`` counts; rows are true labels, columns predictions.
+
+    Accepts ``N x C`` logits (argmax taken) or ``N`` predicted indices."""
+    pred = _to_tensor(logits_or_preds)
+    if pred.ndim == 2:
+        pred = pred.argmax(dim=1)
+    return _sk_confusion_matrix(_to_tensor(labels).numpy(), pred.numpy(),
+                                labels=np.arange(num_classes))

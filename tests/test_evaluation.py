@@ -1,0 +1,203 @@
+"""Tests of sfsr.evaluation: folder evaluation, bootstrap summaries, classifier accuracy tables."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from sfsr import io
+from sfsr.data.bicubic import imresize, modcrop
+from sfsr.data.images import read_image
+from sfsr.errors import DataError
+from sfsr.evaluation import (accuracy_table, bootstrap_ci, classification_accuracy,
+                             evaluate_folders, mean_metrics, summarize, summary_markdown)
+from sfsr.metrics import CONVENTION, image_metrics
+
+
+@pytest.fixture(scope="module")
+def set5_pairs(shared_data, tmp_path_factory):
+    """HR folder (3 Set5 images, copied to tmp) and the x2 bicubic SR folder."""
+    root = tmp_path_factory.mktemp("set5")
+    names = ["bird", "butterfly", "woman"]
+    for name in names:
+        hr = read_image(shared_data / "benchmark" / "Set5" / "HR" / f"{name}.png")
+        io.save_image(root / "HR" / f"{name}.png", hr)
+        io.save_image(root / "SR" / f"{name}.png", imresize(imresize(modcrop(hr, 2), 0.5), 2))
+    return root / "HR", root / "SR", names
+
+
+def test_evaluate_folders_matches_image_metrics(set5_pairs):
+    hr_dir, sr_dir, names = set5_pairs
+    table = evaluate_folders(hr_dir, sr_dir, 2, resizer="matlab_bicubic")
+    assert table["image"].tolist() == sorted(names)
+    assert list(table.columns[:7]) == ["image", "psnr_y", "ssim_y", "psnr_rgb", "channel",
+                                       "crop_border", "convention"]
+    assert (table["resizer"] == "matlab_bicubic").all() and (table["convention"] == CONVENTION).all()
+    for row in table.itertuples():
+        direct = image_metrics(read_image(hr_dir / f"{row.image}.png"),
+                               read_image(sr_dir / f"{row.image}.png"), 2)
+        assert row.psnr_y == pytest.approx(direct["psnr_y"]) and row.ssim_y == pytest.approx(direct["ssim_y"])
+    means = mean_metrics(table)
+    assert means["n"] == 3 and means["psnr_y"] == pytest.approx(table["psnr_y"].mean())
+    assert 25 < means["psnr_y"] < 45 and 0.8 < means["ssim_y"] < 1
+
+
+def test_evaluate_folders_lists_missing_stems_on_each_side(tmp_path):
+    img = np.full((40, 40, 3), 128, np.uint8)
+    for stem in ("a", "b", "c"):
+        io.save_image(tmp_path / "hr" / f"{stem}.png", img)
+    for stem in ("a", "zz"):
+        io.save_image(tmp_path / "sr" / f"{stem}.png", img)
+    with pytest.raises(DataError) as err:
+        evaluate_folders(tmp_path / "hr", tmp_path / "sr", 2)
+    msg = str(err.value)
+    assert "b, c" in msg and "zz" in msg and str(tmp_path / "sr") in msg
+
+
+def test_evaluate_folders_size_mismatch_names_file_and_sizes(tmp_path):
+    io.save_image(tmp_path / "hr" / "x.png", np.zeros((40, 31, 3), np.uint8))  # x2 -> 40 x 30
+    io.save_image(tmp_path / "sr" / "x.png", np.zeros((40, 32, 3), np.uint8))
+    with pytest.raises(DataError, match=r"x\.png.*32x40.*30x40"):
+        evaluate_folders(tmp_path / "hr", tmp_path / "sr", 2)
+
+
+def test_evaluate_folders_missing_folder(tmp_path):
+    with pytest.raises(DataError, match="nope"):
+        evaluate_folders(tmp_path / "nope", tmp_path, 2)
+
+
+# ------------------------------------------------------------------------------- bootstrap -------
+
+def test_bootstrap_ci_contains_mean_and_narrows_with_n():
+    rng = np.random.default_rng(0)
+    small = rng.normal(30, 2, 10)
+    big = rng.normal(30, 2, 1000)
+    lo_s, hi_s = bootstrap_ci(small)
+    lo_b, hi_b = bootstrap_ci(big)
+    assert lo_s < small.mean() < hi_s and lo_b < big.mean() < hi_b
+    assert (hi_b - lo_b) < 0.5 * (hi_s - lo_s)
+    # close to the normal-theory interval 1.96 * sd / sqrt(n)
+    assert (hi_b - lo_b) == pytest.approx(2 * 1.96 * big.std() / math.sqrt(big.size), rel=0.15)
+    assert bootstrap_ci(small, seed=0) == (lo_s, hi_s)  # deterministic
+    assert bootstrap_ci(small, seed=1) != (lo_s, hi_s)
+    assert bootstrap_ci([3.5]) == (3.5, 3.5)
+
+
+def test_summarize_groups_and_markdown():
+    rng = np.random.default_rng(1)
+    rows = []
+    for model, base in (("bicubic", 28.0), ("srresnet", 31.0)):
+        for i in range(12):
+            rows.append({"model": model, "dataset": "Set14", "scale": 4, "image": f"im{i}",
+                         "psnr_y": base + rng.normal(), "ssim_y": 0.7 + 0.01 * rng.normal(),
+                         "psnr_rgb": base - 1 + rng.normal(), "convention": CONVENTION})
+    per_image = pd.DataFrame(rows)
+    summary = summarize(per_image)
+    assert summary["model"].tolist() == ["bicubic", "srresnet"] and (summary["n"] == 12).all()
+    for r in summary.itertuples():
+        sub = per_image[per_image["model"] == r.model]
+        assert r.psnr_y == pytest.approx(sub["psnr_y"].mean())
+        assert r.psnr_y_ci_low < r.psnr_y < r.psnr_y_ci_high
+        assert r.ssim_y_ci_low < r.ssim_y < r.ssim_y_ci_high
+    md = summary_markdown(summary)
+    assert "| model" in md and "srresnet" in md and f"{summary['psnr_y'][1]:.2f} [" in md
+    assert CONVENTION in md
+    per_image.loc[0, "convention"] = "other;v0"
+    with pytest.raises(DataError, match="mixes metric conventions"):
+        summarize(per_image)
+    with pytest.raises(DataError, match="epoch"):
+        summarize(per_image, by=("model", "epoch"))
+
+
+# ---------------------------------------------------------------------------- classification -----
+
+class ChannelClassifier(nn.Module):
+    """Known-confusion classifier: logit c (c < 3) = mean of input channel c; classes 3..9 get
+    fixed logits 0.5, 0.4, ..., -0.1 (so they rank between a strong channel and weak ones)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("bias", torch.tensor([0.5, 0.4, 0.3, 0.2, 0.1, 0.0, -0.1]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = x.mean(dim=(2, 3))
+        return torch.cat([pooled, self.bias.expand(x.shape[0], -1)], dim=1)
+
+
+def _solid(rgb: tuple[int, int, int], size: tuple[int, int] = (40, 56)) -> np.ndarray:
+    return np.broadcast_to(np.array(rgb, np.uint8), (*size, 3)).copy()
+
+
+def _known_set():
+    red, green, blue = _solid((255, 0, 0)), _solid((0, 255, 0)), _solid((0, 0, 255))
+    images = [red, red, red, green, blue, np.full((50, 30), 200, np.uint8)]
+    # red->class 0; rank of class 3 for red is 2 (top-5 hit), class 1 for red is last (miss);
+    # gray (200) after ImageNet normalisation has all channels > 0.5 with blue the largest.
+    labels = [0, 3, 1, 1, 2, 2]
+    return images, labels
+
+
+def test_classification_accuracy_known_confusion():
+    images, labels = _known_set()
+    clf = ChannelClassifier()
+    clf.train()
+    acc = classification_accuracy(clf, images, labels, input_size=16, batch_size=4)
+    assert acc == {"top1": pytest.approx(4 / 6), "top5": pytest.approx(5 / 6), "n": 6}
+    assert clf.training  # mode restored
+    assert classification_accuracy(clf, images, labels, input_size=16, batch_size=1) == acc
+
+
+def test_classification_accuracy_normalisation_is_configurable():
+    images, labels = _known_set()
+    # Subtracting 1 from red makes a pure-red image all zeros: bias classes 3..7 (0.5..0.1) rank
+    # first, so class 0 is in neither the top-1 nor the top-5.
+    acc = classification_accuracy(ChannelClassifier(), images[:1], labels[:1], input_size=16,
+                                  mean=(1.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    assert acc["top1"] == 0.0 and acc["top5"] == 0.0
+    # Without normalisation a pure-red image has red = 1 > 0.5: class 0 again.
+    acc = classification_accuracy(ChannelClassifier(), images[:1], labels[:1], input_size=16,
+                                  normalize=False)
+    assert acc["top1"] == 1.0
+
+
+def test_classification_accuracy_from_folder_and_manifest(tmp_path):
+    images, labels = _known_set()
+    stems = [f"img{i}" for i in range(len(images))]
+    for stem, img in zip(stems, images):
+        io.save_image(tmp_path / "sr" / f"{stem}.png", img)
+    manifest = pd.DataFrame({"stem": stems, "class_id": [f"c{v}" for v in labels]})
+    mapping = {f"c{k}": k for k in range(10)}
+    acc = classification_accuracy(ChannelClassifier(), tmp_path / "sr", manifest=manifest,
+                                  class_to_index=mapping, input_size=16)
+    assert acc == {"top1": pytest.approx(4 / 6), "top5": pytest.approx(5 / 6), "n": 6}
+    with pytest.raises(DataError, match="class_to_index"):
+        classification_accuracy(ChannelClassifier(), tmp_path / "sr", manifest=manifest, input_size=16)
+    manifest.loc[len(manifest)] = {"stem": "ghost", "class_id": "c0"}
+    with pytest.raises(DataError, match="ghost"):
+        classification_accuracy(ChannelClassifier(), tmp_path / "sr", manifest=manifest,
+                                class_to_index=mapping, input_size=16)
+
+
+def test_accuracy_table_gap_closed():
+    accs = {"hr": {"top1": 0.9, "top5": 0.99, "n": 10}, "bicubic": {"top1": 0.5, "top5": 0.8, "n": 10},
+            "srresnet": {"top1": 0.7, "top5": 0.97, "n": 10}, "worse": {"top1": 0.4, "top5": 0.8, "n": 10}}
+    metrics = {"bicubic": {"psnr_y": 26.0, "ssim_y": 0.70, "psnr_rgb": 24.5},
+               "srresnet": {"psnr_y": 28.5, "ssim_y": 0.80, "psnr_rgb": 27.0}}
+    table = accuracy_table(accs, metrics).set_index("input")
+    assert table.loc["hr", "gap_closed"] == pytest.approx(1.0)
+    assert table.loc["bicubic", "gap_closed"] == pytest.approx(0.0)
+    assert table.loc["srresnet", "gap_closed"] == pytest.approx((0.7 - 0.5) / (0.9 - 0.5))
+    assert table.loc["worse", "gap_closed"] == pytest.approx(-0.25)
+    assert table.loc["srresnet", "gap_closed_top5"] == pytest.approx((0.97 - 0.8) / (0.99 - 0.8))
+    assert table.loc["srresnet", "psnr_y"] == 28.5 and math.isnan(table.loc["hr", "psnr_y"])
+    frame = pd.DataFrame([{"model": "srresnet", **metrics["srresnet"]}])
+    assert accuracy_table(accs, frame).set_index("input").loc["srresnet", "ssim_y"] == 0.80
+    same = accuracy_table({"hr": accs["bicubic"], "bicubic": accs["bicubic"]})
+    assert same["gap_closed"].isna().all()
+    with pytest.raises(DataError, match="'hr'"):
+        accuracy_table({"bicubic": accs["bicubic"]})
