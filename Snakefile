@@ -18,12 +18,14 @@ sfsr.config.validate(config, os.path.join(workflow.basedir, "config.schema.yaml"
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/evaluate.smk"
 
 
 rule all:
     default_target: True
     input:
         rules.data.input,
+        rules.evaluate.input,
 
 
-localrules: all, data
+localrules: all, data, evaluate

@@ -11,6 +11,7 @@ wildcard_constraints:
     dataset=r"[A-Za-z0-9_]+",
     scale=r"\d+",
     filename=r"[^/]+",
+    model=r"[A-Za-z0-9_]+",
 
 
 def used_datasets():
@@ -71,3 +72,36 @@ def data_targets():
         targets.append(f"{DATA}/prepared/{name}/manifest.csv")
         targets += [prepared_lr(name, s) for s in SCALES]
     return targets
+
+
+# ---------------------------------------------------------------- evaluation wiring
+def eval_models():
+    """Bicubic always, then every trained generator (added by the training stages)."""
+    return ["bicubic"] + trained_models()
+
+
+def trained_models():
+    return []
+
+
+def model_checkpoint(wildcards):
+    """Generator checkpoint a model is evaluated from ([] for bicubic)."""
+    if wildcards.model == "bicubic":
+        return []
+    return generator_checkpoint(wildcards.model)
+
+
+def sr_output(path):
+    """SR images are kept when evaluation.save_sr is 'all'; otherwise they are temporary and the
+    image_metrics rule keeps n_examples of them under examples/."""
+    return directory(path) if config["evaluation"]["save_sr"] == "all" else temp(directory(path))
+
+
+def metric_tables():
+    return [f"{RESULTS}/metrics/{m}/{d}_x{s}.csv"
+            for m in eval_models() for d in config["test"] for s in SCALES]
+
+
+def generator_checkpoint(model):
+    """The one file a training stage declares for a trained generator."""
+    return f"{RESULTS}/models/{model}/generator.pt"
