@@ -86,3 +86,17 @@ def test_load_reports_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("seed: [1,\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         cfg.load(bad)
+
+
+def test_prepare_defaults_mirror_the_schema(repo_root):
+    """sfsr.data.prepare works without the schema (library use); its defaults must not drift."""
+    from sfsr.data import prepare
+
+    schema = cfg.load_schema(repo_root / "config.schema.yaml")
+    dataset = schema["$defs"]["dataset"]["properties"]
+    for key, value in prepare._SPEC_DEFAULTS.items():
+        if key == "split":
+            continue
+        assert dataset[key]["default"] == value, key
+    split = schema["$defs"]["split"]["properties"]
+    assert {k: v["default"] for k, v in split.items()} == prepare._SPLIT_DEFAULTS
