@@ -1,0 +1,433 @@
+"""Training of the fine-grained HR classifier that later serves as the semantic prior of SR training
+and as the frozen judge of classification accuracy on HR / bicubic / SR images.
+
+``train_classifier(cfg, dataset_dir=..., out_dir=...)`` trains a :func:`sfsr.models.build_classifier`
+model on a prepared classification set (``dataset_dir/HR/<stem>.png`` + ``manifest.csv`` with
+``class_id`` and ``split``) and writes to ``out_dir``:
+
+* ``state/last.pt``: model, optimiser, scheduler, epoch, best metric and log rows after every epoch
+  (atomic); a later call with the same ``out_dir`` resumes from it. ``state/best.pt``: the
+  classifier checkpoint of the epoch with the best validation top-1 so far.
+* ``train_log.csv``: epoch, train_loss, val_top1, val_top5, lr, elapsed_s.
+* ``provenance.json`` and, written last, ``classifier.pt`` (the best epoch; see
+  :func:`checkpoint_dict` for its contents), loaded with :func:`load_classifier`.
+
+Augmentation: ``RandomResizedCrop(input_size, scale=(0.5, 1))`` + horizontal flip for training; resize
+of the short side to ``resize_size`` (default ``round(input_size * 256 / 224)``) + centre crop for
+validation/test, which is the preprocessing of :func:`sfsr.evaluation.classification_accuracy`.
+Labels: the manifest's ``class_id`` values, sorted, mapped to contiguous indices ``0..C-1``; the
+list ``class_ids`` (index -> class_id) is stored in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+from sfsr import io, provenance
+from sfsr.data.images import read_image
+from sfsr.errors import ConfigError, DataError, SfsrError
+from sfsr.metrics import topk_accuracy
+from sfsr.models import build_classifier, count_parameters
+from sfsr.models.classifier import CLASSIFIER_NAMES, Classifier
+
+log = logging.getLogger("sfsr.training")
+
+CHECKPOINT_KIND = "sfsr_classifier"
+CHECKPOINT_FORMAT = 1
+STATE_FORMAT = 1
+LOG_COLUMNS = ["epoch", "train_loss", "val_top1", "val_top5", "lr", "elapsed_s"]
+
+#: Settings of classifier training (config section proposed: ``classifier``). ``weights``: null
+#: (from scratch), 'imagenet' (torchvision's DEFAULT weights) or a local .pth path.
+CLASSIFIER_DEFAULTS: dict[str, Any] = {
+    "arch": "resnet50",
+    "weights": "imagenet",
+    "input_size": 224,
+    "resize_size": None,
+    "batch_size": 32,
+    "epochs": 30,
+    "optimizer": "sgd",
+    "lr": 0.01,
+    "momentum": 0.9,
+    "betas": [0.9, 0.999],
+    "weight_decay": 1.0e-4,
+    "scheduler": "cosine",
+    "eta_min": 0.0,
+    "label_smoothing": 0.0,
+    "device": "auto",
+    "bf16": True,
+    "channels_last": True,
+    "num_workers": 4,
+}
+
+
+# ------------------------------------------------------------------------------------ settings
+def resolve_classifier_config(cfg: dict) -> dict:
+    """``cfg`` over :data:`CLASSIFIER_DEFAULTS`; unknown keys and bad values raise ConfigError."""
+    unknown = sorted(set(cfg) - set(CLASSIFIER_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown classifier setting(s) {unknown}; valid: "
+                          f"{', '.join(sorted(CLASSIFIER_DEFAULTS))}")
+    out = {**copy.deepcopy(CLASSIFIER_DEFAULTS), **copy.deepcopy(cfg)}
+    checks = [("arch", CLASSIFIER_NAMES), ("optimizer", ("sgd", "adamw")),
+              ("scheduler", ("cosine", "constant"))]
+    for key, allowed in checks:
+        if out[key] not in allowed:
+            raise ConfigError(f"classifier setting '{key}' is {out[key]!r}; allowed: {', '.join(allowed)}")
+    for key in ("input_size", "batch_size", "epochs"):
+        if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < 1:
+            raise ConfigError(f"classifier setting '{key}' must be a positive integer, got {out[key]!r}")
+    if out["resize_size"] is not None and (not isinstance(out["resize_size"], int)
+                                           or out["resize_size"] < out["input_size"]):
+        raise ConfigError(f"classifier setting 'resize_size' must be null or an integer >= input_size "
+                          f"({out['input_size']}), got {out['resize_size']!r}")
+    if not out["lr"] > 0:
+        raise ConfigError(f"classifier setting 'lr' must be > 0, got {out['lr']!r}")
+    if not 0 <= out["label_smoothing"] < 1:
+        raise ConfigError(f"classifier setting 'label_smoothing' must be in [0, 1), got "
+                          f"{out['label_smoothing']!r}")
+    return out
+
+
+def _pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(f"unknown classifier device {name!r}; use auto, cpu or cuda") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"classifier device {name!r} requested but CUDA is not available here; "
+                          "use auto or cpu")
+    return dev
+
+
+# ------------------------------------------------------------------------------------------ data
+def read_class_manifest(dataset_dir: str | os.PathLike) -> tuple[pd.DataFrame, list[int], list[str]]:
+    """The manifest of a prepared classification set, with a ``label`` column (contiguous index),
+    plus ``class_ids`` (index -> manifest class_id) and ``class_names`` (index -> name)."""
+    dataset_dir = Path(dataset_dir)
+    path = dataset_dir / "manifest.csv"
+    if not path.is_file():
+        raise DataError(f"classification manifest {path} not found; prepare the dataset first (it needs "
+                        "HR/<stem>.png and manifest.csv)")
+    frame = pd.read_csv(path, dtype={"stem": str, "file": str, "class_name": str, "split": str})
+    missing = [c for c in ("stem", "class_id", "split") if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path} lacks the column(s) {missing}; it is not a classification manifest "
+                        f"(has {list(frame.columns)})")
+    if frame["class_id"].isna().any():
+        stems = frame.loc[frame["class_id"].isna(), "stem"].tolist()[:5]
+        raise DataError(f"{path}: rows without class_id (e.g. {stems}); is this a classification set?")
+    frame["class_id"] = frame["class_id"].astype(np.int64)
+    class_ids = sorted(int(c) for c in frame["class_id"].unique())
+    index = {c: i for i, c in enumerate(class_ids)}
+    frame["label"] = frame["class_id"].map(index).astype(np.int64)
+    names_by_id: dict[int, str] = {}
+    if "class_name" in frame.columns:
+        for cid, name in zip(frame["class_id"], frame["class_name"]):
+            names_by_id.setdefault(int(cid), "" if pd.isna(name) else str(name))
+    class_names = [names_by_id.get(c, str(c)) for c in class_ids]
+    if "file" not in frame.columns:
+        frame["file"] = [f"HR/{s}.png" for s in frame["stem"]]
+    frame["file"] = [f if isinstance(f, str) and f else f"HR/{s}.png"
+                     for f, s in zip(frame["file"], frame["stem"])]
+    return frame, class_ids, class_names
+
+
+class ClassificationSet(Dataset):
+    """(uint8 CHW RGB tensor after ``transform``, label) for the given image paths."""
+
+    def __init__(self, paths: Sequence[Path], labels: Sequence[int], transform: nn.Module) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.labels = [int(v) for v in labels]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = read_image(self.paths[index])
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        return self.transform(tensor), self.labels[index]
+
+
+def train_transform(input_size: int) -> nn.Module:
+    """RandomResizedCrop(input_size, scale=(0.5, 1)) + horizontal flip (uint8 in, uint8 out)."""
+    return v2.Compose([v2.RandomResizedCrop(input_size, scale=(0.5, 1.0), antialias=True),
+                       v2.RandomHorizontalFlip()])
+
+
+def eval_transform(input_size: int, resize_size: int) -> nn.Module:
+    """Resize the short side to ``resize_size`` (antialiased bilinear) + centre crop ``input_size``."""
+    return v2.Compose([v2.Resize(resize_size, antialias=True), v2.CenterCrop(input_size)])
+
+
+def _split_set(frame: pd.DataFrame, dataset_dir: Path, split: str, transform: nn.Module) -> ClassificationSet:
+    rows = frame[frame["split"] == split]
+    paths = [dataset_dir / f for f in rows["file"]]
+    absent = [str(p) for p in paths if not p.is_file()]
+    if absent:
+        raise DataError(f"{len(absent)} image(s) of the {split} split listed in "
+                        f"{dataset_dir / 'manifest.csv'} are missing, e.g. {absent[:3]}; re-run prepare")
+    return ClassificationSet(paths, rows["label"].tolist(), transform)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0])
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+def checkpoint_dict(model: nn.Module, cfg: dict, class_ids: Sequence[int], class_names: Sequence[str],
+                    **extra: Any) -> dict[str, Any]:
+    """The classifier checkpoint: ``{"kind", "format", "arch": {"name", "num_classes",
+    "input_size"}, "resize_size", "state_dict", "class_ids", "class_names", **extra}`` (plain types
+    and CPU tensors, loadable with ``weights_only=True``)."""
+    resize = cfg["resize_size"] or round(cfg["input_size"] * 256 / 224)
+    return {"kind": CHECKPOINT_KIND, "format": CHECKPOINT_FORMAT,
+            "arch": {"name": cfg["arch"], "num_classes": len(class_ids), "input_size": cfg["input_size"]},
+            "resize_size": int(resize),
+            "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            "class_ids": [int(c) for c in class_ids], "class_names": [str(n) for n in class_names],
+            **extra}
+
+
+def read_classifier_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The raw checkpoint dict of :func:`checkpoint_dict`; DataError naming ``path`` when it is
+    missing, unreadable or not a classifier checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"classifier checkpoint {str(path)!r} not found; train the classifier first "
+                        "(train_classifier) or fix the path")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(f"classifier checkpoint {str(path)!r} cannot be read ({type(exc).__name__}: "
+                        f"{exc}); it is corrupt or not a torch file - delete it and re-train") from exc
+    arch = ckpt.get("arch") if isinstance(ckpt, dict) else None
+    if (not isinstance(ckpt, dict) or ckpt.get("kind") != CHECKPOINT_KIND or not isinstance(arch, dict)
+            or not {"name", "num_classes", "input_size"} <= set(arch) or "state_dict" not in ckpt):
+        what = f"arch {arch}" if arch is not None else "no 'arch'"
+        raise DataError(f"{str(path)!r} is not a classifier checkpoint written by train_classifier "
+                        f"({what}; kind {ckpt.get('kind') if isinstance(ckpt, dict) else None!r}); "
+                        "give the classifier.pt of the classifier training stage (a generator "
+                        "checkpoint or a torchvision state dict is not one)")
+    return ckpt
+
+
+def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Classifier, dict]:
+    """Load ``classifier.pt``; returns ``(model, meta)``: the model on ``device`` in eval mode with
+    every parameter frozen (requires_grad False), and the checkpoint without its state dict plus
+    ``class_to_index`` (class_id -> output index)."""
+    ckpt = read_classifier_checkpoint(path)
+    arch = ckpt["arch"]
+    try:
+        model = build_classifier(arch["name"], int(arch["num_classes"]), weights=None)
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except Exception as exc:
+        raise DataError(f"classifier checkpoint {str(path)!r} does not match its architecture {arch} "
+                        f"({type(exc).__name__}: {exc}); re-train the classifier") from exc
+    model.requires_grad_(False)
+    meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
+    meta["class_to_index"] = {int(c): i for i, c in enumerate(ckpt.get("class_ids", []))}
+    meta["path"] = str(path)
+    return model.to(device).eval(), meta
+
+
+# ------------------------------------------------------------------------------------ evaluation
+@torch.no_grad()
+def evaluate_loader(model: nn.Module, loader: DataLoader, device: torch.device,
+                    autocast=contextlib.nullcontext, channels_last: bool = False) -> dict[str, float]:
+    """Top-1 / top-5 accuracy of ``model`` (eval mode) over a loader of (uint8 images, labels)."""
+    was_training = model.training
+    model.eval()
+    logits, labels = [], []
+    try:
+        for images, target in loader:
+            x = _to_float(images, device, channels_last)
+            with autocast():
+                logits.append(model(x).float().cpu())
+            labels.append(torch.as_tensor(target))
+    finally:
+        model.train(was_training)
+    acc = topk_accuracy(torch.cat(logits), torch.cat(labels), ks=(1, 5))
+    return {"top1": acc[1], "top5": acc[5], "n": int(sum(len(t) for t in labels))}
+
+
+def _to_float(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = images.to(device, non_blocking=True).float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+# ------------------------------------------------------------------------------------------ main
+def train_classifier(cfg: dict, *, dataset_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                     device: str = "auto", seed: int = 0, max_epochs: int | None = None) -> Path:
+    """Train a classifier on the prepared classification set ``dataset_dir``; returns
+    ``out_dir/classifier.pt`` (the epoch with the best validation top-1), or ``out_dir/state/last.pt``
+    when stopped early by ``max_epochs`` (resumable, no classifier.pt).
+
+    ``cfg``: settings over :data:`CLASSIFIER_DEFAULTS`. ``device='auto'`` defers to
+    ``cfg['device']``. bf16 autocast and channels_last are used on CUDA only. An existing
+    ``out_dir/state/last.pt`` is resumed (epoch granularity; the data order and augmentation of
+    epoch ``e`` depend only on ``(seed, e)``, so an interrupted run ends where an uninterrupted one
+    would). A non-finite training loss raises SfsrError; the last saved state is kept."""
+    cfg = resolve_classifier_config(cfg)
+    dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
+    state_path, best_path = out_dir / "state" / "last.pt", out_dir / "state" / "best.pt"
+    dev = _pick_device(cfg["device"] if device == "auto" else device)
+    cuda = dev.type == "cuda"
+    bf16, channels_last = bool(cfg["bf16"]) and cuda, bool(cfg["channels_last"]) and cuda
+    if not cuda and (cfg["bf16"] or cfg["channels_last"]):
+        log.info("classifier training on %s: bf16/channels_last ignored (GPU-only)", dev.type)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    epochs = cfg["epochs"]
+    stop = epochs if max_epochs is None else min(epochs, int(max_epochs))
+    provenance.seed_everything(seed)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    # ---- data
+    frame, class_ids, class_names = read_class_manifest(dataset_dir)
+    resize_size = cfg["resize_size"] or round(cfg["input_size"] * 256 / 224)
+    train_set = _split_set(frame, dataset_dir, "train", train_transform(cfg["input_size"]))
+    val_set = _split_set(frame, dataset_dir, "val", eval_transform(cfg["input_size"], resize_size))
+    test_set = _split_set(frame, dataset_dir, "test", eval_transform(cfg["input_size"], resize_size))
+    if len(train_set) < 2:
+        raise DataError(f"{dataset_dir / 'manifest.csv'}: the train split has {len(train_set)} image(s); "
+                        "a classifier needs at least 2")
+    if len(val_set) == 0:
+        raise DataError(f"{dataset_dir / 'manifest.csv'}: the val split is empty; the best epoch is chosen "
+                        "on it - set the dataset's split.val_fraction > 0 (or carve_val_from) and re-prepare")
+    batch_size = min(cfg["batch_size"], len(train_set))
+    drop_last = len(train_set) % batch_size == 1  # a batch of one breaks BatchNorm in training mode
+    steps_per_epoch = len(train_set) // batch_size + (0 if drop_last or len(train_set) % batch_size == 0
+                                                      else 1)
+    workers = int(cfg["num_workers"])
+    loader_kw = dict(num_workers=workers, pin_memory=cuda, persistent_workers=False)
+
+    def eval_loader(dataset: Dataset) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, **loader_kw)
+
+    # ---- model, optimiser, schedule
+    model = build_classifier(cfg["arch"], len(class_ids), weights=cfg["weights"])
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(dev, memory_format=memory_format).train()
+    if cfg["optimizer"] == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
+                              weight_decay=cfg["weight_decay"], nesterov=cfg["momentum"] > 0)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]),
+                                weight_decay=cfg["weight_decay"])
+    total_steps = epochs * steps_per_epoch
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps, eta_min=cfg["eta_min"])
+             if cfg["scheduler"] == "cosine" else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
+    spec = {"arch": cfg["arch"], "num_classes": len(class_ids), "input_size": cfg["input_size"],
+            "class_ids": class_ids}
+
+    # ---- resume
+    start, elapsed, rows = 0, 0.0, []
+    best: dict[str, Any] = {"val_top1": -math.inf, "val_top5": -math.inf, "epoch": 0}
+    resuming = state_path.is_file()
+    if resuming:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if state.get("format") != STATE_FORMAT or state.get("spec") != spec:
+            raise ConfigError(f"{state_path} holds the state of another classifier run ({state.get('spec')}, "
+                              f"this run: {spec}); delete {out_dir} to start this one afresh")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start, best, elapsed, rows = state["epoch"], state["best"], state["elapsed_s"], state["log"]
+        if state["epochs"] != epochs:
+            log.warning("%s was made for %d epochs, now %d: the schedule changes", state_path,
+                        state["epochs"], epochs)
+        log.info("resuming classifier training from %s at epoch %d", state_path, start)
+
+    t0 = time.perf_counter()
+    bar = tqdm(total=total_steps, initial=start * steps_per_epoch, desc=f"classifier {cfg['arch']}",
+               dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr)
+    try:
+        for epoch in range(start + 1, stop + 1):
+            epoch_seed = _epoch_seed(seed, epoch)
+            torch.manual_seed(epoch_seed)  # augmentation in the main process (num_workers 0)
+            loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=drop_last,
+                                generator=torch.Generator().manual_seed(epoch_seed), **loader_kw)
+            model.train()
+            losses = []
+            lr_now = opt.param_groups[0]["lr"]
+            for images, labels in loader:
+                x = _to_float(images, dev, channels_last)
+                y = labels.to(dev, non_blocking=True)
+                with autocast():
+                    loss = criterion(model(x).float(), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses.append(loss.detach())
+                bar.update(1)
+            train_loss = float(torch.stack(losses).float().mean().cpu())
+            if not math.isfinite(train_loss):
+                kept = f"the last good state {state_path} was kept" if state_path.is_file() else \
+                    "no state had been saved yet"
+                raise SfsrError(f"classifier training in {out_dir} stopped: the training loss is "
+                                f"{train_loss} in epoch {epoch}; {kept}. Lower lr or turn bf16 off, then "
+                                "re-run (it resumes from the kept state)")
+            val = evaluate_loader(model, eval_loader(val_set), dev, autocast, channels_last)
+            now = elapsed + time.perf_counter() - t0
+            rows.append({"epoch": epoch, "train_loss": train_loss, "val_top1": val["top1"],
+                         "val_top5": val["top5"], "lr": lr_now, "elapsed_s": now})
+            bar.set_postfix({"loss": f"{train_loss:.4g}", "val_top1": f"{val['top1']:.3f}"}, refresh=False)
+            bar.write(f"[classifier] epoch {epoch}/{epochs}: train loss {train_loss:.4f}, val top-1 "
+                      f"{val['top1']:.4f}, top-5 {val['top5']:.4f}")
+            if val["top1"] > best["val_top1"]:
+                best = {"val_top1": val["top1"], "val_top5": val["top5"], "epoch": epoch}
+                io.torch_save(best_path, checkpoint_dict(model, cfg, class_ids, class_names, **best))
+            io.torch_save(state_path, {
+                "format": STATE_FORMAT, "spec": spec, "epoch": epoch, "epochs": epochs,
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "best": best, "elapsed_s": now, "log": rows})
+            io.write_csv(out_dir / "train_log.csv", pd.DataFrame(rows, columns=LOG_COLUMNS))
+    finally:
+        bar.close()
+    elapsed += time.perf_counter() - t0
+    if stop < epochs:
+        log.info("stopped at epoch %d of %d (max_epochs); state in %s", stop, epochs, state_path)
+        return state_path
+
+    # ---- final outputs (classifier.pt last): the best epoch, with its test accuracy
+    best_ckpt = torch.load(best_path, map_location="cpu", weights_only=True)
+    model.load_state_dict(best_ckpt["state_dict"])
+    test = (evaluate_loader(model, eval_loader(test_set), dev, autocast, channels_last)
+            if len(test_set) else {"top1": None, "top5": None, "n": 0})
+    io.write_csv(out_dir / "train_log.csv", pd.DataFrame(rows, columns=LOG_COLUMNS))
+    provenance.write(out_dir / "provenance.json", config=cfg, seed=seed, dataset_dir=str(dataset_dir),
+                     device=str(dev), speed_flags={"bf16": bf16, "channels_last": channels_last},
+                     epochs=epochs, parameters=count_parameters(model), class_ids=class_ids,
+                     n_train=len(train_set), n_val=len(val_set), n_test=len(test_set), best=best,
+                     test_top1=test["top1"], test_top5=test["top5"], training_time_s=elapsed)
+    final = {**best_ckpt, "test_top1": test["top1"], "test_top5": test["top5"], "epochs": epochs,
+             "weights_init": None if cfg["weights"] is None else str(cfg["weights"]),
+             "training_time_s": elapsed}
+    io.torch_save(out_dir / "classifier.pt", final)
+    return out_dir / "classifier.pt"

@@ -1,0 +1,144 @@
+"""Tests for sfsr.training.classifier on a tiny real prepared classification set: 3 classes of crops
+of distinct builtin texture photos (skimage brick, grass, gravel), made with
+sfsr.data.prepare.prepare_dataset (layout builtin_classes). resnet18 from scratch at input_size 32."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from sfsr.data.prepare import prepare_dataset
+from sfsr.errors import ConfigError, DataError
+from sfsr.evaluation import classification_accuracy
+from sfsr.training.classifier import (LOG_COLUMNS, load_classifier, read_class_manifest,
+                                      resolve_classifier_config, train_classifier)
+
+SPEC = {"source": "builtin", "layout": "builtin_classes", "images": ["brick", "grass", "gravel"],
+        "hr_size": 48, "samples_per_class": 16,
+        "split": {"val_fraction": 0.25, "test_fraction": 0.25}}
+BASE = {"arch": "resnet18", "weights": None, "input_size": 32, "num_workers": 0, "optimizer": "adamw",
+        "lr": 1e-3, "weight_decay": 0.01}
+
+
+@pytest.fixture(scope="module")
+def texture_set(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("textures") / "prepared" / "textures"
+    frame = prepare_dataset("textures", SPEC, None, folder)
+    assert set(frame["split"]) == {"train", "val", "test"}
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the test machine's cores are shared
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_manifest_labels_are_contiguous_indices_of_sorted_class_ids(tmp_path, texture_set) -> None:
+    frame = pd.read_csv(texture_set / "manifest.csv")
+    frame["class_id"] = frame["class_id"].map({0: 7, 1: 3, 2: 12})  # non-contiguous ids
+    folder = tmp_path / "remapped"
+    (folder / "HR").mkdir(parents=True)
+    for f in frame["file"]:
+        (folder / f).symlink_to(texture_set / f)
+    frame.to_csv(folder / "manifest.csv", index=False)
+    out, class_ids, class_names = read_class_manifest(folder)
+    assert class_ids == [3, 7, 12]
+    assert class_names == ["grass", "brick", "gravel"]
+    assert out["label"].tolist() == out["class_id"].map({3: 0, 7: 1, 12: 2}).tolist()
+
+
+@pytest.mark.slow
+def test_train_classifier_learns_above_chance_and_matches_evaluation(tmp_path, texture_set) -> None:
+    out = tmp_path / "clf"
+    cfg = {**BASE, "batch_size": 4, "epochs": 6}
+    path = train_classifier(cfg, dataset_dir=texture_set, out_dir=out, seed=0)
+    assert path == out / "classifier.pt"
+    log = pd.read_csv(out / "train_log.csv")
+    assert list(log.columns) == LOG_COLUMNS and log["epoch"].tolist() == list(range(1, 7))
+    assert log["train_loss"].iloc[-1] < log["train_loss"].iloc[0]
+    assert log["lr"].iloc[-1] < log["lr"].iloc[0]  # cosine schedule
+    assert (out / "provenance.json").is_file()
+
+    model, meta = load_classifier(path)
+    best = log.loc[log["val_top1"].idxmax()]
+    assert meta["val_top1"] == pytest.approx(best["val_top1"]) and meta["epoch"] == best["epoch"]
+    assert meta["val_top1"] > 1 / 3, "a few epochs on three distinct textures beat chance"
+    assert meta["class_ids"] == [0, 1, 2] and meta["class_names"] == ["brick", "grass", "gravel"]
+    assert meta["arch"] == {"name": "resnet18", "num_classes": 3, "input_size": 32}
+
+    # the checkpoint, evaluated by the evaluation stage's code on the val images, gives the same
+    # top-1 that training recorded (same preprocessing, same weights: the best epoch's)
+    frame = pd.read_csv(texture_set / "manifest.csv", dtype={"stem": str})
+    val = frame[frame["split"] == "val"]
+    acc = classification_accuracy(model, texture_set / "HR", manifest=val, input_size=32,
+                                  resize_size=meta["resize_size"], class_to_index=meta["class_to_index"])
+    assert acc["n"] == len(val)
+    assert acc["top1"] == pytest.approx(meta["val_top1"], abs=1e-6)
+
+
+def test_resume_continues_from_the_saved_epoch_and_ends_like_an_uninterrupted_run(tmp_path,
+                                                                                   texture_set) -> None:
+    cfg = {**BASE, "batch_size": 8, "epochs": 2}
+    straight = train_classifier(cfg, dataset_dir=texture_set, out_dir=tmp_path / "a", seed=3)
+
+    stopped = train_classifier(cfg, dataset_dir=texture_set, out_dir=tmp_path / "b", seed=3, max_epochs=1)
+    assert stopped == tmp_path / "b" / "state" / "last.pt"
+    assert not (tmp_path / "b" / "classifier.pt").exists()
+    state = torch.load(stopped, weights_only=True)
+    assert state["epoch"] == 1
+    first_row = pd.read_csv(tmp_path / "b" / "train_log.csv")
+    assert first_row["epoch"].tolist() == [1]
+
+    resumed = train_classifier(cfg, dataset_dir=texture_set, out_dir=tmp_path / "b", seed=3)
+    log_a = pd.read_csv(tmp_path / "a" / "train_log.csv")
+    log_b = pd.read_csv(tmp_path / "b" / "train_log.csv")
+    assert log_b["epoch"].tolist() == [1, 2]
+    assert log_b["train_loss"].iloc[0] == first_row["train_loss"].iloc[0]  # epoch 1 not redone
+    cols = ["epoch", "train_loss", "val_top1", "val_top5", "lr"]
+    pd.testing.assert_frame_equal(log_a[cols], log_b[cols])
+    a = torch.load(straight, weights_only=True)
+    b = torch.load(resumed, weights_only=True)
+    assert a["epoch"] == b["epoch"]
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0, msg=key)
+
+    # a state made for another model is refused, naming the folder
+    with pytest.raises(ConfigError, match="another classifier run"):
+        train_classifier({**cfg, "input_size": 40}, dataset_dir=texture_set, out_dir=tmp_path / "b")
+
+
+def test_bad_settings_and_data_raise_user_errors(tmp_path, texture_set) -> None:
+    with pytest.raises(ConfigError, match="optimiser"):
+        resolve_classifier_config({"optimiser": "sgd"})
+    with pytest.raises(ConfigError, match="arch"):
+        resolve_classifier_config({"arch": "resnet9"})
+    with pytest.raises(ConfigError, match="resize_size"):
+        resolve_classifier_config({"input_size": 64, "resize_size": 32})
+    with pytest.raises(DataError, match="manifest.csv"):
+        train_classifier(BASE, dataset_dir=tmp_path / "nowhere", out_dir=tmp_path / "o")
+    frame = pd.read_csv(texture_set / "manifest.csv")
+    folder = tmp_path / "noval"
+    (folder / "HR").mkdir(parents=True)
+    frame.loc[frame["split"] == "val", "split"] = "train"
+    frame.to_csv(folder / "manifest.csv", index=False)
+    for f in frame["file"]:
+        (folder / f).symlink_to(texture_set / f)
+    with pytest.raises(DataError, match="val split is empty"):
+        train_classifier(BASE, dataset_dir=folder, out_dir=tmp_path / "o")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_train_classifier_on_cuda_with_bf16_and_channels_last(tmp_path, texture_set) -> None:
+    cfg = {**BASE, "batch_size": 8, "epochs": 1, "bf16": True, "channels_last": True}
+    path = train_classifier(cfg, dataset_dir=texture_set, out_dir=tmp_path / "gpu", device="cuda")
+    prov = json.loads((tmp_path / "gpu" / "provenance.json").read_text())
+    assert prov["speed_flags"] == {"bf16": True, "channels_last": True}
+    model, meta = load_classifier(path, "cuda")
+    assert next(model.parameters()).is_cuda and 0 <= meta["val_top1"] <= 1
