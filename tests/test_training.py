@@ -1,0 +1,287 @@
+"""Training: EMA rule, patch data, learning, resume, non-finite stop, GAN init, checkpoints.
+
+Images are real photographs from scikit-image written to tmp_path; models are tiny; CPU only.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from PIL import Image
+from skimage import data as skdata
+
+from sfsr.data.bicubic import imresize, modcrop
+from sfsr.errors import ConfigError, SfsrError
+from sfsr.metrics import image_metrics
+from sfsr.models import build_generator, load_generator
+from sfsr.training import loop
+from sfsr.training.data import PatchDataset, load_validation_set, make_loader, make_lr_batch
+from sfsr.training.ema import effective_decay, make_ema
+from sfsr.training.loop import TRAINING_DEFAULTS, resolve_config, stage_config, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> dict[str, Path]:
+    """train/ (astronaut, coffee crops and a gray camera crop), valid/ (chelsea crop), astro/ (one
+    astronaut crop used both to train and validate) and a prepared layout with X2 LR files."""
+    root = tmp_path_factory.mktemp("photos")
+    folders = {k: root / k for k in ("train", "valid", "astro")}
+    for f in folders.values():
+        f.mkdir()
+    astro = skdata.astronaut()[40:168, 170:298]
+    Image.fromarray(astro).save(folders["train"] / "astronaut.png")
+    Image.fromarray(skdata.coffee()[100:220, 200:330]).save(folders["train"] / "coffee.png")
+    Image.fromarray(skdata.camera()[100:200, 150:250]).save(folders["train"] / "camera.png")
+    Image.fromarray(skdata.chelsea()[60:160, 120:220]).save(folders["valid"] / "chelsea.png")
+    Image.fromarray(astro).save(folders["astro"] / "astronaut.png")
+    prepared = root / "prepared" / "builtin" / "HR"
+    (prepared.parent / "LR_bicubic" / "X2").mkdir(parents=True)
+    prepared.mkdir()
+    for p in folders["train"].iterdir():
+        img = np.asarray(Image.open(p))
+        Image.fromarray(img).save(prepared / p.name)
+        Image.fromarray(imresize(modcrop(img, 2), 1 / 2)).save(prepared.parent / "LR_bicubic" / "X2" / p.name)
+    folders["prepared"] = prepared
+    return folders
+
+
+def tiny_cfg(**over) -> dict:
+    cfg = dict(arch="edsr_baseline", scale=2, kwargs=dict(num_blocks=1, num_features=8), iterations=6,
+               batch_size=2, lr_patch=8, lr=1e-3, log_every=1, val_every=1000, checkpoint_every=2,
+               num_workers=0, ema_decay=0.9, bf16=True, channels_last=True, compile=False)
+    cfg.update(over)
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------- EMA
+def test_ema_rule_numerically():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    ema = make_ema(model, decay=0.9)
+    expected = None
+    for n in range(30):
+        with torch.no_grad():
+            model.weight.add_(torch.randn_like(model.weight))
+        current = model.weight.detach().numpy().astype(np.float64)
+        d = min(0.9, (1 + n) / (10 + n))
+        expected = current if n == 0 else d * expected + (1 - d) * current
+        ema.update_parameters(model)
+    assert np.allclose(ema.module.weight.numpy(), expected, atol=1e-5)
+    assert effective_decay(0.9, 0) == pytest.approx(0.1)
+    assert effective_decay(0.9, 1000) == 0.9
+    assert not ema.module.weight.requires_grad
+
+
+# ---------------------------------------------------------------------------------------- data
+def test_patch_dataset_deterministic_and_gray(photos):
+    ds = PatchDataset([photos["train"]], scale=2, lr_patch=10, length=50, seed=3)
+    a, b = ds[7], ds[7]
+    assert torch.equal(a["hr"], b["hr"]) and a["hr"].shape == (3, 20, 20) and a["hr"].dtype == torch.uint8
+    assert "lr" not in a
+    assert not torch.equal(ds[7]["hr"], ds[8]["hr"])
+    other = PatchDataset([photos["train"]], scale=2, lr_patch=10, length=50, seed=4)
+    assert not all(torch.equal(ds[k]["hr"], other[k]["hr"]) for k in range(5))
+    gray = [k for k in range(50) if torch.equal(ds[k]["hr"][0], ds[k]["hr"][1])
+            and torch.equal(ds[k]["hr"][1], ds[k]["hr"][2])]
+    assert gray, "the gray camera crop should appear replicated to 3 channels"
+
+
+def test_prepared_lr_is_aligned_with_hr(photos):
+    for augment in (False, True):
+        ds = PatchDataset([photos["prepared"]], scale=2, lr_patch=16, length=20, seed=0,
+                          lr_source="prepared", augment=augment)
+        for k in range(20):
+            item = ds[k]
+            assert item["lr"].shape == (3, 16, 16)
+            # away from the patch border the bicubic of the HR patch equals the prepared LR crop
+            # (exactly; with a transposing augmentation the two MATLAB passes swap order, and their
+            # per-pass uint8 rounding may then differ by 1)
+            on_the_fly = make_lr_batch(item["hr"][None], 2)[0].int()
+            diff = (on_the_fly[:, 3:-3, 3:-3] - item["lr"][:, 3:-3, 3:-3].int()).abs().max().item()
+            assert diff <= (1 if augment else 0), (augment, k, diff)
+
+
+def test_loader_resumes_the_same_batches(photos):
+    ds = PatchDataset([photos["train"]], scale=2, lr_patch=8, length=6 * 3, seed=1)
+    full = [b["hr"] for b in make_loader(ds, 3)]
+    tail = [b["hr"] for b in make_loader(ds, 3, start_iteration=4)]
+    assert len(full) == 6 and len(tail) == 2
+    assert all(torch.equal(x, y) for x, y in zip(full[4:], tail))
+
+
+def test_validation_set_uses_exact_bicubic(photos):
+    (item,) = load_validation_set([photos["valid"]], 2)
+    hr = np.asarray(Image.open(photos["valid"] / "chelsea.png"))
+    assert np.array_equal(item.lr, imresize(modcrop(hr, 2), 1 / 2)) and item.hr.shape == (100, 100, 3)
+
+
+# -------------------------------------------------------------------------------------- config
+def test_stage_config_merges_defaults_training_and_stage():
+    config = {"training": {"lr": 1e-3, "perceptual": {"weights": None}},
+              "models": {"m": {"arch": "srresnet", "scale": 4, "kwargs": {"num_blocks": 2},
+                               "warmup": {"iterations": 7}, "gan": None}}}
+    cfg = stage_config(config, "m", "warmup")
+    assert cfg["iterations"] == 7 and cfg["lr"] == 1e-3 and cfg["arch"] == "srresnet"
+    assert cfg["perceptual"] == {**TRAINING_DEFAULTS["perceptual"], "weights": None}
+    assert cfg["batch_size"] == TRAINING_DEFAULTS["batch_size"]
+    with pytest.raises(ConfigError, match="models.m.gan"):
+        stage_config(config, "m", "gan")
+    with pytest.raises(ConfigError, match="lr_rate"):
+        resolve_config({"arch": "srresnet", "scale": 4, "lr_rate": 1})
+
+
+def _schema_training_defaults() -> dict | None:
+    for path in (REPO / "config.schema.yaml", REPO / ".drafts" / "training.schema.yaml"):
+        if path.is_file():
+            schema = yaml.safe_load(path.read_text())
+            props = schema.get("properties", schema)
+            if "training" in props:
+                return {k: v.get("default") for k, v in props["training"]["properties"].items()}
+    return None
+
+
+def test_schema_defaults_match_the_code():
+    defaults = _schema_training_defaults()
+    if defaults is None:
+        pytest.skip("no 'training' section in config.schema.yaml yet")
+    assert defaults == TRAINING_DEFAULTS
+
+
+# ------------------------------------------------------------------------------------ training
+@pytest.mark.slow
+def test_warmup_learns_to_beat_bicubic(photos, tmp_path):
+    cfg = tiny_cfg(kwargs=dict(num_blocks=2, num_features=32), iterations=300, batch_size=8,
+                   lr_patch=16, val_every=300, checkpoint_every=300, log_every=50, ema_decay=None,
+                   milestones=[0.8])
+    out = train("warmup", cfg, train_hr_dirs=[photos["astro"]], valid_hr_dirs=[photos["astro"]],
+                out_dir=tmp_path, device="cpu", seed=0)
+    hr = modcrop(np.asarray(Image.open(photos["astro"] / "astronaut.png")), 2)
+    bicubic = image_metrics(hr, imresize(imresize(hr, 1 / 2), 2.0), 2)["psnr_y"]
+    model, scale = load_generator(out)
+    with torch.no_grad():
+        lr = torch.from_numpy(imresize(hr, 1 / 2)).permute(2, 0, 1)[None].float() / 255
+        sr = (model(lr)[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    psnr = image_metrics(hr, sr, 2)["psnr_y"]
+    assert scale == 2
+    assert psnr > bicubic + 0.3, f"trained {psnr:.2f} dB vs bicubic {bicubic:.2f} dB"
+    logged = pd.read_csv(tmp_path / "train_log.csv")
+    assert logged["val_psnr_y"].dropna().iloc[-1] == pytest.approx(psnr, abs=1e-6)
+    assert logged["pixel"].iloc[-1] < logged["pixel"].iloc[0]
+
+
+def test_resume_after_forced_stop(photos, tmp_path, caplog):
+    kw = dict(train_hr_dirs=[photos["train"]], valid_hr_dirs=[photos["valid"]], device="cpu", seed=0)
+    with caplog.at_level(logging.INFO, logger="sfsr.training"):
+        first = train("warmup", tiny_cfg(), out_dir=tmp_path / "a", max_iterations=3, **kw)
+    assert "bf16, channels_last ignored" in caplog.text
+    assert first == tmp_path / "a" / "state" / "last.pt" and not (tmp_path / "a" / "generator.pt").exists()
+    state = torch.load(first, weights_only=True)
+    assert state["iteration"] == 3
+    assert all(s["step"].item() == 3 for s in state["opt_g"]["state"].values())
+    out = train("warmup", tiny_cfg(), out_dir=tmp_path / "a", **kw)
+    assert out == tmp_path / "a" / "generator.pt"
+    logged = pd.read_csv(tmp_path / "a" / "train_log.csv")
+    assert logged["iteration"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert (logged["elapsed_s"].diff().dropna() >= 0).all()
+    final = torch.load(tmp_path / "a" / "state" / "last.pt", weights_only=True)
+    # Adam's step counters continue from 3 (restored), not from 0
+    assert all(s["step"].item() == 6 for s in final["opt_g"]["state"].values())
+    # the interrupted run ends exactly where an uninterrupted one does
+    train("warmup", tiny_cfg(), out_dir=tmp_path / "b", **kw)
+    other = torch.load(tmp_path / "b" / "state" / "last.pt", weights_only=True)
+    for key, value in final["generator"].items():
+        assert torch.allclose(value.float(), other["generator"][key].float(), atol=1e-6), key
+    for name in ("generator.pt", "best.pt"):
+        ckpt = torch.load(tmp_path / "a" / name, weights_only=True)
+        assert set(ckpt["state_dict"]) == set(final["generator"])
+    prov = yaml.safe_load((tmp_path / "a" / "provenance.json").read_text())
+    assert prov["parameters"] > 0 and prov["training_time_s"] > 0 and prov["seed"] == 0
+
+
+def test_state_of_a_run_with_other_settings_is_not_resumed(photos, tmp_path, caplog):
+    """The workflow reruns a stage when its settings change: that run must start afresh."""
+    kw = dict(train_hr_dirs=[photos["train"]], valid_hr_dirs=[photos["valid"]], device="cpu", seed=0)
+    train("warmup", tiny_cfg(), out_dir=tmp_path / "a", max_iterations=3, **kw)
+    with caplog.at_level(logging.WARNING, logger="sfsr.training"):
+        train("warmup", tiny_cfg(lr=5e-4), out_dir=tmp_path / "a", **kw)
+    assert "starting afresh" in caplog.text
+    logged = pd.read_csv(tmp_path / "a" / "train_log.csv")
+    assert logged["iteration"].tolist() == [1, 2, 3, 4, 5, 6]
+    final = torch.load(tmp_path / "a" / "state" / "last.pt", weights_only=True)
+    assert all(s["step"].item() == 6 for s in final["opt_g"]["state"].values())
+    # ... and equals a run that never saw the old state
+    train("warmup", tiny_cfg(lr=5e-4), out_dir=tmp_path / "b", **kw)
+    other = torch.load(tmp_path / "b" / "state" / "last.pt", weights_only=True)
+    for key, value in final["generator"].items():
+        assert torch.allclose(value.float(), other["generator"][key].float(), atol=1e-6), key
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_state(photos, tmp_path, monkeypatch):
+    calls = {"n": 0}
+
+    def l1_then_nan(name):
+        def fn(sr, hr):
+            calls["n"] += 1
+            loss = torch.nn.functional.l1_loss(sr, hr)
+            return loss * float("nan") if calls["n"] >= 5 else loss
+        return fn
+
+    monkeypatch.setattr(loop, "pixel_loss", l1_then_nan)
+    cfg = tiny_cfg(iterations=10, log_every=1, checkpoint_every=2)
+    with pytest.raises(SfsrError, match=r"'pixel' is nan at iteration 5.*iteration 4\) was kept"):
+        train("warmup", cfg, train_hr_dirs=[photos["train"]], valid_hr_dirs=[], out_dir=tmp_path,
+              device="cpu")
+    state = torch.load(tmp_path / "state" / "last.pt", weights_only=True)
+    assert state["iteration"] == 4
+    assert all(torch.isfinite(v).all() for v in state["generator"].values() if v.is_floating_point())
+    assert not (tmp_path / "generator.pt").exists()
+
+
+def test_gan_stage_starts_from_the_warmup_generator(photos, tmp_path):
+    kw = dict(train_hr_dirs=[photos["train"]], valid_hr_dirs=[photos["valid"]], device="cpu")
+    warm = train("warmup", tiny_cfg(iterations=3), out_dir=tmp_path / "warmup", **kw)
+    gan_cfg = tiny_cfg(iterations=4, loss_preset="srgan", lr=1e-4,
+                       loss_weights={"pixel": 1.0, "perceptual": 0.0, "adversarial": 1e-3},
+                       discriminator={"arch": "vgg", "kwargs": {"num_features": 4, "dense_features": 16}})
+    with pytest.raises(ConfigError, match="init_checkpoint"):
+        train("gan", gan_cfg, out_dir=tmp_path / "nogan", **kw)
+    state0 = train("gan", gan_cfg, out_dir=tmp_path / "gan", init_checkpoint=warm, max_iterations=0, **kw)
+    at_zero = torch.load(state0, weights_only=True)
+    warm_sd = torch.load(warm, weights_only=True)["state_dict"]
+    assert at_zero["iteration"] == 0
+    for key, value in warm_sd.items():
+        assert torch.equal(at_zero["generator"][key], value), key
+    out = train("gan", gan_cfg, out_dir=tmp_path / "gan", init_checkpoint=warm, **kw)
+    logged = pd.read_csv(tmp_path / "gan" / "train_log.csv")
+    assert {"pixel", "adversarial", "d_loss", "g_total"} <= set(logged.columns)
+    assert "perceptual" not in logged.columns
+    assert logged["iteration"].tolist() == [1, 2, 3, 4]
+    final = torch.load(tmp_path / "gan" / "state" / "last.pt", weights_only=True)
+    assert final["discriminator"] is not None and final["opt_d"]["state"]
+    assert any(not torch.equal(final["generator"][k], v) for k, v in warm_sd.items())
+    model, scale = load_generator(out)
+    assert scale == 2
+    bad = tiny_cfg(kwargs=dict(num_blocks=2, num_features=8))
+    with pytest.raises(ConfigError, match="same arch"):
+        train("gan", {**gan_cfg, **{"kwargs": bad["kwargs"]}}, out_dir=tmp_path / "bad",
+              init_checkpoint=warm, **kw)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_speed_flags_run(photos, tmp_path):
+    cfg = tiny_cfg(iterations=4, compile=True)
+    out = train("warmup", cfg, train_hr_dirs=[photos["train"]], valid_hr_dirs=[photos["valid"]],
+                out_dir=tmp_path, device="cuda")
+    prov = yaml.safe_load((tmp_path / "provenance.json").read_text())
+    assert prov["speed_flags"] == {"bf16": True, "channels_last": True, "compile": True}
+    model, _ = load_generator(out)
+    assert isinstance(model, type(build_generator("edsr_baseline", 2, num_blocks=1, num_features=8)))
