@@ -11,6 +11,7 @@ import sys
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
 import sfsr.config
+from sfsr.training.loop import stage_config
 
 configfile: "config.yaml"
 
@@ -18,6 +19,7 @@ sfsr.config.validate(config, os.path.join(workflow.basedir, "config.schema.yaml"
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/train.smk"
 include: "rules/evaluate.smk"
 
 
@@ -28,4 +30,4 @@ rule all:
         rules.evaluate.input,
 
 
-localrules: all, data, evaluate
+localrules: all, data, warmup, gan, evaluate

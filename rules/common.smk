@@ -75,20 +75,55 @@ def data_targets():
 
 
 # ---------------------------------------------------------------- evaluation wiring
+# ---------------------------------------------------------------- training wiring
+MODELS = list(config["sr_models"])
+GAN_MODELS = [m for m in MODELS if config["models"][m]["gan"] is not None]
+
+
+def stage_settings(model, stage):
+    """Flat settings of one model's stage (training defaults < training < models.<m>.<stage>)."""
+    return stage_config(config, model, stage)
+
+
+def warmup_checkpoint(model):
+    return f"{RESULTS}/models/{model}/warmup/generator.pt"
+
+
+def gan_checkpoint(model):
+    return f"{RESULTS}/models/{model}/gan/generator.pt"
+
+
+def train_inputs(wildcards):
+    """HR folders of the training sets, plus their LR folders when patches come from them."""
+    settings = stage_settings(wildcards.model, "warmup")
+    inputs = [prepared_hr(d) for d in config["train"]]
+    if settings["lr_source"] == "prepared":
+        inputs += [prepared_lr(d, settings["scale"]) for d in config["train"]]
+    return inputs
+
+
+def evaluated_generators():
+    """Evaluation name -> (checkpoint, scale): '<model>' for the warm-up generator and
+    '<model>_<loss preset>' (e.g. srresnet_x4_srgan) for its GAN fine-tuning."""
+    out = {}
+    for m in MODELS:
+        out[m] = (warmup_checkpoint(m), config["models"][m]["scale"])
+        if m in GAN_MODELS:
+            out[f"{m}_{stage_settings(m, 'gan')['loss_preset']}"] = (gan_checkpoint(m),
+                                                                       config["models"][m]["scale"])
+    return out
+
+
 def eval_models():
-    """Bicubic always, then every trained generator (added by the training stages)."""
-    return ["bicubic"] + trained_models()
-
-
-def trained_models():
-    return []
+    """Bicubic always, then every trained generator."""
+    return ["bicubic"] + list(evaluated_generators())
 
 
 def model_checkpoint(wildcards):
     """Generator checkpoint a model is evaluated from ([] for bicubic)."""
     if wildcards.model == "bicubic":
         return []
-    return generator_checkpoint(wildcards.model)
+    return evaluated_generators()[wildcards.model][0]
 
 
 def sr_output(path):
@@ -98,10 +133,7 @@ def sr_output(path):
 
 
 def metric_tables():
-    return [f"{RESULTS}/metrics/{m}/{d}_x{s}.csv"
-            for m in eval_models() for d in config["test"] for s in SCALES]
-
-
-def generator_checkpoint(model):
-    """The one file a training stage declares for a trained generator."""
-    return f"{RESULTS}/models/{model}/generator.pt"
+    """Bicubic at every scale; a trained generator at its own scale."""
+    gens = evaluated_generators()
+    return [f"{RESULTS}/metrics/{m}/{d}_x{s}.csv" for m in eval_models() for d in config["test"]
+            for s in SCALES if m == "bicubic" or gens[m][1] == s]

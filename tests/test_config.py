@@ -100,3 +100,21 @@ def test_prepare_defaults_mirror_the_schema(repo_root):
         assert dataset[key]["default"] == value, key
     split = schema["$defs"]["split"]["properties"]
     assert {k: v["default"] for k, v in split.items()} == prepare._SPLIT_DEFAULTS
+
+
+def test_sr_models_must_be_defined(base):
+    base["sr_models"] = ["srresnet_x4", "vdsr"]
+    with pytest.raises(ConfigError, match=r"'sr_models\[1\]' names model 'vdsr'"):
+        cfg.validate(base)
+
+
+def test_model_scale_must_be_built(base):
+    base["scales"] = [2]
+    with pytest.raises(ConfigError, match=r"models\.srresnet_x4\.scale"):
+        cfg.validate(base)
+
+
+def test_per_stage_override_is_checked(base):
+    base["models"]["srresnet_x4"]["warmup"]["itertions"] = 5
+    with pytest.raises(ConfigError, match=r"'itertions'.*models\.srresnet_x4\.warmup"):
+        cfg.validate(base)

@@ -124,6 +124,16 @@ def check_references(config: dict) -> None:
                 raise ConfigError(f"config key '{key}' names dataset {name!r} whose layout is "
                                   f"{datasets[name].get('layout', 'flat')!r}; classification sets need "
                                   "class_folders, flowers102, cub200 or builtin_classes.")
+    models = config.get("models", {})
+    for i, name in enumerate(config.get("sr_models", [])):
+        if name not in models:
+            raise ConfigError(f"config key 'sr_models[{i}]' names model {name!r}, which is not defined "
+                              f"under 'models' (defined: {', '.join(sorted(models)) or 'none'}).")
+    for name, model in models.items():
+        if model["scale"] not in config.get("scales", []):
+            raise ConfigError(f"config key 'models.{name}.scale' is {model['scale']}, which is not in "
+                              f"'scales' {config.get('scales')}; add it there (LR images and the "
+                              "evaluation are built for those scales).")
     for name in config.get("refsr", []):
         if datasets[name].get("layout") != "refgroups":
             raise ConfigError(f"config key 'refsr' names dataset {name!r}, whose layout is not "

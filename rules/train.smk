@@ -1,0 +1,62 @@
+# SR training stages: PSNR-oriented warm-up, then GAN fine-tuning initialised from the warm-up
+# generator (so a new warm-up reruns the GAN stage). GPU jobs; killed jobs resume from state/last.pt.
+# Code: workflow_scripts/train.py -> sfsr.training.loop.
+
+
+rule warmup:
+    input:
+        [warmup_checkpoint(m) for m in MODELS],
+
+
+rule gan:
+    input:
+        [gan_checkpoint(m) for m in GAN_MODELS],
+
+
+rule train_warmup:
+    input:
+        train=train_inputs,
+        valid=[prepared_hr(d) for d in config["valid"]],
+    output:
+        f"{RESULTS}/models/{{model}}/warmup/generator.pt",
+    params:
+        cfg=lambda wc: stage_settings(wc.model, "warmup"),
+        seed=config["seed"],
+    log:
+        f"{RESULTS}/logs/train_warmup/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_warmup/{{model}}.tsv"
+    threads: lambda wc: stage_settings(wc.model, "warmup")["threads"]
+    resources:
+        gpu=lambda wc: stage_settings(wc.model, "warmup")["gpus"],
+        mem_mb=lambda wc: stage_settings(wc.model, "warmup")["mem_mb"],
+        runtime=lambda wc: stage_settings(wc.model, "warmup")["runtime"],
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow_scripts/train.py"
+
+
+rule train_gan:
+    input:
+        train=train_inputs,
+        valid=[prepared_hr(d) for d in config["valid"]],
+        init=lambda wc: warmup_checkpoint(wc.model),
+    output:
+        f"{RESULTS}/models/{{model}}/gan/generator.pt",
+    params:
+        cfg=lambda wc: stage_settings(wc.model, "gan"),
+        seed=config["seed"],
+    log:
+        f"{RESULTS}/logs/train_gan/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_gan/{{model}}.tsv"
+    threads: lambda wc: stage_settings(wc.model, "gan")["threads"]
+    resources:
+        gpu=lambda wc: stage_settings(wc.model, "gan")["gpus"],
+        mem_mb=lambda wc: stage_settings(wc.model, "gan")["mem_mb"],
+        runtime=lambda wc: stage_settings(wc.model, "gan")["runtime"],
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow_scripts/train.py"
