@@ -21,6 +21,8 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
+include: "rules/classify.smk"
+include: "rules/report.smk"
 
 
 rule all:
@@ -28,6 +30,8 @@ rule all:
     input:
         rules.data.input,
         rules.evaluate.input,
+        rules.classification.input,
+        rules.figures.input,
 
 
-localrules: all, data, warmup, gan, evaluate
+localrules: all, data, warmup, gan, evaluate, classifier, classification, figures

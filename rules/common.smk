@@ -12,6 +12,10 @@ wildcard_constraints:
     scale=r"\d+",
     filename=r"[^/]+",
     model=r"[A-Za-z0-9_]+",
+    input=r"[A-Za-z0-9_]+",
+    stage=r"warmup|gan|semantic|shared",
+    metric=r"psnr_y|ssim_y|psnr_rgb",
+    rank=r"\d+",
 
 
 def used_datasets():
@@ -132,8 +136,76 @@ def sr_output(path):
     return directory(path) if config["evaluation"]["save_sr"] == "all" else temp(directory(path))
 
 
+def evaluation_provenance():
+    """The settings the evaluation results depend on (recorded next to them). Plot settings are
+    not among them, so changing a plot setting reruns only the plots."""
+    keys = ("experiment", "seed", "scales", "test", "classification", "evaluation", "sr_models")
+    return {k: config[k] for k in keys} | {"datasets": {d: DATASETS[d] for d in used_datasets()}}
+
+
 def metric_tables():
     """Bicubic at every scale; a trained generator at its own scale."""
     gens = evaluated_generators()
-    return [f"{RESULTS}/metrics/{m}/{d}_x{s}.csv" for m in eval_models() for d in config["test"]
+    sets = config["test"] + [d for d in config["classification"] if d not in config["test"]]
+    return [f"{RESULTS}/metrics/{m}/{d}_x{s}.csv" for m in eval_models() for d in sets
             for s in SCALES if m == "bicubic" or gens[m][1] == s]
+
+
+# ---------------------------------------------------------------- classification wiring
+def classifier_checkpoint(dataset):
+    return f"{RESULTS}/classifier/{dataset}/classifier.pt"
+
+
+def models_at(scale):
+    """Evaluated models at one scale: bicubic, then the trained generators of that scale."""
+    return ["bicubic"] + [m for m, (_, s) in evaluated_generators().items() if s == scale]
+
+
+def classify_images(wildcards):
+    """Folder of images the classifier sees: HR, or the SR output of a model (bicubic included)."""
+    if wildcards.input == "hr":
+        return prepared_hr(wildcards.dataset)
+    return f"{RESULTS}/sr/{wildcards.input}/{wildcards.dataset}_x{wildcards.scale}"
+
+
+def classification_inputs(dataset, scale):
+    return [f"{RESULTS}/classification/{dataset}_x{scale}/{i}.json" for i in ["hr"] + models_at(scale)]
+
+
+def accuracy_tables():
+    return [f"{RESULTS}/classification/{d}_x{s}/accuracy.csv"
+            for d in config["classification"] for s in SCALES]
+
+
+# ---------------------------------------------------------------- figures / report wiring
+TRAINING_STAGES = ("warmup", "gan")
+
+
+def stage_models(stage):
+    return MODELS if stage == "warmup" else GAN_MODELS
+
+
+def color_universe():
+    """Every name a figure can show, so each model keeps its colour across all figures."""
+    return ["hr", "bicubic", "lr_head"] + list(evaluated_generators())
+
+
+def generator_stages():
+    """Evaluation name -> '<model>/<stage>', the folder of its training outputs under models/."""
+    models_dir = os.path.join(RESULTS, "models")
+    return {name: os.path.relpath(os.path.dirname(path), models_dir)
+            for name, (path, _) in evaluated_generators().items()}
+
+
+def visual_scales():
+    trained = sorted({s for _, s in evaluated_generators().values()})
+    return trained or SCALES
+
+
+def figure_targets():
+    out = [f"{RESULTS}/figures/training_{st}.png" for st in TRAINING_STAGES if stage_models(st)]
+    out += [f"{RESULTS}/figures/metrics_{m}.png" for m in config["plots"]["metrics"]]
+    out += [f"{RESULTS}/figures/accuracy_{d}_x{s}.png" for d in config["classification"] for s in SCALES]
+    out += [f"{RESULTS}/figures/visual_{d}_x{s}_{r}.png" for d in config["test"]
+            for s in visual_scales() for r in range(1, config["plots"]["visual_images"] + 1)]
+    return out

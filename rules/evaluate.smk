@@ -61,7 +61,7 @@ rule summarize:
     params:
         n_boot=config["evaluation"]["bootstrap"],
         seed=config["seed"],
-        config=config,
+        config=evaluation_provenance(),
     log:
         f"{RESULTS}/logs/summarize.log",
     conda:

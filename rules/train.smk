@@ -18,7 +18,9 @@ rule train_warmup:
         train=train_inputs,
         valid=[prepared_hr(d) for d in config["valid"]],
     output:
-        f"{RESULTS}/models/{{model}}/warmup/generator.pt",
+        generator=f"{RESULTS}/models/{{model}}/warmup/generator.pt",
+        log_csv=f"{RESULTS}/models/{{model}}/warmup/train_log.csv",
+        provenance=f"{RESULTS}/models/{{model}}/warmup/provenance.json",
     params:
         cfg=lambda wc: stage_settings(wc.model, "warmup"),
         seed=config["seed"],
@@ -43,7 +45,9 @@ rule train_gan:
         valid=[prepared_hr(d) for d in config["valid"]],
         init=lambda wc: warmup_checkpoint(wc.model),
     output:
-        f"{RESULTS}/models/{{model}}/gan/generator.pt",
+        generator=f"{RESULTS}/models/{{model}}/gan/generator.pt",
+        log_csv=f"{RESULTS}/models/{{model}}/gan/train_log.csv",
+        provenance=f"{RESULTS}/models/{{model}}/gan/provenance.json",
     params:
         cfg=lambda wc: stage_settings(wc.model, "gan"),
         seed=config["seed"],

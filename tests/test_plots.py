@@ -108,7 +108,7 @@ def logs(images) -> dict[str, pd.DataFrame]:
             opt.zero_grad()
             (l1 + mse).backward()
             opt.step()
-            row = {"iteration": it, "loss_pixel": l1.item(), "loss_mse": mse.item(), "lr": lr_rate,
+            row = {"iteration": it, "pixel": l1.item(), "mse": mse.item(), "lr": lr_rate,
                    "data_wait_fraction": 0.0, "val_psnr_y": math.nan, "val_ssim_y": math.nan,
                    "elapsed_s": 0.01 * it}
             if it % 10 == 0:
@@ -189,7 +189,7 @@ def test_training_curves(logs, tmp_path):
 
 def test_training_curves_tolerant(logs):
     # an adversarial term with negative values -> symlog; a log without val columns still plots
-    a = logs["srgan"].assign(loss_adversarial=-0.1)
+    a = logs["srgan"].assign(adversarial=-0.1)
     b = logs["srresnet"].drop(columns=["val_psnr_y", "val_ssim_y"])
     fig = plots.make_training_curves({"gan": a, "psnr": b})
     assert fig.axes[0].get_yscale() == "symlog"

@@ -16,7 +16,7 @@ from sfsr.workflow import run_rule
 def train_stage(smk):
     stage = {"train_warmup": "warmup", "train_gan": "gan"}[smk.rule]
     train(stage, smk.params.cfg, train_hr_dirs=list(smk.input.train),
-          valid_hr_dirs=list(smk.input.valid), out_dir=Path(smk.output[0]).parent,
+          valid_hr_dirs=list(smk.input.valid), out_dir=Path(smk.output.generator).parent,
           init_checkpoint=smk.input.get("init"), seed=smk.params.seed)
 
 

@@ -321,3 +321,28 @@ def accuracy_table(accuracies: Mapping[str, Mapping[str, Any]],
         denom = a_hr - a_bic
         table[out] = (table[top] - a_bic) / denom if denom != 0 else float("nan")
     return table
+
+
+def split_accuracy(classifier_checkpoint: str | os.PathLike, images: str | os.PathLike,
+                   manifest: str | os.PathLike, *, split: str = "test", device: str = "auto",
+                   batch_size: int = 32, model: nn.Module | None = None,
+                   input_size: int | None = None, resize_size: int | None = None) -> dict[str, Any]:
+    """Accuracy on one split of a prepared classification set, for a folder of images matched by
+    stem (HR, bicubic-upscaled LR or SR outputs). The classifier (or ``model``, e.g. an LR head,
+    with the class mapping of ``classifier_checkpoint``) is evaluated with the preprocessing the
+    classifier was trained with, unless ``input_size``/``resize_size`` are given."""
+    from sfsr.inference import resolve_device
+    from sfsr.training.classifier import load_classifier
+
+    classifier, meta = load_classifier(classifier_checkpoint)
+    frame = pd.read_csv(manifest)
+    if "split" not in frame.columns or not (frame["split"] == split).any():
+        raise DataError(f"{manifest} has no images in split {split!r}; is it a prepared "
+                        "classification set?")
+    frame = frame[frame["split"] == split]
+    acc = classification_accuracy(
+        model if model is not None else classifier, images, manifest=frame,
+        class_to_index=meta["class_to_index"], device=resolve_device(device), batch_size=batch_size,
+        input_size=input_size or int(meta["arch"]["input_size"]),
+        resize_size=resize_size or meta.get("resize_size"))
+    return {**acc, "split": split}

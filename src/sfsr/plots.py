@@ -178,9 +178,18 @@ def _legend_below(fig: Figure, handles: list, labels: list[str], ncol: int | Non
 _LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (3, 1, 1, 1, 1, 1)))
 
 
+#: Columns of a training log (sfsr.training.loop) that are not loss terms; every other column is
+#: one (pixel, perceptual, adversarial, g_total, d_loss, semantic_kl, ...).
+LOG_NON_LOSS_COLUMNS = ("iteration", "epoch", "lr", "data_wait_fraction", "elapsed_s")
+
+
+def _is_loss_column(column: str) -> bool:
+    return column not in LOG_NON_LOSS_COLUMNS and not column.startswith("val_")
+
+
 def make_training_curves(logs: Mapping[str, pd.DataFrame], title: str = "",
                          colors: Mapping[str, str] | None = None) -> Figure:
-    """Two panels against ``iteration``: every ``loss_*`` column of every log (log-scale y;
+    """Two panels against ``iteration``: every loss-term column of every log (log-scale y;
     colour = model, line style = loss term) and ``val_psnr_y`` (dB) where validation ran.
 
     ``logs`` maps a model label to its training log (``train_log.csv``). Rows without a value
@@ -192,7 +201,7 @@ def make_training_curves(logs: Mapping[str, pd.DataFrame], title: str = "",
         _check_columns(log, ["iteration"], f"training log of {label!r}")
     models = list(logs)
     cols = _colors_for(models, colors)
-    terms = sorted({c for log in logs.values() for c in log.columns if c.startswith("loss_")})
+    terms = sorted({c for log in logs.values() for c in log.columns if _is_loss_column(c)})
     styles = {t: _LINESTYLES[i % len(_LINESTYLES)] for i, t in enumerate(terms)}
     with _style():
         fig = Figure(figsize=(11, 4.6), layout="constrained")
@@ -222,7 +231,7 @@ def make_training_curves(logs: Mapping[str, pd.DataFrame], title: str = "",
         ax_loss.set(xlabel="iteration", ylabel="training loss (log scale)", title="Loss terms")
         ax_val.set(xlabel="iteration", ylabel="validation PSNR-Y (dB)", title="Validation PSNR-Y")
         if not terms:
-            ax_loss.text(0.5, 0.5, "no loss_* columns", ha="center", va="center",
+            ax_loss.text(0.5, 0.5, "no loss columns", ha="center", va="center",
                          transform=ax_loss.transAxes)
         if not any_val:
             ax_val.text(0.5, 0.5, "no validation rows", ha="center", va="center",
@@ -232,10 +241,10 @@ def make_training_curves(logs: Mapping[str, pd.DataFrame], title: str = "",
         handles = [Line2D([], [], color=cols[m], linewidth=2) for m in models]
         if len(terms) > 1:
             ax_loss.legend([Line2D([], [], color="0.3", linestyle=styles[t]) for t in terms],
-                           [t.removeprefix("loss_") for t in terms], title="loss term",
+                           list(terms), title="loss term",
                            loc="upper right")
         elif terms:
-            ax_loss.set_ylabel(f"{terms[0].removeprefix('loss_')} loss (log scale)")
+            ax_loss.set_ylabel(f"{terms[0]} loss (log scale)")
         _legend_below(fig, handles, models)
     return fig
 

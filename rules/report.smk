@@ -1,0 +1,117 @@
+# Figures, the study summary table and the Snakemake report. Plot rules read only result tables
+# (and, for the visual grids, the generators), so changing a `plots:` setting reruns only them.
+#   snakemake --cores all figures && snakemake --report results/report.html
+# Code: workflow_scripts/report.py -> sfsr.plots.
+
+report: "../report/workflow.rst"
+
+
+rule figures:
+    input:
+        figure_targets(),
+        f"{RESULTS}/summary.csv",
+
+
+rule plot_training:
+    input:
+        logs=lambda wc: [f"{RESULTS}/models/{m}/{wc.stage}/train_log.csv" for m in stage_models(wc.stage)],
+    output:
+        png=report(f"{RESULTS}/figures/training_{{stage}}.png", caption="../report/training_curves.rst",
+                   category="1. Training", subcategory="{stage}"),
+        pdf=f"{RESULTS}/figures/training_{{stage}}.pdf",
+    params:
+        models=lambda wc: stage_models(wc.stage),
+        universe=color_universe(),
+    log:
+        f"{RESULTS}/logs/plot_training/{{stage}}.log",
+    conda:
+        "../envs/light.yaml"
+    script:
+        "../workflow_scripts/report.py"
+
+
+rule plot_metrics:
+    input:
+        f"{RESULTS}/metrics/summary.csv",
+    output:
+        png=report(f"{RESULTS}/figures/metrics_{{metric}}.png", caption="../report/metrics_bars.rst",
+                   category="2. Image quality", subcategory="{metric}"),
+        pdf=f"{RESULTS}/figures/metrics_{{metric}}.pdf",
+    params:
+        universe=color_universe(),
+    log:
+        f"{RESULTS}/logs/plot_metrics/{{metric}}.log",
+    conda:
+        "../envs/light.yaml"
+    script:
+        "../workflow_scripts/report.py"
+
+
+rule plot_accuracy:
+    input:
+        f"{RESULTS}/classification/{{dataset}}_x{{scale}}/accuracy.csv",
+    output:
+        accuracy=report(f"{RESULTS}/figures/accuracy_{{dataset}}_x{{scale}}.png",
+                        caption="../report/accuracy.rst", category="3. Semantics",
+                        subcategory="{dataset} x{scale}"),
+        accuracy_pdf=f"{RESULTS}/figures/accuracy_{{dataset}}_x{{scale}}.pdf",
+        tradeoff=report(f"{RESULTS}/figures/tradeoff_{{dataset}}_x{{scale}}.png",
+                        caption="../report/tradeoff.rst", category="3. Semantics",
+                        subcategory="{dataset} x{scale}"),
+        tradeoff_pdf=f"{RESULTS}/figures/tradeoff_{{dataset}}_x{{scale}}.pdf",
+    params:
+        universe=color_universe(),
+    log:
+        f"{RESULTS}/logs/plot_accuracy/{{dataset}}_x{{scale}}.log",
+    conda:
+        "../envs/light.yaml"
+    script:
+        "../workflow_scripts/report.py"
+
+
+rule plot_visual:
+    input:
+        metrics=lambda wc: [f"{RESULTS}/metrics/{m}/{wc.dataset}_x{wc.scale}.csv"
+                            for m in models_at(int(wc.scale))],
+        checkpoints=lambda wc: [evaluated_generators()[m][0] for m in models_at(int(wc.scale))
+                                if m != "bicubic"],
+        hr=lambda wc: prepared_hr(wc.dataset),
+        lr=lambda wc: prepared_lr(wc.dataset, wc.scale),
+    output:
+        png=report(f"{RESULTS}/figures/visual_{{dataset}}_x{{scale}}_{{rank}}.png",
+                   caption="../report/visual_grid.rst", category="2. Image quality",
+                   subcategory="{dataset} x{scale}"),
+        pdf=f"{RESULTS}/figures/visual_{{dataset}}_x{{scale}}_{{rank}}.pdf",
+    params:
+        models=lambda wc: models_at(int(wc.scale)),
+        checkpoints=lambda wc: {m: evaluated_generators()[m][0] for m in models_at(int(wc.scale))
+                                if m != "bicubic"},
+        crop_size=config["plots"]["crop_size"],
+        universe=color_universe(),
+        device=config["evaluation"]["device"],
+    log:
+        f"{RESULTS}/logs/plot_visual/{{dataset}}_x{{scale}}_{{rank}}.log",
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow_scripts/report.py"
+
+
+rule summary_table:
+    input:
+        summary=f"{RESULTS}/metrics/summary.csv",
+        accuracy=accuracy_tables(),
+        provenance=[f"{RESULTS}/models/{folder}/provenance.json"
+                    for folder in generator_stages().values()],
+    output:
+        csv=report(f"{RESULTS}/summary.csv", caption="../report/summary_table.rst",
+                   category="0. Summary"),
+        md=f"{RESULTS}/summary.md",
+    params:
+        names=lambda wc: generator_stages(),
+    log:
+        f"{RESULTS}/logs/summary_table.log",
+    conda:
+        "../envs/light.yaml"
+    script:
+        "../workflow_scripts/report.py"

@@ -1,0 +1,156 @@
+"""A whole (tiny) study through the DAG: data -> classifier -> warm-up -> GAN -> evaluation ->
+classification accuracy -> figures -> summary -> Snakemake report, then the report in a browser.
+
+One module-scoped run serves all tests here; the settings only shrink sizes and budgets.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from test_workflow import run_snakemake
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "sr_models": ["srresnet_x4"], "scales": [4],
+    "train": ["builtin_valid"], "valid": ["builtin_valid"], "test": ["builtin_valid"],
+    "classification": ["builtin_demo_cls"],
+    "datasets": {"builtin_demo_cls": {"images": ["brick", "grass", "gravel", "coins"],
+                                      "samples_per_class": 8, "hr_size": 32}},
+    "classifier": {"input_size": 32, "epochs": 2, "batch_size": 8},
+    "training": {"batch_size": 2, "lr_patch": 8, "val_every": 4, "checkpoint_every": 4, "log_every": 2},
+    "models": {"srresnet_x4": {"kwargs": {"num_blocks": 1, "num_features": 8},
+                               "warmup": {"iterations": 6}, "gan": {"iterations": 4}}},
+    "plots": {"visual_images": 1},
+}
+MODELS = ["bicubic", "srresnet_x4", "srresnet_x4_srgan"]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    work = tmp_path_factory.mktemp("study")
+    run_snakemake(work, config=TINY)  # rule all
+    return work, work / "results" / "default"
+
+
+def test_every_stage_produced_its_outputs(study):
+    _, res = study
+    for stage in ("warmup", "gan"):
+        folder = res / "models" / "srresnet_x4" / stage
+        log = pd.read_csv(folder / "train_log.csv")
+        assert log["iteration"].max() == TINY["models"]["srresnet_x4"][stage]["iterations"]
+        prov = json.loads((folder / "provenance.json").read_text())
+        assert prov["seed"] == 0 and prov["git_commit"] and prov["versions"]["torch"]
+    assert "adversarial" in pd.read_csv(res / "models" / "srresnet_x4" / "gan" / "train_log.csv")
+    assert (res / "classifier" / "builtin_demo_cls" / "classifier.pt").is_file()
+
+
+def test_summary_has_one_row_per_model_dataset_scale(study):
+    _, res = study
+    summary = pd.read_csv(res / "summary.csv")
+    expected = {(m, d, 4) for m in MODELS for d in ("builtin_valid", "builtin_demo_cls")}
+    assert set(zip(summary.model, summary.dataset, summary.scale)) == expected
+    assert len(summary) == len(expected)
+    trained = summary[summary.model != "bicubic"]
+    assert (trained["params"] > 0).all() and (trained["train_time_s"] > 0).all()
+    assert summary["convention"].nunique() == 1
+    assert (res / "summary.md").read_text().count("srresnet_x4_srgan") == 2
+
+
+def test_accuracy_table_joins_hr_bicubic_and_models(study):
+    _, res = study
+    acc = pd.read_csv(res / "classification" / "builtin_demo_cls_x4" / "accuracy.csv")
+    assert set(acc.input) == {"hr", *MODELS}
+    row = acc.set_index("input")
+    assert row.loc["bicubic", "gap_closed"] == pytest.approx(0.0) or np.isnan(row.loc["bicubic", "gap_closed"])
+    assert ((acc.top1 >= 0) & (acc.top1 <= 1)).all()
+    manifest = pd.read_csv(study[0] / "data" / "prepared" / "builtin_demo_cls" / "manifest.csv")
+    assert (acc.n == (manifest.split == "test").sum()).all()
+    assert np.isnan(row.loc["hr", "psnr_y"]) and np.isfinite(row.loc["srresnet_x4", "psnr_y"])
+
+
+def test_figures_exist_and_are_not_blank(study):
+    _, res = study
+    names = ["training_warmup", "training_gan", "metrics_psnr_y", "metrics_ssim_y",
+             "accuracy_builtin_demo_cls_x4", "tradeoff_builtin_demo_cls_x4", "visual_builtin_valid_x4_1"]
+    for name in names:
+        png = res / "figures" / f"{name}.png"
+        assert (res / "figures" / f"{name}.pdf").is_file(), name
+        pixels = np.asarray(Image.open(png).convert("L"), dtype=float)
+        assert pixels.std() > 10, f"{name} looks blank"
+
+
+def test_changing_a_plot_setting_reruns_only_plots(study):
+    work, _ = study
+    proc = run_snakemake(work, "-n", config={**TINY, "plots": {"visual_images": 1, "crop_size": 24}})
+    jobs = set(re.findall(r"^rule (\w+):", proc.stdout + proc.stderr, flags=re.M))
+    assert jobs - {"all"} == {"plot_visual"}, jobs
+
+
+def test_changing_the_warmup_reruns_the_gan(study):
+    work, _ = study
+    changed = json.loads(json.dumps(TINY))
+    changed["models"]["srresnet_x4"]["warmup"]["lr"] = 1e-4
+    proc = run_snakemake(work, "gan", "-n", config=changed)
+    jobs = set(re.findall(r"^rule (\w+):", proc.stdout + proc.stderr, flags=re.M))
+    assert {"train_warmup", "train_gan"} <= jobs
+
+
+@pytest.fixture(scope="module")
+def report(study):
+    work, _ = study
+    html = work / "report.html"
+    run_snakemake(work, "--report", str(html), config=TINY)
+    return html
+
+
+def test_report_html_and_zip(study, report):
+    work, _ = study
+    text = report.read_text(errors="replace")
+    for name in ("training_warmup.png", "metrics_psnr_y.png", "accuracy_builtin_demo_cls_x4.png",
+                 "summary.csv", "Semantic-favorable"):
+        assert name in text, name
+    zpath = work / "report.zip"
+    run_snakemake(work, "--report", str(zpath), config=TINY)
+    with zipfile.ZipFile(zpath) as zf:
+        names = zf.namelist()
+    assert any(n.endswith("metrics_psnr_y.png") for n in names)
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_report_renders_in_a_browser(report, tmp_path):
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("chromium not installed (apt-get install chromium; .ci/run installs it)")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=15000"]
+    shot = tmp_path / "report.png"
+    subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1400,1000",
+                    report.as_uri()], check=True, capture_output=True, timeout=180)
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.std() > 5, "the rendered report looks blank"
+    dom = subprocess.run([browser, *flags, "--dump-dom", report.as_uri()], check=True,
+                         capture_output=True, text=True, timeout=180).stdout
+    assert "sfsr" in dom or "Semantic-favorable" in dom  # the workflow description was rendered
+    # every embedded figure is a decodable PNG (no broken images)
+    pngs = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", report.read_text(errors="replace"))
+    assert len(pngs) >= 7
+    for data in pngs:
+        raw = base64.b64decode(data)
+        assert raw[:8] == b"\x89PNG\r\n\x1a\n"

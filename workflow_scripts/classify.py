@@ -1,0 +1,54 @@
+"""Entry point of the classifier stage (rules/classify.smk): pretrain_classifier, classify,
+accuracy_table. The work is done in ``sfsr.training.classifier`` and ``sfsr.evaluation``."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821  this checkout's sfsr
+
+import pandas as pd
+
+from sfsr import io
+from sfsr.evaluation import accuracy_table as make_accuracy_table
+from sfsr.evaluation import mean_metrics, split_accuracy
+from sfsr.training.classifier import train_classifier
+from sfsr.workflow import run_rule
+
+
+def pretrain_classifier(smk):
+    cfg = {k: v for k, v in smk.params.cfg.items() if k not in ("threads", "gpus", "mem_mb", "runtime")}
+    train_classifier(cfg, dataset_dir=Path(smk.input.manifest).parent,
+                     out_dir=Path(smk.output[0]).parent, seed=smk.params.seed)
+
+
+def classify(smk):
+    acc = split_accuracy(smk.input.classifier, smk.input.images, smk.input.manifest,
+                         device=smk.params.device)
+    w = smk.wildcards
+    io.write_json(smk.output[0], {"input": w.input, "dataset": w.dataset, "scale": int(w.scale), **acc})
+
+
+def accuracy_table(smk):
+    accuracies = {}
+    for path in smk.input.accuracies:
+        record = json.loads(Path(path).read_text())
+        accuracies[record["input"]] = record
+    manifest = pd.read_csv(smk.input.manifest)
+    test_stems = set(manifest.loc[manifest["split"] == "test", "stem"])
+    metrics = {}
+    for path in smk.input.metrics:  # PSNR/SSIM on the same test images
+        per_image = pd.read_csv(path)
+        per_image = per_image[per_image["image"].isin(test_stems)]
+        metrics[per_image["model"].iloc[0]] = mean_metrics(per_image)
+    table = make_accuracy_table(accuracies, metrics)
+    table.insert(0, "scale", int(smk.wildcards.scale))
+    table.insert(0, "dataset", smk.wildcards.dataset)
+    io.write_csv(smk.output.csv, table)
+    io.write_text(smk.output.md, table.to_markdown(index=False, floatfmt=".4f") + "\n\n"
+                  "top1/top5 on the test split; gap_closed = (acc - acc_bicubic) / "
+                  "(acc_hr - acc_bicubic); PSNR/SSIM on the same images (Y channel).\n")
+
+
+run_rule(snakemake, {"pretrain_classifier": pretrain_classifier, "classify": classify,  # noqa: F821
+                     "accuracy_table": accuracy_table})

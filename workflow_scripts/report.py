@@ -1,0 +1,76 @@
+"""Entry point of the figures and summary rules (rules/report.smk). The work is done in
+``sfsr.plots``; every figure gets the same colour per model (``color_universe``)."""
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821  this checkout's sfsr
+
+import pandas as pd
+
+from sfsr import io, plots
+from sfsr.evaluation import summary_markdown
+from sfsr.inference import upscale_path
+from sfsr.workflow import run_rule
+
+
+def _colors(smk):
+    return plots.model_colors(smk.params.universe)
+
+
+def plot_training(smk):
+    logs = {m: pd.read_csv(p) for m, p in zip(smk.params.models, smk.input.logs)}
+    plots.plot_training_curves(logs, smk.output.png, title=f"{smk.wildcards.stage} stage",
+                               colors=_colors(smk))
+
+
+def plot_metrics(smk):
+    plots.plot_metric_bars(pd.read_csv(smk.input[0]), smk.output.png, metric=smk.wildcards.metric,
+                           colors=_colors(smk))
+
+
+def plot_accuracy(smk):
+    table = pd.read_csv(smk.input[0])
+    plots.plot_accuracy(table, smk.output.accuracy, colors=_colors(smk))
+    plots.plot_tradeoff(table, smk.output.tradeoff, colors=_colors(smk))
+
+
+def plot_visual(smk):
+    w = smk.wildcards
+    per_image = pd.concat([pd.read_csv(p) for p in smk.input.metrics], ignore_index=True)
+    chosen = plots.pick_images(per_image, n=int(w.rank))
+    if len(chosen) < int(w.rank):
+        raise SystemExit(f"{w.dataset} has only {len(chosen)} images; lower plots.visual_images")
+    stem = chosen["image"].iloc[int(w.rank) - 1]
+    hr = next(Path(smk.input.hr).glob(f"{stem}.png"))
+    lr = next(Path(smk.input.lr).glob(f"{stem}.png"))
+    with tempfile.TemporaryDirectory() as tmp:
+        sr_paths = {}
+        for model, ckpt in smk.params.checkpoints.items():  # the same inference code as evaluation
+            sr_paths[model] = upscale_path(lr, Path(tmp) / model / f"{stem}.png", checkpoint=ckpt,
+                                           device=smk.params.device, progress=False)[0]
+        plots.plot_visual_grid(hr, sr_paths, smk.output.png, int(w.scale), lr_path=lr,
+                               size=smk.params.crop_size, colors=_colors(smk))
+
+
+def summary_table(smk):
+    summary = pd.read_csv(smk.input.summary)
+    accuracy = pd.concat([pd.read_csv(p) for p in smk.input.accuracy], ignore_index=True) \
+        if smk.input.accuracy else None
+    if accuracy is not None:
+        accuracy = accuracy.rename(columns={"input": "model"})
+    params, train_time = {}, {}
+    for name, path in zip(smk.params.names, smk.input.provenance):
+        record = json.loads(Path(path).read_text())
+        params[name] = record.get("parameters")
+        train_time[name] = record.get("training_time_s")
+    table = plots.summary_table(summary, accuracy=accuracy, params=params, train_time=train_time)
+    io.write_csv(smk.output.csv, table)
+    io.write_text(smk.output.md, summary_markdown(table))
+
+
+run_rule(snakemake, {"plot_training": plot_training, "plot_metrics": plot_metrics,  # noqa: F821
+                     "plot_accuracy": plot_accuracy, "plot_visual": plot_visual,
+                     "summary_table": summary_table})
