@@ -19,7 +19,7 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 from sfsr.data.images import DEFAULT_EXTENSIONS as IMAGE_EXTENSIONS
-from sfsr.data.images import list_images, read_image
+from sfsr.data.images import images_by_stem, read_image
 from sfsr.errors import DataError
 from sfsr.metrics import image_metrics, topk_accuracy
 from sfsr.models.classifier import Classifier
@@ -30,19 +30,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _images_by_stem(folder: str | os.PathLike, what: str) -> dict[str, Path]:
-    folder = Path(folder)
-    if not folder.is_dir():
+    if not Path(folder).is_dir():
         raise DataError(f"{what} folder not found: {folder} (give an existing folder of images)")
-    paths = list_images(folder, IMAGE_EXTENSIONS)
-    by_stem: dict[str, Path] = {}
-    for path in paths:
-        if path.stem in by_stem:
-            raise DataError(f"{what} folder {folder} holds two images with the stem {path.stem!r}: "
-                            f"{by_stem[path.stem].name} and {path.name}; keep one")
-        by_stem[path.stem] = path
-    if not by_stem:
-        raise DataError(f"{what} folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-    return by_stem
+    return images_by_stem(folder, IMAGE_EXTENSIONS, what)
 
 
 def _shorten(stems: Sequence[str], limit: int = 20) -> str:

@@ -144,3 +144,16 @@ def list_images(folder: str | os.PathLike,
         raise DataError(f"no images in {folder}: looked for extensions {', '.join(exts)}; check the "
                         f"folder or the dataset's 'extensions' / 'root' settings")
     return files
+
+
+def images_by_stem(folder: str | os.PathLike, extensions: Iterable[str] = DEFAULT_EXTENSIONS,
+                   what: str = "image") -> dict[str, Path]:
+    """:func:`list_images` keyed by file stem (outputs are ``<stem>.png``, and SR/HR pairs are
+    matched by stem); two files with one stem raise :class:`DataError` naming both."""
+    by_stem: dict[str, Path] = {}
+    for path in list_images(folder, extensions):
+        if path.stem in by_stem:
+            raise DataError(f"{what} folder {Path(folder)} holds two images with the stem "
+                            f"{path.stem!r}: {by_stem[path.stem].name} and {path.name}; keep one")
+        by_stem[path.stem] = path
+    return by_stem

@@ -27,7 +27,7 @@ from PIL import Image
 
 from sfsr import io
 from sfsr.data.bicubic import imresize, modcrop
-from sfsr.data.images import DEFAULT_EXTENSIONS, list_images, read_image
+from sfsr.data.images import DEFAULT_EXTENSIONS, images_by_stem, list_images, read_image
 from sfsr.data.sources import load_builtin
 from sfsr.errors import ConfigError, DataError, ImageError
 
@@ -497,13 +497,7 @@ def make_lr_folder(input_dir: str | os.PathLike, output_dir: str | os.PathLike, 
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if input_dir.resolve() == output_dir.resolve():
         raise ConfigError(f"output folder {output_dir} is the input folder; choose another one")
-    files = list_images(input_dir, DEFAULT_EXTENSIONS)
-    stems: dict[str, Path] = {}
-    for path in files:
-        if path.stem in stems:
-            raise DataError(f"{stems[path.stem]} and {path} would both be written as {path.stem}.png; "
-                            f"rename one")
-        stems[path.stem] = path
+    files = list(images_by_stem(input_dir, DEFAULT_EXTENSIONS, "input").values())
     dev = None if device == "cpu" else _to_device(device)
     iterator: Any = files
     if progress:
