@@ -34,4 +34,4 @@ rule all:
         rules.figures.input,
 
 
-localrules: all, data, warmup, gan, evaluate, classifier, classification, figures
+localrules: all, data, warmup, gan, semantic, shared, evaluate, classifier, classification, figures

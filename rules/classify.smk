@@ -40,6 +40,7 @@ rule pretrain_classifier:
 
 rule classify:
     input:
+        unpack(lr_head_inputs),
         classifier=lambda wc: classifier_checkpoint(wc.dataset),
         images=classify_images,
         manifest=lambda wc: f"{DATA}/prepared/{wc.dataset}/manifest.csv",

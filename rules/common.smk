@@ -81,7 +81,6 @@ def data_targets():
 # ---------------------------------------------------------------- evaluation wiring
 # ---------------------------------------------------------------- training wiring
 MODELS = list(config["sr_models"])
-GAN_MODELS = [m for m in MODELS if config["models"][m]["gan"] is not None]
 
 
 def stage_settings(model, stage):
@@ -89,12 +88,27 @@ def stage_settings(model, stage):
     return stage_config(config, model, stage)
 
 
+def stage_checkpoint(model, stage):
+    return f"{RESULTS}/models/{model}/{stage}/generator.pt"
+
+
 def warmup_checkpoint(model):
-    return f"{RESULTS}/models/{model}/warmup/generator.pt"
+    return stage_checkpoint(model, "warmup")
 
 
 def gan_checkpoint(model):
-    return f"{RESULTS}/models/{model}/gan/generator.pt"
+    return stage_checkpoint(model, "gan")
+
+
+def models_with(stage):
+    """Models of sr_models that have this fine-tuning stage (gan, semantic, shared)."""
+    return [m for m in MODELS if config["models"][m][stage] is not None]
+
+
+def semantic_dataset():
+    """The classification set the semantic and shared stages train on: the first of
+    'classification' (sfsr.config checks there is one when a model has such a stage)."""
+    return config["classification"][0]
 
 
 def train_inputs(wildcards):
@@ -111,11 +125,20 @@ def evaluated_generators():
     '<model>_<loss preset>' (e.g. srresnet_x4_srgan) for its GAN fine-tuning."""
     out = {}
     for m in MODELS:
-        out[m] = (warmup_checkpoint(m), config["models"][m]["scale"])
-        if m in GAN_MODELS:
-            out[f"{m}_{stage_settings(m, 'gan')['loss_preset']}"] = (gan_checkpoint(m),
-                                                                       config["models"][m]["scale"])
+        scale = config["models"][m]["scale"]
+        out[m] = (warmup_checkpoint(m), scale)
+        if m in models_with("gan"):
+            out[f"{m}_{stage_settings(m, 'gan')['loss_preset']}"] = (gan_checkpoint(m), scale)
+        for stage in ("semantic", "shared"):
+            if m in models_with(stage):
+                out[f"{m}_{stage}"] = (stage_checkpoint(m, stage), scale)
     return out
+
+
+def lr_heads():
+    """LR classification heads of the shared-feature models: input name -> (generator, head, scale)."""
+    return {f"{m}_lr_head": (stage_checkpoint(m, "shared"), f"{RESULTS}/models/{m}/shared/lr_head.pt",
+                             config["models"][m]["scale"]) for m in models_with("shared")}
 
 
 def eval_models():
@@ -162,14 +185,26 @@ def models_at(scale):
 
 
 def classify_images(wildcards):
-    """Folder of images the classifier sees: HR, or the SR output of a model (bicubic included)."""
+    """Folder of images the classifier sees: HR, the SR output of a model (bicubic included), or
+    the LR images themselves for an LR head."""
     if wildcards.input == "hr":
         return prepared_hr(wildcards.dataset)
+    if wildcards.input in lr_heads():
+        return prepared_lr(wildcards.dataset, wildcards.scale)
     return f"{RESULTS}/sr/{wildcards.input}/{wildcards.dataset}_x{wildcards.scale}"
 
 
+def lr_head_inputs(wildcards):
+    if wildcards.input not in lr_heads():
+        return {}
+    generator, head, _ = lr_heads()[wildcards.input]
+    return {"generator": generator, "head": head}
+
+
 def classification_inputs(dataset, scale):
-    return [f"{RESULTS}/classification/{dataset}_x{scale}/{i}.json" for i in ["hr"] + models_at(scale)]
+    heads = [h for h, (_, _, s) in lr_heads().items() if s == scale]
+    return [f"{RESULTS}/classification/{dataset}_x{scale}/{i}.json"
+            for i in ["hr"] + models_at(scale) + heads]
 
 
 def accuracy_tables():
@@ -178,16 +213,16 @@ def accuracy_tables():
 
 
 # ---------------------------------------------------------------- figures / report wiring
-TRAINING_STAGES = ("warmup", "gan")
+TRAINING_STAGES = ("warmup", "gan", "semantic", "shared")
 
 
 def stage_models(stage):
-    return MODELS if stage == "warmup" else GAN_MODELS
+    return MODELS if stage == "warmup" else models_with(stage)
 
 
 def color_universe():
     """Every name a figure can show, so each model keeps its colour across all figures."""
-    return ["hr", "bicubic", "lr_head"] + list(evaluated_generators())
+    return ["hr", "bicubic"] + list(evaluated_generators()) + list(lr_heads())
 
 
 def generator_stages():

@@ -118,3 +118,9 @@ def test_per_stage_override_is_checked(base):
     base["models"]["srresnet_x4"]["warmup"]["itertions"] = 5
     with pytest.raises(ConfigError, match=r"'itertions'.*models\.srresnet_x4\.warmup"):
         cfg.validate(base)
+
+
+def test_semantic_stage_needs_a_classification_set(base):
+    base["classification"] = []
+    with pytest.raises(ConfigError, match=r"models\.srresnet_x4\.semantic.*classification"):
+        cfg.validate(base)

@@ -32,10 +32,13 @@ TINY = {
     "classifier": {"input_size": 32, "epochs": 2, "batch_size": 8},
     "training": {"batch_size": 2, "lr_patch": 8, "val_every": 4, "checkpoint_every": 4, "log_every": 2},
     "models": {"srresnet_x4": {"kwargs": {"num_blocks": 1, "num_features": 8},
-                               "warmup": {"iterations": 6}, "gan": {"iterations": 4}}},
+                               "warmup": {"iterations": 6}, "gan": {"iterations": 4},
+                               "semantic": {"iterations": 4, "batch_size": 4},
+                               "shared": {"iterations": 4, "batch_size": 4}}},
     "plots": {"visual_images": 1},
 }
-MODELS = ["bicubic", "srresnet_x4", "srresnet_x4_srgan"]
+MODELS = ["bicubic", "srresnet_x4", "srresnet_x4_srgan", "srresnet_x4_semantic", "srresnet_x4_shared"]
+STAGES = {"warmup": 6, "gan": 4, "semantic": 4, "shared": 4}
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +50,16 @@ def study(tmp_path_factory):
 
 def test_every_stage_produced_its_outputs(study):
     _, res = study
-    for stage in ("warmup", "gan"):
+    for stage, iterations in STAGES.items():
         folder = res / "models" / "srresnet_x4" / stage
         log = pd.read_csv(folder / "train_log.csv")
-        assert log["iteration"].max() == TINY["models"]["srresnet_x4"][stage]["iterations"]
+        assert log["iteration"].max() == iterations
         prov = json.loads((folder / "provenance.json").read_text())
         assert prov["seed"] == 0 and prov["git_commit"] and prov["versions"]["torch"]
     assert "adversarial" in pd.read_csv(res / "models" / "srresnet_x4" / "gan" / "train_log.csv")
+    assert "semantic_kl" in pd.read_csv(res / "models" / "srresnet_x4" / "semantic" / "train_log.csv")
+    assert "shared_cls" in pd.read_csv(res / "models" / "srresnet_x4" / "shared" / "train_log.csv")
+    assert (res / "models" / "srresnet_x4" / "shared" / "lr_head.pt").is_file()
     assert (res / "classifier" / "builtin_demo_cls" / "classifier.pt").is_file()
 
 
@@ -67,23 +73,25 @@ def test_summary_has_one_row_per_model_dataset_scale(study):
     assert (trained["params"] > 0).all() and (trained["train_time_s"] > 0).all()
     assert summary["convention"].nunique() == 1
     assert (res / "summary.md").read_text().count("srresnet_x4_srgan") == 2
+    assert (res / "summary.md").read_text().count("srresnet_x4_semantic") == 2
 
 
 def test_accuracy_table_joins_hr_bicubic_and_models(study):
     _, res = study
     acc = pd.read_csv(res / "classification" / "builtin_demo_cls_x4" / "accuracy.csv")
-    assert set(acc.input) == {"hr", *MODELS}
+    assert set(acc.input) == {"hr", *MODELS, "srresnet_x4_lr_head"}
     row = acc.set_index("input")
     assert row.loc["bicubic", "gap_closed"] == pytest.approx(0.0) or np.isnan(row.loc["bicubic", "gap_closed"])
     assert ((acc.top1 >= 0) & (acc.top1 <= 1)).all()
     manifest = pd.read_csv(study[0] / "data" / "prepared" / "builtin_demo_cls" / "manifest.csv")
     assert (acc.n == (manifest.split == "test").sum()).all()
     assert np.isnan(row.loc["hr", "psnr_y"]) and np.isfinite(row.loc["srresnet_x4", "psnr_y"])
+    assert np.isnan(row.loc["srresnet_x4_lr_head", "psnr_y"])  # classifies LR, makes no image
 
 
 def test_figures_exist_and_are_not_blank(study):
     _, res = study
-    names = ["training_warmup", "training_gan", "metrics_psnr_y", "metrics_ssim_y",
+    names = ["training_warmup", "training_gan", "training_semantic", "training_shared", "metrics_psnr_y", "metrics_ssim_y",
              "accuracy_builtin_demo_cls_x4", "tradeoff_builtin_demo_cls_x4", "visual_builtin_valid_x4_1"]
     for name in names:
         png = res / "figures" / f"{name}.png"

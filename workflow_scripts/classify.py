@@ -13,6 +13,7 @@ from sfsr import io
 from sfsr.evaluation import accuracy_table as make_accuracy_table
 from sfsr.evaluation import mean_metrics, split_accuracy
 from sfsr.training.classifier import train_classifier
+from sfsr.training.loop import load_lr_classifier
 from sfsr.workflow import run_rule
 
 
@@ -23,8 +24,14 @@ def pretrain_classifier(smk):
 
 
 def classify(smk):
-    acc = split_accuracy(smk.input.classifier, smk.input.images, smk.input.manifest,
-                         device=smk.params.device)
+    if "head" in smk.input.keys():  # an LR head classifies the LR images directly
+        head = load_lr_classifier(smk.input.generator, smk.input.head)
+        acc = split_accuracy(smk.input.classifier, smk.input.images, smk.input.manifest,
+                             device=smk.params.device, model=head, input_size=head.input_size,
+                             resize_size=head.resize_size, normalize=False)
+    else:
+        acc = split_accuracy(smk.input.classifier, smk.input.images, smk.input.manifest,
+                             device=smk.params.device)
     w = smk.wildcards
     io.write_json(smk.output[0], {"input": w.input, "dataset": w.dataset, "scale": int(w.scale), **acc})
 

@@ -1,4 +1,5 @@
-"""Entry point of the SR training stages (rules/train.smk): train_warmup, train_gan.
+"""Entry point of the SR training stages (rules/train.smk): train_warmup, train_gan,
+train_semantic, train_shared.
 
 The work is done in ``sfsr.training.loop.train``; a killed job started again resumes from
 ``state/last.pt`` beside its output.
@@ -14,10 +15,12 @@ from sfsr.workflow import run_rule
 
 
 def train_stage(smk):
-    stage = {"train_warmup": "warmup", "train_gan": "gan"}[smk.rule]
+    stage = smk.rule.removeprefix("train_")
     train(stage, smk.params.cfg, train_hr_dirs=list(smk.input.train),
           valid_hr_dirs=list(smk.input.valid), out_dir=Path(smk.output.generator).parent,
-          init_checkpoint=smk.input.get("init"), seed=smk.params.seed)
+          init_checkpoint=smk.input.get("init"), classifier_checkpoint=smk.input.get("classifier"),
+          seed=smk.params.seed)
 
 
-run_rule(snakemake, {"train_warmup": train_stage, "train_gan": train_stage})  # noqa: F821
+run_rule(snakemake, {f"train_{stage}": train_stage  # noqa: F821
+                     for stage in ("warmup", "gan", "semantic", "shared")})

@@ -129,6 +129,12 @@ def check_references(config: dict) -> None:
         if name not in models:
             raise ConfigError(f"config key 'sr_models[{i}]' names model {name!r}, which is not defined "
                               f"under 'models' (defined: {', '.join(sorted(models)) or 'none'}).")
+    for name in config.get("sr_models", []):
+        stages = [st for st in ("semantic", "shared") if models[name].get(st) is not None]
+        if stages and not config.get("classification"):
+            raise ConfigError(f"config key 'models.{name}.{stages[0]}' needs a classification set "
+                              "(the frozen classifier and its training images): list one under "
+                              f"'classification', or set models.{name}.{stages[0]}: null.")
     for name, model in models.items():
         if model["scale"] not in config.get("scales", []):
             raise ConfigError(f"config key 'models.{name}.scale' is {model['scale']}, which is not in "

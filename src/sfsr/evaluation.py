@@ -316,7 +316,8 @@ def accuracy_table(accuracies: Mapping[str, Mapping[str, Any]],
 def split_accuracy(classifier_checkpoint: str | os.PathLike, images: str | os.PathLike,
                    manifest: str | os.PathLike, *, split: str = "test", device: str = "auto",
                    batch_size: int = 32, model: nn.Module | None = None,
-                   input_size: int | None = None, resize_size: int | None = None) -> dict[str, Any]:
+                   input_size: int | None = None, resize_size: int | None = None,
+                   normalize: bool | None = None) -> dict[str, Any]:
     """Accuracy on one split of a prepared classification set, for a folder of images matched by
     stem (HR, bicubic-upscaled LR or SR outputs). The classifier (or ``model``, e.g. an LR head,
     with the class mapping of ``classifier_checkpoint``) is evaluated with the preprocessing the
@@ -334,5 +335,5 @@ def split_accuracy(classifier_checkpoint: str | os.PathLike, images: str | os.Pa
         model if model is not None else classifier, images, manifest=frame,
         class_to_index=meta["class_to_index"], device=resolve_device(device), batch_size=batch_size,
         input_size=input_size or int(meta["arch"]["input_size"]),
-        resize_size=resize_size or meta.get("resize_size"))
+        resize_size=resize_size or meta.get("resize_size"), normalize=normalize)
     return {**acc, "split": split}

@@ -83,7 +83,7 @@ _GAN_NAMES = ("srgan", "esrgan", "gan")
 def model_family(name: str) -> str:
     """Family of a model/input name, from the words in its name (case-insensitive).
 
-    ``hr``, ``bicubic`` and ``lr_head`` are their own families; then, first match wins:
+    ``hr``, ``bicubic`` and ``lr_head`` (also ``<model>_lr_head``) are their own families; then, first match wins:
     ``refsr`` (name contains ``refsr``), ``shared`` (``shared``), ``semantic`` (``semantic`` or
     ``sem``), ``gan`` (``srgan``, ``esrgan``, ``gan``), ``psnr`` (``srresnet``, ``msrresnet``,
     ``edsr``, ``rrdbnet``, ``autoencoder``, ``psnr``), else ``other``. Semantic/shared/RefSR come
@@ -93,6 +93,8 @@ def model_family(name: str) -> str:
     n = str(name).lower()
     if n in ("hr", "bicubic", "lr_head"):
         return n
+    if n.endswith("_lr_head"):  # the LR head of a shared-feature model, e.g. srresnet_x4_lr_head
+        return "lr_head"
     words = set(n.replace("-", "_").split("_"))
     if "refsr" in n:
         return "refsr"

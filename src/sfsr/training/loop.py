@@ -1,4 +1,16 @@
-"""The iteration-based SR training loop: PSNR-oriented warm-up and GAN fine-tuning.
+"""The iteration-based SR training loop: PSNR-oriented warm-up, GAN fine-tuning, semantic-favorable
+fine-tuning and shared-feature (SR + LR classification) training.
+
+Stages (``STAGES``):
+
+* ``warmup``: pixel loss only.
+* ``gan``: pixel + perceptual + adversarial (``loss_preset``/``loss_weights``), from the warm-up.
+* ``semantic``: the gan stage's terms plus the label-free prior of the frozen fine-grained classifier
+  (:class:`sfsr.semantic.SemanticPriorLoss`, loaded from ``classifier_checkpoint``), from the warm-up.
+* ``shared``: :class:`sfsr.semantic.SharedFeatureModel` (generator + :class:`LRClassificationHead` on
+  ``generator.encode``), SR loss + ``shared_cls`` (:func:`sfsr.semantic.shared_classification_loss`,
+  targets from the frozen classifier on the HR patch), from a warm-up (or gan/semantic) generator;
+  also writes ``lr_head.pt`` (:func:`load_lr_classifier`).
 
 ``train(stage, cfg, ...)`` trains one model stage and writes to ``out_dir``:
 
@@ -7,8 +19,10 @@
   ``checkpoint_every`` iterations; a later call with the same ``out_dir`` resumes from it.
 * ``best.pt``: the validated generator with the best PSNR-Y (``save_generator`` format).
 * ``train_log.csv``: iteration, each loss term, lr, data_wait_fraction, val_psnr_y, val_ssim_y,
-  elapsed_s (one row per ``log_every`` iterations; losses are means over those iterations).
-* ``provenance.json`` and, written last, ``generator.pt`` (EMA weights when EMA is on).
+  (shared: val_head_top1), elapsed_s (one row per ``log_every`` iterations; losses are means over
+  those iterations).
+* ``provenance.json``, (shared: ``lr_head.pt``) and, written last, ``generator.pt`` (EMA weights
+  when EMA is on).
 
 ``cfg`` is the flat settings dict of one model stage (see :func:`stage_config`): ``arch``, ``scale``,
 ``kwargs`` plus the keys of :data:`TRAINING_DEFAULTS`.
@@ -40,23 +54,36 @@ from sfsr import io, provenance
 from sfsr.errors import ConfigError, DataError, SfsrError
 from sfsr.losses import LOSS_PRESETS, PerceptualLoss, adversarial_loss, pixel_loss, total_loss
 from sfsr.metrics import image_metrics, to_uint8
+from sfsr.data.images import list_images
 from sfsr.models import (build_discriminator, build_generator, count_parameters, generator_spec,
-                         save_generator)
-from sfsr.training.data import (PatchDataset, ValidationImage, load_validation_set, make_loader,
-                                make_lr_batch, to_float)
+                         load_generator, save_generator)
+from sfsr.semantic import (SHARED_MODES, LRClassificationHead, SharedFeatureModel, load_semantic_prior,
+                           shared_classification_loss)
+from sfsr.training.classifier import load_classifier
+from sfsr.training.data import (PatchDataset, ValidationImage, _image_size, load_validation_set,
+                                make_loader, make_lr_batch, to_float)
 from sfsr.training.ema import make_ema
 
 log = logging.getLogger("sfsr.training")
 
-STAGES = ("warmup", "gan")
+STAGES = ("warmup", "gan", "semantic", "shared")
+#: Stages that start from another stage's generator.pt (``init_checkpoint``).
+INIT_STAGES = ("gan", "semantic", "shared")
+#: Stages that need the frozen fine-grained classifier (``classifier_checkpoint``).
+CLASSIFIER_STAGES = ("semantic", "shared")
 STATE_FORMAT = 1
+HEAD_KIND = "sfsr_lr_head"
+HEAD_FORMAT = 1
 
-#: Defaults of the ``training`` config section; a model's ``warmup``/``gan`` section overrides them
+#: Defaults of the ``training`` config section; a model's stage section (``warmup``, ``gan``,
+#: ``semantic``, ``shared``) overrides them
 #: (dict-valued keys are merged one level deep). Mirrors config.schema.yaml (checked by a test).
 TRAINING_DEFAULTS: dict[str, Any] = {
     "device": "auto",
     "batch_size": 16,
     "lr_patch": 24,
+    "train_split": "train",
+    "valid_split": "val",
     "iterations": 100000,
     "optimizer": "adam",
     "lr": 2.0e-4,
@@ -82,6 +109,8 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "loss_weights": {},
     "perceptual": {"net": "vgg19", "weights": "imagenet", "layer": None},
     "discriminator": {"arch": "vgg", "kwargs": {}, "lr": None},
+    "semantic": {"temperature": 1.0, "feature_layers": [], "feature_weight": 0.0, "input_size": None},
+    "shared": {"mode": "pseudo", "temperature": 1.0},
     "tensorboard": False,
     "threads": 4,
     "gpus": 1,
@@ -89,7 +118,25 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "runtime": 720,
 }
 MODEL_KEYS = ("arch", "scale", "kwargs")
-LOSS_TERMS = ("pixel", "perceptual", "adversarial")
+LOSS_TERMS = ("pixel", "perceptual", "adversarial", "semantic_kl", "semantic_feat", "shared_cls")
+SEMANTIC_TERMS = ("semantic_kl", "semantic_feat")
+#: Weights of the new terms when ``loss_weights`` does not name them. semantic: added to the gan
+#: stage's preset weights; shared: the base (pixel 1 as in the warm-up, plus shared_cls) -
+#: perceptual/adversarial/semantic terms join only when loss_weights gives them a weight > 0.
+#: ``semantic_feat`` already holds ``semantic.feature_weight``, hence its weight 1.
+STAGE_TERM_DEFAULTS: dict[str, dict[str, float]] = {
+    "semantic": {"semantic_kl": 0.1, "semantic_feat": 1.0},
+    "shared": {"pixel": 1.0, "shared_cls": 0.1},
+}
+#: loss_weights terms each stage accepts.
+STAGE_TERMS: dict[str, tuple[str, ...]] = {
+    "warmup": ("pixel", "perceptual", "adversarial"),
+    "gan": ("pixel", "perceptual", "adversarial"),
+    "semantic": ("pixel", "perceptual", "adversarial", *SEMANTIC_TERMS),
+    "shared": LOSS_TERMS,
+}
+SEMANTIC_KEYS = ("temperature", "feature_layers", "feature_weight", "input_size")
+SHARED_KEYS = ("mode", "temperature")
 
 
 # ------------------------------------------------------------------------------------ settings
@@ -139,8 +186,16 @@ def resolve_config(cfg: dict) -> dict:
         if out[key] not in allowed:
             raise ConfigError(f"training setting '{key}' is {out[key]!r}; allowed: {', '.join(allowed)}")
     for key in ("iterations", "batch_size", "lr_patch", "log_every", "val_every", "checkpoint_every"):
-        if not isinstance(out[key], int) or out[key] < 1:
-            raise ConfigError(f"training setting '{key}' must be a positive integer, got {out[key]!r}")
+        if key == "lr_patch" and out[key] is None:
+            continue
+        if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < 1:
+            extra = " (lr_patch may also be null: the largest square patch all images hold)" \
+                if key == "lr_patch" else ""
+            raise ConfigError(f"training setting '{key}' must be a positive integer{extra}, got {out[key]!r}")
+    for key in ("train_split", "valid_split"):
+        if out[key] is not None and not isinstance(out[key], str):
+            raise ConfigError(f"training setting '{key}' must be a split name (train, val, test) or null, "
+                              f"got {out[key]!r}")
     if any(not 0 < m < 1 for m in out["milestones"]):
         raise ConfigError(f"training setting 'milestones' holds fractions of the iterations in (0, 1), "
                           f"got {out['milestones']}")
@@ -148,9 +203,73 @@ def resolve_config(cfg: dict) -> dict:
     if bad:
         raise ConfigError(f"training setting 'loss_weights' has unknown term(s) {bad}; valid: "
                           f"{', '.join(LOSS_TERMS)}")
+    for term, value in out["loss_weights"].items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"training setting 'loss_weights.{term}' must be a number >= 0, got {value!r}")
+    _check_semantic(out["semantic"], out["shared"])
     if out["ema_decay"] is not None and not 0 <= out["ema_decay"] < 1:
         raise ConfigError(f"training setting 'ema_decay' must be in [0, 1) or null, got {out['ema_decay']}")
     return out
+
+
+def _check_semantic(sem: dict, shared: dict) -> None:
+    """Validate the ``semantic`` and ``shared`` sub-settings (ConfigError naming the key)."""
+    for name, section, keys in (("semantic", sem, SEMANTIC_KEYS), ("shared", shared, SHARED_KEYS)):
+        if not isinstance(section, dict):
+            raise ConfigError(f"training setting '{name}' must be a mapping with keys {', '.join(keys)}, "
+                              f"got {section!r}")
+        unknown = sorted(set(section) - set(keys))
+        if unknown:
+            raise ConfigError(f"training setting '{name}' has unknown key(s) {unknown}; valid: "
+                              f"{', '.join(keys)}")
+        t = section.get("temperature")
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
+            raise ConfigError(f"training setting '{name}.temperature' must be a number > 0, got {t!r}")
+    layers = sem["feature_layers"]
+    if not isinstance(layers, list) or not all(isinstance(x, str) for x in layers):
+        raise ConfigError(f"training setting 'semantic.feature_layers' must be a list of classifier stage "
+                          f"names (e.g. [layer2, layer3]), got {layers!r}")
+    fw = sem["feature_weight"]
+    if isinstance(fw, bool) or not isinstance(fw, (int, float)) or fw < 0:
+        raise ConfigError(f"training setting 'semantic.feature_weight' must be a number >= 0, got {fw!r}")
+    size = sem["input_size"]
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise ConfigError(f"training setting 'semantic.input_size' must be a positive integer or null (the "
+                          f"classifier's own input size), got {size!r}")
+    if shared["mode"] not in SHARED_MODES:
+        raise ConfigError(f"training setting 'shared.mode' is {shared['mode']!r}; allowed: "
+                          f"{', '.join(SHARED_MODES)}")
+
+
+def stage_weights(stage: str, cfg: dict) -> dict[str, float]:
+    """The loss weights of ``stage`` (terms with weight 0 left out): warmup: pixel; gan: the
+    ``loss_preset``'s weights; semantic: the preset's plus :data:`STAGE_TERM_DEFAULTS`; shared:
+    :data:`STAGE_TERM_DEFAULTS`; ``loss_weights`` overrides any of them. ``semantic_feat`` is kept
+    only when ``semantic.feature_layers`` and ``semantic.feature_weight > 0`` are set."""
+    if stage == "warmup":
+        return {"pixel": float(cfg["loss_weights"].get("pixel", 1.0))}
+    foreign = sorted(set(cfg["loss_weights"]) - set(STAGE_TERMS[stage]))
+    if foreign:
+        owners = {t: [s for s in STAGES if t in STAGE_TERMS[s] and s != "warmup"] for t in foreign}
+        raise ConfigError(f"loss_weights term(s) {foreign} do not belong to the {stage} stage (they are "
+                          f"terms of {owners}); set them in the model's section of that stage, or remove "
+                          f"them from 'training.loss_weights'")
+    if cfg["loss_preset"] not in LOSS_PRESETS:
+        raise ConfigError(f"training setting 'loss_preset' is {cfg['loss_preset']!r}; allowed: "
+                          f"{', '.join(LOSS_PRESETS)}")
+    preset = LOSS_PRESETS[cfg["loss_preset"]]
+    if stage == "shared":
+        base: dict[str, float] = dict(STAGE_TERM_DEFAULTS["shared"])
+    else:
+        base = {"pixel": preset["pixel"][1], "perceptual": preset["perceptual"],
+                "adversarial": preset["adversarial"]}
+        if stage == "semantic":
+            base.update(STAGE_TERM_DEFAULTS["semantic"])
+    weights = {k: float(v) for k, v in {**base, **cfg["loss_weights"]}.items() if v}
+    sem = cfg["semantic"]
+    if not (sem["feature_layers"] and sem["feature_weight"] > 0):
+        weights.pop("semantic_feat", None)
+    return weights
 
 
 def pick_device(name: str) -> torch.device:
@@ -281,40 +400,301 @@ RUN_NEUTRAL_KEYS = ("device", "num_workers", "threads", "gpus", "mem_mb", "runti
                     "val_every", "checkpoint_every", "tensorboard", "iterations", "cache_mb")
 
 
+def _sha256(path: str | os.PathLike | None) -> str | None:
+    """Hex SHA-256 of a file's content; None for None or a missing file."""
+    if path is None or not Path(path).is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def run_fingerprint(stage: str, cfg: dict, seed: int, train_hr_dirs: Sequence[str | os.PathLike],
-                    init_checkpoint: str | os.PathLike | None) -> str:
+                    init_checkpoint: str | os.PathLike | None,
+                    classifier_checkpoint: str | os.PathLike | None = None) -> str:
     """SHA-256 of everything that defines a run: stage, settings (less RUN_NEUTRAL_KEYS), seed,
-    training folders and the content of the initial checkpoint."""
-    init = None
-    if init_checkpoint is not None and Path(init_checkpoint).is_file():
-        h = hashlib.sha256()
-        with open(init_checkpoint, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        init = h.hexdigest()
-    payload = {"stage": stage, "seed": seed, "init": init,
+    training folders (and their manifest.csv content, which selects the split and gives labels),
+    and the content of the initial and classifier checkpoints."""
+    payload = {"stage": stage, "seed": seed, "init": _sha256(init_checkpoint),
                "train": sorted(str(Path(d).resolve()) for d in train_hr_dirs),
                "cfg": {k: v for k, v in cfg.items() if k not in RUN_NEUTRAL_KEYS}}
+    manifests = {str(Path(d).resolve()): _sha256(manifest_path(d)) for d in train_hr_dirs}
+    if any(manifests.values()):
+        payload["manifests"] = manifests
+    if classifier_checkpoint is not None:
+        payload["classifier"] = _sha256(classifier_checkpoint)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
+# ------------------------------------------------------------------ manifests, splits, labels
+def manifest_path(hr_dir: str | os.PathLike) -> Path:
+    """``{dataset}/manifest.csv`` beside a prepared ``{dataset}/HR`` folder."""
+    return Path(hr_dir).parent / "manifest.csv"
+
+
+def _read_manifest(hr_dir: str | os.PathLike) -> pd.DataFrame | None:
+    path = manifest_path(hr_dir)
+    if not path.is_file():
+        return None
+    frame = pd.read_csv(path, dtype={"stem": str, "split": str})
+    if "stem" not in frame.columns:
+        raise DataError(f"{path} has no 'stem' column (has {list(frame.columns)}); re-run prepare")
+    return frame
+
+
+def _split_stems(frame: pd.DataFrame | None, split: str | None) -> set[str] | None:
+    """Stems of ``split`` when the manifest has a filled split column (classification sets), else
+    None (use every image)."""
+    if frame is None or split is None or "split" not in frame.columns or not frame["split"].notna().any():
+        return None
+    return set(frame.loc[frame["split"] == split, "stem"].astype(str))
+
+
+def _labels_by_stem(frame: pd.DataFrame | None, class_to_index: dict[int, int]) -> dict[str, int] | None:
+    """Stem -> classifier output index from a manifest's class_id column; None without labels."""
+    if frame is None or "class_id" not in frame.columns or frame["class_id"].isna().all():
+        return None
+    out = {}
+    for stem, cid in zip(frame["stem"].astype(str), frame["class_id"]):
+        if pd.isna(cid):
+            continue
+        if int(cid) not in class_to_index:
+            raise DataError(f"class_id {cid} of image {stem!r} is not a class of the classifier "
+                            f"(class_ids {sorted(class_to_index)}); train the classifier on this dataset")
+        out[stem] = class_to_index[int(cid)]
+    return out
+
+
+def select_training_images(hr_dirs: Sequence[str | os.PathLike], split: str | None,
+                           class_to_index: dict[int, int] | None = None,
+                           ) -> tuple[set[Path] | None, dict[Path, int] | None]:
+    """Which training images to use and their labels.
+
+    A folder with a ``manifest.csv`` beside it whose ``split`` column is filled (a prepared
+    classification set) contributes only the images of ``split`` (so its val/test images never
+    train the SR model); other folders contribute all their images. Returns ``(keep, labels)``:
+    ``keep`` the resolved paths (None: no folder is restricted), ``labels`` path -> class index
+    (only when ``class_to_index`` is given; DataError naming the folder when one has no labels)."""
+    keep: set[Path] = set()
+    restricted = False
+    labels: dict[Path, int] | None = {} if class_to_index is not None else None
+    for folder in hr_dirs:
+        frame = _read_manifest(folder)
+        stems = _split_stems(frame, split)
+        files = list_images(folder)
+        if stems is not None:
+            restricted = True
+            files = [p for p in files if p.stem in stems]
+            if not files:
+                raise DataError(f"no image of split {split!r} in {folder} (per {manifest_path(folder)}); "
+                                "set training.train_split to a split that has images, or null for all")
+        keep.update(p.resolve() for p in files)
+        if labels is not None:
+            by_stem = _labels_by_stem(frame, class_to_index)
+            if by_stem is None:
+                raise ConfigError(f"shared.mode 'label' needs true class labels, but training folder "
+                                  f"{folder} has no {manifest_path(folder)} with a class_id column; use "
+                                  "shared.mode 'pseudo' or 'soft' (label-free) or train on a prepared "
+                                  "classification set")
+            missing = [p.name for p in files if p.stem not in by_stem]
+            if missing:
+                raise DataError(f"{manifest_path(folder)} gives no class_id for {missing[:5]}; "
+                                "re-run prepare")
+            labels.update({p.resolve(): by_stem[p.stem] for p in files})
+    return (keep if restricted else None), labels
+
+
+def whole_image_lr_patch(hr_dirs: Sequence[str | os.PathLike], scale: int, keep: set[Path] | None) -> int:
+    """``lr_patch: null``: the largest LR patch every training image holds (min side // scale); the
+    whole image when all images are squares of one size (prepared classification sets)."""
+    sides = [min(_image_size(p)[:2]) for folder in hr_dirs for p in list_images(folder)
+             if keep is None or p.resolve() in keep]
+    if not sides or min(sides) // scale < 1:
+        raise DataError(f"lr_patch null: no training image in {', '.join(map(str, hr_dirs))} is at least "
+                        f"{scale} px on each side")
+    return min(sides) // scale
+
+
+class ManifestPatchDataset(PatchDataset):
+    """:class:`PatchDataset` restricted to the images in ``keep`` (resolved paths; None = all) and,
+    with ``labels`` (resolved path -> class index), items carrying ``label`` (int64 scalar). Patches,
+    augmentation and their determinism are PatchDataset's."""
+
+    def __init__(self, hr_dirs: Sequence[str | os.PathLike], scale: int, lr_patch: int, *,
+                 keep: set[Path] | None = None, labels: dict[Path, int] | None = None, **kwargs: Any) -> None:
+        super().__init__(hr_dirs, scale, lr_patch, **kwargs)
+        if keep is not None:
+            index = [i for i, p in enumerate(self.files) if p.resolve() in keep]
+            if not index:
+                raise DataError(f"no training image of the selected split in {', '.join(map(str, hr_dirs))} "
+                                f"is at least {self.hr_patch} px; lower lr_patch")
+            self.files = [self.files[i] for i in index]
+            if self._images is not None:
+                self._images = [self._images[i] for i in index]
+        self.labels = None if labels is None else [int(labels[p.resolve()]) for p in self.files]
+        self._last_index = -1
+
+    def _pair(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        self._last_index = int(index)  # the image PatchDataset.__getitem__ draws for this item
+        return super()._pair(index)
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        item = super().__getitem__(k)
+        if self.labels is not None:
+            item["label"] = torch.tensor(self.labels[self._last_index], dtype=torch.int64)
+        return item
+
+
+def load_validation_items(valid_hr_dirs: Sequence[str | os.PathLike], scale: int, split: str | None,
+                          class_to_index: dict[int, int] | None = None,
+                          ) -> tuple[list[ValidationImage], list[int | None]]:
+    """Validation images (only ``split`` of folders with a filled manifest split column) and, with
+    ``class_to_index``, each image's true class index from the manifest (None where there is none)."""
+    images: list[ValidationImage] = []
+    labels: list[int | None] = []
+    for folder in valid_hr_dirs:
+        frame = _read_manifest(folder)
+        stems = _split_stems(frame, split)
+        by_stem = _labels_by_stem(frame, class_to_index) if class_to_index is not None else None
+        for item in load_validation_set([folder], scale):
+            stem = item.name.split("/", 1)[1]
+            if stems is not None and stem not in stems:
+                continue
+            images.append(item)
+            labels.append(by_stem.get(stem) if by_stem else None)
+    return images, labels
+
+
+# --------------------------------------------------------------------- classifier views, LR head
+def resize_square(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Batch resized to ``size`` x ``size`` (bilinear, antialiased) as the semantic prior does;
+    unchanged when it already has that size."""
+    x = x.float()
+    if tuple(x.shape[-2:]) == (size, size):
+        return x
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                                           antialias=True)
+
+
+def eval_view(image: np.ndarray, input_size: int, resize_size: int) -> torch.Tensor:
+    """uint8 HxWx3 -> float 1x3xSxS in [0, 1]: short side resized to ``resize_size`` (antialiased
+    bilinear), centre crop ``input_size`` - the preprocessing of
+    :func:`sfsr.evaluation.classification_accuracy` (without its normalisation)."""
+    from torchvision.transforms.v2 import functional as TF
+
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    t = TF.center_crop(TF.resize(t, [int(resize_size)], antialias=True), [int(input_size)] * 2)
+    return t[None].float().div_(255.0)
+
+
+def lr_eval_sizes(input_size: int, resize_size: int, scale: int) -> tuple[int, int]:
+    """``(input_size, resize_size)`` for LR images given the HR classifier's: both divided by the
+    scale (rounded, at least 1), so the LR head sees the field of view the classifier sees on the
+    HR image, at LR resolution."""
+    return max(1, round(input_size / scale)), max(1, round(resize_size / scale))
+
+
+class LRClassifier(nn.Module):
+    """LR image batch (N, 3, h, w) in [0, 1] -> logits (N, num_classes): ``head(generator.encode(lr))``.
+
+    Attributes for :func:`sfsr.evaluation.classification_accuracy` on a folder of LR images:
+    ``input_size``/``resize_size`` (LR side: the classifier's divided by ``scale``), ``class_ids``.
+    It takes [0, 1] RGB, so call classification_accuracy with ``normalize=False``."""
+
+    def __init__(self, generator: nn.Module, head: nn.Module, *, scale: int, class_ids: Sequence[int],
+                 input_size: int, resize_size: int) -> None:
+        super().__init__()
+        self.generator = generator
+        self.head = head
+        self.scale = int(scale)
+        self.class_ids = [int(c) for c in class_ids]
+        self.input_size = int(input_size)
+        self.resize_size = int(resize_size)
+
+    def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        return self.head(self.generator.encode(lr))
+
+
+def load_lr_classifier(generator_ckpt: str | os.PathLike, head_ckpt: str | os.PathLike,
+                       device: str | torch.device = "cpu") -> LRClassifier:
+    """The shared stage's LR classifier: generator encoder (``generator.pt``) + head (``lr_head.pt``),
+    frozen, in eval mode on ``device``. A missing or mismatching file raises DataError naming it."""
+    generator, scale = load_generator(generator_ckpt, "cpu")
+    head_ckpt = Path(head_ckpt)
+    if not head_ckpt.is_file():
+        raise DataError(f"LR head checkpoint {str(head_ckpt)!r} not found; train the shared stage first")
+    try:
+        ckpt = torch.load(head_ckpt, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(f"LR head checkpoint {str(head_ckpt)!r} cannot be read ({type(exc).__name__}: "
+                        f"{exc}); delete it and re-run the shared stage") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != HEAD_KIND:
+        raise DataError(f"{str(head_ckpt)!r} is not an LR head checkpoint of the shared stage (lr_head.pt)")
+    if int(ckpt["in_features"]) != int(generator.num_features) or int(ckpt["scale"]) != scale:
+        raise DataError(f"LR head {str(head_ckpt)!r} ({ckpt['in_features']} features, x{ckpt['scale']}) "
+                        f"does not fit generator {str(generator_ckpt)!r} ({generator.num_features} "
+                        f"features, x{scale}); use the generator.pt of the same shared run")
+    head = LRClassificationHead(int(ckpt["in_features"]), int(ckpt["num_classes"]))
+    head.load_state_dict(ckpt["state_dict"], strict=True)
+    model = LRClassifier(generator, head, scale=scale, class_ids=ckpt["class_ids"],
+                         input_size=ckpt["input_size"], resize_size=ckpt["resize_size"])
+    model.requires_grad_(False)
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def validate_head(model: SharedFeatureModel, images: Sequence[ValidationImage], labels: Sequence[int | None],
+                  classifier: nn.Module, hr_sizes: tuple[int, int], scale: int,
+                  device: torch.device) -> float:
+    """Top-1 of the LR head on whole validation images, each preprocessed as classification_accuracy
+    does (LR: :func:`lr_eval_sizes`); the target is the true label where given, else the frozen
+    classifier's prediction on the HR image (its own preprocessing ``hr_sizes``)."""
+    was_training = model.training
+    model.eval()
+    lr_sizes = lr_eval_sizes(*hr_sizes, scale)
+    correct = []
+    try:
+        for item, label in zip(images, labels):
+            if label is None:
+                label = int(classifier(eval_view(item.hr, *hr_sizes).to(device)).argmax(1))
+            x = eval_view(item.lr, *lr_sizes).to(device)
+            pred = int(model.head(model.generator.encode(x)).argmax(1))
+            correct.append(pred == int(label))
+    finally:
+        model.train(was_training)
+    return float(np.mean(correct)) if correct else math.nan
+
+
+# ------------------------------------------------------------------------------------------ main
 def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
           valid_hr_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
           init_checkpoint: str | os.PathLike | None = None, device: str = "auto", seed: int = 0,
-          max_iterations: int | None = None, feature_net: nn.Module | None = None) -> Path:
+          max_iterations: int | None = None, feature_net: nn.Module | None = None,
+          classifier_checkpoint: str | os.PathLike | None = None) -> Path:
     """Train one model stage; returns ``out_dir/generator.pt`` (or ``out_dir/state/last.pt`` when
     stopped early by ``max_iterations``).
 
-    ``stage``: 'warmup' (pixel loss) or 'gan' (generator initialised from ``init_checkpoint``, the
+    ``stage``: 'warmup' (pixel loss); 'gan' (generator initialised from ``init_checkpoint``, the
     warm-up ``generator.pt``; discriminator; loss preset ``loss_preset`` with ``loss_weights``
-    overrides). ``device='auto'`` defers to ``cfg['device']``. ``max_iterations``: stop after that
-    iteration, leaving a resumable state and no ``generator.pt``. ``feature_net``: a module to use as
-    the perceptual feature network (e.g. the pipeline's classifier, with ``perceptual.layer``).
-    An existing ``out_dir/state/last.pt`` is resumed. A non-finite loss raises SfsrError naming the
-    iteration and term; the last saved state stays as it was."""
+    overrides); 'semantic' (as gan, plus the label-free semantic prior of the frozen classifier of
+    ``classifier_checkpoint``; a discriminator only when the adversarial weight is > 0); 'shared'
+    (generator + LR classification head on the shared encoder, SR loss + ``shared_cls``; also writes
+    ``lr_head.pt``). See :func:`stage_weights` for each stage's terms. ``device='auto'`` defers to
+    ``cfg['device']``. ``max_iterations``: stop after that iteration, leaving a resumable state and no
+    ``generator.pt``. ``feature_net``: a module to use as the perceptual feature network (e.g. the
+    pipeline's classifier, with ``perceptual.layer``); with ``perceptual.net: classifier`` and no
+    ``feature_net`` the classifier of ``classifier_checkpoint`` is used. An existing
+    ``out_dir/state/last.pt`` of the same run (:func:`run_fingerprint`) is resumed. A non-finite loss
+    raises SfsrError naming the iteration and term; the last saved state stays as it was."""
     if stage not in STAGES:
         raise ConfigError(f"unknown training stage {stage!r}; valid: {', '.join(STAGES)}")
     cfg = resolve_config(cfg)
+    weights = stage_weights(stage, cfg)
+    if stage in CLASSIFIER_STAGES and classifier_checkpoint is None:
+        raise ConfigError(f"the {stage} stage needs classifier_checkpoint (the classifier.pt of the "
+                          "classifier stage: the frozen fine-grained classifier)")
     out_dir = Path(out_dir)
     state_path = out_dir / "state" / "last.pt"
     dev = pick_device(cfg["device"] if device == "auto" else device)
@@ -328,10 +708,25 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
         torch.backends.cudnn.benchmark = True
     memory_format = torch.channels_last if flags["channels_last"] else torch.contiguous_format
 
+    # ---- frozen classifier (semantic prior, classification targets, perceptual features)
+    pcfg = cfg["perceptual"]
+    classifier = classifier_meta = None
+    wants_classifier_features = ("perceptual" in weights and pcfg["net"] == "classifier"
+                                 and feature_net is None and classifier_checkpoint is not None)
+    if stage in CLASSIFIER_STAGES or wants_classifier_features:
+        classifier, classifier_meta = load_classifier(classifier_checkpoint, dev)
+    sem = cfg["semantic"]
+    cls_size = cls_resize = None
+    if classifier_meta is not None:
+        native = int(classifier_meta["arch"]["input_size"])
+        cls_size = int(sem["input_size"] or native)
+        native_resize = int(classifier_meta.get("resize_size") or round(native * 256 / 224))
+        cls_resize = max(cls_size, round(native_resize * cls_size / native))
+
     # ---- models, losses, optimisers
     spec = generator_spec(cfg["arch"], scale, **cfg["kwargs"])
     generator = build_generator(cfg["arch"], scale, **cfg["kwargs"])
-    fingerprint = run_fingerprint(stage, cfg, seed, train_hr_dirs, init_checkpoint)
+    fingerprint = run_fingerprint(stage, cfg, seed, train_hr_dirs, init_checkpoint, classifier_checkpoint)
     state = torch.load(state_path, map_location="cpu", weights_only=True) if state_path.is_file() else None
     if state is not None and state.get("fingerprint") != fingerprint:
         # The workflow reruns a stage when its settings or inputs (e.g. the warm-up generator)
@@ -340,48 +735,65 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
         shutil.rmtree(state_path.parent)
         state = None
     resuming = state is not None
-    if stage == "gan" and init_checkpoint is None and not resuming:
-        raise ConfigError("the gan stage needs init_checkpoint (the warm-up generator.pt)")
+    if stage in INIT_STAGES and init_checkpoint is None and not resuming:
+        source = "the warm-up generator.pt" if stage != "shared" else \
+            "a warm-up (or gan/semantic) generator.pt"
+        raise ConfigError(f"the {stage} stage needs init_checkpoint ({source})")
     if init_checkpoint is not None and not resuming:
         _load_init(generator, Path(init_checkpoint), spec)
     generator = generator.to(dev, memory_format=memory_format).train()
-    ema = make_ema(generator, cfg["ema_decay"]) if cfg["ema_decay"] is not None else None
-    opt_g = make_optimizer(generator.parameters(), cfg, cfg["lr"])
+    head = shared = None
+    trainable: nn.Module = generator
+    if stage == "shared":
+        head = LRClassificationHead(generator.num_features, int(classifier_meta["arch"]["num_classes"]))
+        shared = SharedFeatureModel(generator, head.to(dev)).train()
+        trainable = shared
+    ema = make_ema(trainable, cfg["ema_decay"]) if cfg["ema_decay"] is not None else None
+    opt_g = make_optimizer(trainable.parameters(), cfg, cfg["lr"])
     sched_g = make_scheduler(opt_g, cfg)
     pix = pixel_loss(cfg["pixel_loss"])
-    disc = opt_d = sched_d = perceptual = adv = None
-    if stage == "warmup":
-        weights = {"pixel": float(cfg["loss_weights"].get("pixel", 1.0))}
-    else:
-        if cfg["loss_preset"] not in LOSS_PRESETS:
-            raise ConfigError(f"training setting 'loss_preset' is {cfg['loss_preset']!r}; allowed: "
-                              f"{', '.join(LOSS_PRESETS)}")
+    disc = opt_d = sched_d = perceptual = adv = prior = None
+    ragan = False
+    if stage != "warmup":
         preset = LOSS_PRESETS[cfg["loss_preset"]]
-        weights = {"pixel": preset["pixel"][1], "perceptual": preset["perceptual"],
-                   "adversarial": preset["adversarial"], **cfg["loss_weights"]}
-        weights = {k: float(v) for k, v in weights.items() if v}
         if "perceptual" in weights:
-            pcfg = cfg["perceptual"]
-            if feature_net is None and pcfg["net"] != "vgg19":
-                raise ConfigError(f"perceptual.net {pcfg['net']!r} needs the feature network passed by "
-                                  "the workflow (the trained classifier); use vgg19 or set "
+            net = feature_net if feature_net is not None else (
+                classifier if pcfg["net"] == "classifier" else None)
+            if net is None and pcfg["net"] != "vgg19":
+                raise ConfigError(f"perceptual.net {pcfg['net']!r} needs the pipeline's classifier: pass "
+                                  "classifier_checkpoint (or feature_net); or use vgg19 or set "
                                   "loss_weights.perceptual: 0")
-            layer = pcfg["layer"] or (preset["perceptual_layer"] if feature_net is None else None)
+            layer = pcfg["layer"] or (preset["perceptual_layer"] if net is None else None)
             if layer is None:
                 raise ConfigError("perceptual.layer must name a layer of the given feature network")
-            perceptual = PerceptualLoss(feature_net if feature_net is not None else "vgg19", layer=layer,
+            perceptual = PerceptualLoss(net if net is not None else "vgg19", layer=layer,
                                         weights=pcfg["weights"], criterion=preset["perceptual_criterion"],
                                         feature_scale=preset["perceptual_feature_scale"]).to(dev)
-        dcfg = cfg["discriminator"]
-        disc = build_discriminator(dcfg["arch"], **(dcfg.get("kwargs") or {}))
-        disc = disc.to(dev, memory_format=memory_format).train()
-        opt_d = make_optimizer(disc.parameters(), cfg, dcfg.get("lr") or cfg["lr"])
-        sched_d = make_scheduler(opt_d, cfg)
-        adv = adversarial_loss(preset["gan_type"])
-        ragan = preset["gan_type"] == "ragan"
-    g_fwd = torch.compile(generator) if flags["compile"] else generator
+        if stage == "gan" or "adversarial" in weights:
+            dcfg = cfg["discriminator"]
+            disc = build_discriminator(dcfg["arch"], **(dcfg.get("kwargs") or {}))
+            disc = disc.to(dev, memory_format=memory_format).train()
+            opt_d = make_optimizer(disc.parameters(), cfg, dcfg.get("lr") or cfg["lr"])
+            sched_d = make_scheduler(opt_d, cfg)
+            adv = adversarial_loss(preset["gan_type"])
+            ragan = preset["gan_type"] == "ragan"
+        if any(t in weights for t in SEMANTIC_TERMS):
+            try:
+                prior = load_semantic_prior(classifier_checkpoint, dev, temperature=sem["temperature"],
+                                            feature_layers=sem["feature_layers"],
+                                            feature_weight=sem["feature_weight"], input_size=cls_size)
+            except ValueError as exc:
+                raise ConfigError(f"training setting 'semantic': {exc}") from None
+    if stage == "semantic" and prior is None:
+        log.warning("semantic stage with no semantic term (loss_weights.semantic_kl and semantic_feat "
+                    "are 0): it trains like the gan stage")
+    g_fwd = torch.compile(trainable) if flags["compile"] else trainable
     d_fwd = torch.compile(disc) if (flags["compile"] and disc is not None) else disc
-    columns = [*weights] + (["g_total", "d_loss"] if stage == "gan" else [])
+    if stage == "warmup":
+        columns = [*weights]
+    else:
+        columns = [*weights, "g_total"] + (["d_loss"] if disc is not None else [])
+    val_extra = ["val_head_top1"] if stage == "shared" else []
 
     # ---- resume
     start, best, elapsed, rows = 0, {"psnr_y": -math.inf, "iteration": 0}, 0.0, []
@@ -390,6 +802,8 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
             raise ConfigError(f"{state_path} holds the state of another run (stage {state.get('stage')}, "
                               f"model {state.get('spec')}); delete {out_dir} to start this one afresh")
         generator.load_state_dict(state["generator"])
+        if head is not None:
+            head.load_state_dict(state["head"])
         opt_g.load_state_dict(state["opt_g"])
         sched_g.load_state_dict(state["sched_g"])
         if ema is not None and state["ema"] is not None:
@@ -412,6 +826,7 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
             "format": STATE_FORMAT, "stage": stage, "spec": spec, "iteration": iteration,
             "fingerprint": fingerprint,
             "iterations": total, "generator": generator.state_dict(),
+            "head": head.state_dict() if head is not None else None,
             "ema": ema.state_dict() if ema is not None else None,
             "discriminator": disc.state_dict() if disc is not None else None,
             "opt_g": opt_g.state_dict(), "sched_g": sched_g.state_dict(),
@@ -419,19 +834,35 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
             "sched_d": sched_d.state_dict() if sched_d is not None else None,
             "rng": rng_state(), "best": best, "elapsed_s": elapsed + (time.perf_counter() - t0),
             "log": rows})
-        io.write_csv(out_dir / "train_log.csv", pd.DataFrame(rows, columns=_log_columns(columns)))
+        io.write_csv(out_dir / "train_log.csv", pd.DataFrame(rows, columns=_log_columns(columns, val_extra)))
         saved["iteration"] = iteration
 
     # ---- data
+    mode = cfg["shared"]["mode"]
+    use_labels = stage == "shared" and "shared_cls" in weights and mode == "label"
+    class_to_index = classifier_meta["class_to_index"] if classifier_meta is not None else None
+    keep, labels = select_training_images(train_hr_dirs, cfg["train_split"],
+                                          class_to_index if use_labels else None)
+    lr_patch = cfg["lr_patch"]
+    if lr_patch is None:
+        lr_patch = whole_image_lr_patch(train_hr_dirs, scale, keep)
+        log.info("lr_patch null: LR patches of %d px (HR %d px)", lr_patch, lr_patch * scale)
     if start < stop:
-        dataset = PatchDataset(train_hr_dirs, scale, cfg["lr_patch"], length=total * cfg["batch_size"],
-                               seed=seed, lr_source=cfg["lr_source"], cache_mb=cfg["cache_mb"])
+        data_kw = dict(length=total * cfg["batch_size"], seed=seed, lr_source=cfg["lr_source"],
+                       cache_mb=cfg["cache_mb"])
+        if keep is None and labels is None:
+            dataset: PatchDataset = PatchDataset(train_hr_dirs, scale, lr_patch, **data_kw)
+        else:
+            dataset = ManifestPatchDataset(train_hr_dirs, scale, lr_patch, keep=keep, labels=labels,
+                                           **data_kw)
         loader = iter(make_loader(dataset, cfg["batch_size"], start_iteration=start,
                                   num_workers=cfg["num_workers"], seed=seed, device=dev))
-    valid = load_validation_set(valid_hr_dirs, scale) if valid_hr_dirs else []
+    valid, valid_labels = load_validation_items(valid_hr_dirs, scale, cfg["valid_split"],
+                                                class_to_index if stage == "shared" else None)
     if not valid:
         log.info("no validation images: best.pt is not written")
-    eval_model = ema.module if ema is not None else generator
+    eval_trainable = ema.module if ema is not None else trainable
+    eval_model = eval_trainable.generator if shared is not None else eval_trainable
     writer = _tensorboard(cfg["tensorboard"], out_dir / "tensorboard")
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if flags["bf16"] \
         else contextlib.nullcontext
@@ -440,7 +871,7 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
         if cfg["grad_clip"]:
             torch.nn.utils.clip_grad_norm_(module.parameters(), cfg["grad_clip"])
 
-    def step(lr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+    def step(lr: torch.Tensor, hr: torch.Tensor, label: torch.Tensor | None) -> torch.Tensor:
         """One optimisation step; returns the detached loss terms (``columns`` order)."""
         if stage == "warmup":
             with autocast():
@@ -455,9 +886,13 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
             if ema is not None:
                 ema.update_parameters(generator)
             return torch.stack([terms[k] for k in columns]).detach()
-        disc.requires_grad_(False)
+        if disc is not None:
+            disc.requires_grad_(False)
         with autocast():
-            sr = g_fwd(lr)
+            if shared is not None:
+                sr, logits = g_fwd(lr)
+            else:
+                sr = g_fwd(lr)
             terms = {}
             if "pixel" in weights:
                 terms["pixel"] = pix(sr.float(), hr)
@@ -467,23 +902,31 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
                 fake = d_fwd(sr).float()
                 real = d_fwd(hr).float().detach() if ragan else None
                 terms["adversarial"] = adv(real, fake, for_discriminator=False)
+            if prior is not None:
+                terms.update({k: v for k, v in prior(sr.float(), hr).items() if k in weights})
+            if "shared_cls" in weights:
+                terms["shared_cls"] = shared_classification_loss(
+                    logits, resize_square(hr, cls_size), classifier, labels=label, mode=mode,
+                    temperature=cfg["shared"]["temperature"])
             g_loss = total_loss(terms, weights)
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
-        clip(generator)
+        clip(trainable)
         opt_g.step()
         sched_g.step()
         if ema is not None:
-            ema.update_parameters(generator)
-        disc.requires_grad_(True)
-        with autocast():
-            d_loss = adv(d_fwd(hr).float(), d_fwd(sr.detach()).float(), for_discriminator=True)
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        clip(disc)
-        opt_d.step()
-        sched_d.step()
-        terms.update(g_total=g_loss, d_loss=d_loss)
+            ema.update_parameters(trainable)
+        terms["g_total"] = g_loss
+        if disc is not None:
+            disc.requires_grad_(True)
+            with autocast():
+                d_loss = adv(d_fwd(hr).float(), d_fwd(sr.detach()).float(), for_discriminator=True)
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            clip(disc)
+            opt_d.step()
+            sched_d.step()
+            terms["d_loss"] = d_loss
         return torch.stack([terms[k].float() for k in columns]).detach()
 
     # ---- loop
@@ -508,7 +951,8 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
         now = time.perf_counter()
         rec = {"iteration": iteration, **dict(zip(columns, values.mean(axis=0).tolist())),
                "lr": window_lr[-1], "data_wait_fraction": wait / max(now - window_start, 1e-9),
-               "val_psnr_y": math.nan, "val_ssim_y": math.nan, "elapsed_s": elapsed + now - t0}
+               "val_psnr_y": math.nan, "val_ssim_y": math.nan, **{k: math.nan for k in val_extra},
+               "elapsed_s": elapsed + now - t0}
         rows.append(rec)
         bar.set_postfix({k: f"{rec[k]:.4g}" for k in columns} | {"lr": f"{rec['lr']:.2e}",
                         "wait": f"{rec['data_wait_fraction']:.0%}"}, refresh=False)
@@ -522,14 +966,21 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
         if not valid:
             return
         metrics = validate(eval_model, valid, scale, dev)
+        if shared is not None:
+            metrics["head_top1"] = validate_head(eval_trainable, valid, valid_labels, classifier,
+                                                 (cls_size, cls_resize), scale, dev)
         if not rows or rows[-1]["iteration"] != iteration:
             rows.append({"iteration": iteration, "elapsed_s": elapsed + time.perf_counter() - t0})
         rows[-1].update(val_psnr_y=metrics["psnr_y"], val_ssim_y=metrics["ssim_y"])
+        if shared is not None:
+            rows[-1]["val_head_top1"] = metrics["head_top1"]
         if writer is not None:
-            writer.add_scalar(f"{stage}/val_psnr_y", metrics["psnr_y"], iteration)
-            writer.add_scalar(f"{stage}/val_ssim_y", metrics["ssim_y"], iteration)
+            for key in ("psnr_y", "ssim_y", "head_top1"):
+                if key in metrics:
+                    writer.add_scalar(f"{stage}/val_{key}", metrics[key], iteration)
+        head_text = f", LR-head top-1 {metrics['head_top1']:.3f}" if "head_top1" in metrics else ""
         bar.write(f"[{stage}] iteration {iteration}: validation PSNR-Y {metrics['psnr_y']:.3f} dB, "
-                  f"SSIM-Y {metrics['ssim_y']:.4f}")
+                  f"SSIM-Y {metrics['ssim_y']:.4f}{head_text}")
         if metrics["psnr_y"] > best["psnr_y"]:
             best = {"psnr_y": metrics["psnr_y"], "ssim_y": metrics["ssim_y"], "iteration": iteration}
             save_generator(out_dir / "best.pt", eval_model, spec, stage=stage, **best)
@@ -542,9 +993,10 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
             wait += time.perf_counter() - t_wait
             hr_u8 = batch["hr"].to(dev, non_blocking=True)
             lr_u8 = batch["lr"].to(dev, non_blocking=True) if "lr" in batch else make_lr_batch(hr_u8, scale)
+            label = batch["label"].to(dev, non_blocking=True) if "label" in batch else None
             window_lr.append(opt_g.param_groups[0]["lr"])
             window.append(step(to_float(lr_u8, dev, flags["channels_last"]),
-                               to_float(hr_u8, dev, flags["channels_last"])))
+                               to_float(hr_u8, dev, flags["channels_last"]), label))
             bar.update(1)
             val_now = iteration % cfg["val_every"] == 0 or iteration == total
             ckpt_now = iteration % cfg["checkpoint_every"] == 0 or iteration == stop
@@ -576,22 +1028,44 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
     waits = [r["data_wait_fraction"] for r in rows if not pd.isna(r.get("data_wait_fraction", math.nan))]
     if waits:
         log.info("%s: mean fraction of step time waiting for data %.1f%%", stage, 100 * float(np.mean(waits)))
-    io.write_csv(out_dir / "train_log.csv", pd.DataFrame(rows, columns=_log_columns(columns)))
+    io.write_csv(out_dir / "train_log.csv", pd.DataFrame(rows, columns=_log_columns(columns, val_extra)))
     final_model = eval_model
+    semantic_info = None
+    if classifier_meta is not None:
+        semantic_info = {"classifier_checkpoint": str(classifier_checkpoint),
+                         "classifier_sha256": _sha256(classifier_checkpoint),
+                         "classifier_input_size": cls_size, "classifier_resize_size": cls_resize,
+                         "class_ids": classifier_meta.get("class_ids"),
+                         "labels_used": bool(use_labels), "lr_patch": lr_patch}
+    if head is not None:
+        lr_sizes = lr_eval_sizes(cls_size, cls_resize, scale)
+        final_head = eval_trainable.head
+        io.torch_save(out_dir / "lr_head.pt", {
+            "kind": HEAD_KIND, "format": HEAD_FORMAT, "in_features": int(generator.num_features),
+            "num_classes": int(classifier_meta["arch"]["num_classes"]),
+            "state_dict": {k: v.detach().cpu().clone() for k, v in final_head.state_dict().items()},
+            "class_ids": [int(c) for c in classifier_meta.get("class_ids", [])],
+            "class_names": [str(n) for n in classifier_meta.get("class_names", [])],
+            "scale": int(scale), "input_size": lr_sizes[0], "resize_size": lr_sizes[1],
+            "classifier_input_size": cls_size, "classifier_resize_size": cls_resize, "mode": mode,
+            "generator": spec, "classifier_checkpoint": str(classifier_checkpoint), "iterations": total,
+            "ema": ema is not None})
     provenance.write(out_dir / "provenance.json", config=cfg, seed=seed, stage=stage,
                      init_checkpoint=str(init_checkpoint) if init_checkpoint else None,
                      train_hr_dirs=[str(d) for d in train_hr_dirs],
                      valid_hr_dirs=[str(d) for d in valid_hr_dirs],
-                     device=str(dev), speed_flags=flags, iterations=total,
+                     device=str(dev), speed_flags=flags, iterations=total, loss_weights=weights,
                      parameters=count_parameters(generator),
+                     head_parameters=count_parameters(head) if head is not None else None,
                      discriminator_parameters=count_parameters(disc) if disc is not None else None,
                      ema=ema is not None, best=best if math.isfinite(best["psnr_y"]) else None,
-                     training_time_s=elapsed)
+                     semantic=semantic_info, training_time_s=elapsed)
     save_generator(out_dir / "generator.pt", final_model, spec, stage=stage, iterations=total,
                    ema=ema is not None, training_time_s=elapsed,
                    best_psnr_y=best["psnr_y"] if math.isfinite(best["psnr_y"]) else None)
     return out_dir / "generator.pt"
 
 
-def _log_columns(terms: Sequence[str]) -> list[str]:
-    return ["iteration", *terms, "lr", "data_wait_fraction", "val_psnr_y", "val_ssim_y", "elapsed_s"]
+def _log_columns(terms: Sequence[str], val_extra: Sequence[str] = ()) -> list[str]:
+    return ["iteration", *terms, "lr", "data_wait_fraction", "val_psnr_y", "val_ssim_y", *val_extra,
+            "elapsed_s"]
