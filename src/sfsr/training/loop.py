@@ -872,20 +872,8 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
             torch.nn.utils.clip_grad_norm_(module.parameters(), cfg["grad_clip"])
 
     def step(lr: torch.Tensor, hr: torch.Tensor, label: torch.Tensor | None) -> torch.Tensor:
-        """One optimisation step; returns the detached loss terms (``columns`` order)."""
-        if stage == "warmup":
-            with autocast():
-                sr = g_fwd(lr)
-            terms = {"pixel": pix(sr.float(), hr)}
-            loss = total_loss(terms, weights)
-            opt_g.zero_grad(set_to_none=True)
-            loss.backward()
-            clip(generator)
-            opt_g.step()
-            sched_g.step()
-            if ema is not None:
-                ema.update_parameters(generator)
-            return torch.stack([terms[k] for k in columns]).detach()
+        """One optimisation step of every stage (warm-up: the pixel term alone); returns the
+        detached loss terms (``columns`` order)."""
         if disc is not None:
             disc.requires_grad_(False)
         with autocast():
