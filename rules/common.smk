@@ -105,9 +105,20 @@ def models_with(stage):
     return [m for m in MODELS if config["models"][m][stage] is not None]
 
 
+def perceptual_classifier(model, stage):
+    """{'classifier': checkpoint} when the stage's perceptual loss uses the pipeline's classifier
+    as its feature network (the offline default: no ImageNet VGG19 needed), else {}."""
+    settings = stage_settings(model, stage)
+    weight = settings["loss_weights"].get("perceptual", 1.0)
+    if settings["perceptual"]["net"] == "classifier" and weight:
+        return {"classifier": classifier_checkpoint(semantic_dataset())}
+    return {}
+
+
 def semantic_dataset():
-    """The classification set the semantic and shared stages train on: the first of
-    'classification' (sfsr.config checks there is one when a model has such a stage)."""
+    """The classification set the semantic and shared stages train on (and whose classifier is
+    the perceptual feature network where perceptual.net is 'classifier'): the first of
+    'classification' (sfsr.config checks there is one when a model needs it)."""
     return config["classification"][0]
 
 

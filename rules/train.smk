@@ -51,6 +51,7 @@ rule train_warmup:
 
 rule train_gan:
     input:
+        unpack(lambda wc: perceptual_classifier(wc.model, "gan")),
         train=train_inputs,
         valid=[prepared_hr(d) for d in config["valid"]],
         init=lambda wc: warmup_checkpoint(wc.model),

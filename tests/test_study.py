@@ -55,7 +55,11 @@ def test_every_stage_produced_its_outputs(study):
         assert log["iteration"].max() == iterations
         prov = json.loads((folder / "provenance.json").read_text())
         assert prov["seed"] == 0 and prov["git_commit"] and prov["versions"]["torch"]
-    assert "adversarial" in pd.read_csv(res / "models" / "srresnet_x4" / "gan" / "train_log.csv")
+    gan_log = pd.read_csv(res / "models" / "srresnet_x4" / "gan" / "train_log.csv")
+    # offline default: the perceptual loss runs on the pipeline's own classifier (no ImageNet VGG)
+    assert {"adversarial", "perceptual"} <= set(gan_log.columns) and (gan_log["perceptual"] > 0).all()
+    gan_prov = json.loads((res / "models" / "srresnet_x4" / "gan" / "provenance.json").read_text())
+    assert "classifier.pt" in json.dumps(gan_prov)
     assert "semantic_kl" in pd.read_csv(res / "models" / "srresnet_x4" / "semantic" / "train_log.csv")
     assert "shared_cls" in pd.read_csv(res / "models" / "srresnet_x4" / "shared" / "train_log.csv")
     assert (res / "models" / "srresnet_x4" / "shared" / "lr_head.pt").is_file()

@@ -131,6 +131,9 @@ def check_references(config: dict) -> None:
                               f"under 'models' (defined: {', '.join(sorted(models)) or 'none'}).")
     for name in config.get("sr_models", []):
         stages = [st for st in ("semantic", "shared") if models[name].get(st) is not None]
+        gan = models[name].get("gan") or {}
+        if (gan.get("perceptual") or config.get("training", {}).get("perceptual") or {}).get("net") == "classifier":
+            stages.append("gan")
         if stages and not config.get("classification"):
             raise ConfigError(f"config key 'models.{name}.{stages[0]}' needs a classification set "
                               "(the frozen classifier and its training images): list one under "
