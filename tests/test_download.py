@@ -412,3 +412,4 @@ def test_non_archive_refused(tmp_path):
     with pytest.raises(DataError, match="not a zip or tar archive"):
         extract_archive(plain, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+

@@ -28,7 +28,6 @@ import shutil
 import socket
 import stat
 import tarfile
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -429,7 +428,7 @@ def extract_archive(archive: Path, dest: Path) -> Path:
         raise DataError(f"{archive} is not a zip or tar archive; it cannot be extracted. If it is "
                         "a plain file, set 'extract: false' for it in config.yaml")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".extract", dir=dest.parent))
+    tmp = io.make_temp_dir(dest, ".extract")
     try:
         _extract_into(archive, tmp)
         if not dest.exists():

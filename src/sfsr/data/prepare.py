@@ -15,7 +15,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +64,7 @@ def build_folder(out_dir: str | os.PathLike) -> Iterator[Path]:
     (an existing ``out_dir`` is swapped out and deleted), on failure it is removed."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = io.make_temp_dir(out_dir, ".tmp")
     try:
         yield tmp
         if out_dir.exists():

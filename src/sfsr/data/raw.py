@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from sfsr.data.download import extract_archive, is_archive
+from sfsr import io
 from sfsr.errors import DataError
 
 
@@ -29,7 +29,7 @@ def assemble_raw(inputs: list[Path], dest: Path, extract: dict[str, bool] | None
     dest = Path(dest)
     extract = extract or {}
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    tmp = io.make_temp_dir(dest, ".tmp")
     try:
         origin: dict[str, Path] = {}
         for i, src in enumerate(map(Path, inputs)):
