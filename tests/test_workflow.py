@@ -60,8 +60,10 @@ def test_dry_run_lists_the_data_and_evaluation_jobs(tmp_path):
         parts = line.split()
         if len(parts) == 2 and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])
-    n_sets = 3  # builtin_train, builtin_valid, builtin_test
-    scales = yaml.safe_load((REPO / "config.yaml").read_text())["scales"]
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    used = {d for key in ("train", "valid", "test", "classification", "refsr") for d in cfg[key]}
+    n_sets = len(used)
+    scales = cfg["scales"]
     assert counts["prepare"] == n_sets
     assert counts["make_lr"] == n_sets * len(scales)
     assert counts["upscale"] >= len(scales)  # bicubic at every scale, plus trained models
@@ -77,8 +79,9 @@ def test_bad_config_fails_before_any_job_naming_the_key(tmp_path):
 
 
 def test_data_stage_on_builtin_source(tmp_path):
-    run_snakemake(tmp_path, "data", config={"scales": [2, 4], "train": [], "valid": [],
-                                            "test": ["builtin_test"]})
+    only_test = {"scales": [2, 4], "train": [], "valid": [], "test": ["builtin_test"],
+                 "classification": [], "sr_models": []}
+    run_snakemake(tmp_path, "data", config=only_test)
     prepared = tmp_path / "data" / "prepared" / "builtin_test"
     manifest = pd.read_csv(prepared / "manifest.csv")
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -95,9 +98,11 @@ def test_data_stage_on_builtin_source(tmp_path):
     assert (tmp_path / "data" / "logs" / "prepare" / "builtin_test.log").is_file()
     assert (tmp_path / "data" / "benchmarks" / "make_lr" / "builtin_test_x4.tsv").is_file()
     # nothing to do on a second run
-    proc = run_snakemake(tmp_path, "data", "-n", config={"scales": [2, 4], "train": [],
-                                                        "valid": [], "test": ["builtin_test"]})
+    proc = run_snakemake(tmp_path, "data", "-n", config=only_test)
     assert "Nothing to be done" in proc.stdout + proc.stderr
+    # the report of this partial run (rule `finished`: what exists of `all`)
+    run_snakemake(tmp_path, "--report", str(tmp_path / "partial.html"), "finished", config=only_test)
+    assert "builtin_test" in (tmp_path / "partial.html").read_text(errors="replace")
 
 
 def test_local_source_used_in_place_and_evaluation_matches_the_papers(tmp_path, shared_data):
@@ -107,7 +112,8 @@ def test_local_source_used_in_place_and_evaluation_matches_the_papers(tmp_path, 
     extra = tmp_path / "set5.yaml"
     extra.write_text(yaml.safe_dump({"datasets": {"set5": {"source": "local", "path": str(set5), "root": ""}}}))
     run_snakemake(tmp_path, "evaluate", configfile=extra,
-                  config={"scales": [2], "train": [], "valid": [], "test": ["set5"]})
+                  config={"scales": [2], "train": [], "valid": [], "test": ["set5"],
+                          "classification": [], "sr_models": []})
     assert {p.name: p.stat().st_mtime_ns for p in set5.iterdir()} == before
     assert not (tmp_path / "data" / "raw" / "set5").exists()  # used in place, not copied
     lr_dir = tmp_path / "data" / "prepared" / "set5" / "LR_bicubic" / "X2"
@@ -158,8 +164,9 @@ def test_url_source_downloads_verifies_extracts_and_prepares(tmp_path, http_root
     extra.write_text(yaml.safe_dump({"datasets": {"web": spec}}))
     work = tmp_path / "work"
     work.mkdir()
-    run_snakemake(work, "data", configfile=extra,
-                  config={"scales": [4], "train": [], "valid": [], "test": ["web"]})
+    web_only = {"scales": [4], "train": [], "valid": [], "test": ["web"], "classification": [],
+                "sr_models": []}
+    run_snakemake(work, "data", configfile=extra, config=web_only)
     assert (work / "data" / "downloads" / "photos.zip").read_bytes() == zpath.read_bytes()
     manifest = pd.read_csv(work / "data" / "prepared" / "web" / "manifest.csv")
     assert sorted(manifest.stem) == ["astronaut", "coffee"]
@@ -170,8 +177,7 @@ def test_url_source_downloads_verifies_extracts_and_prepares(tmp_path, http_root
     extra.write_text(yaml.safe_dump({"datasets": {"web": spec}}))
     work2 = tmp_path / "work2"
     work2.mkdir()
-    proc = run_snakemake(work2, "data", configfile=extra, check=False,
-                         config={"scales": [4], "train": [], "valid": [], "test": ["web"]})
+    proc = run_snakemake(work2, "data", configfile=extra, check=False, config=web_only)
     assert proc.returncode != 0
     log = (work2 / "data" / "logs" / "download" / "photos.zip.log").read_text()
     assert sha in log and "0" * 64 in log

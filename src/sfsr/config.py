@@ -138,7 +138,8 @@ def check_references(config: dict) -> None:
             raise ConfigError(f"config key 'models.{name}.{stages[0]}' needs a classification set "
                               "(the frozen classifier and its training images): list one under "
                               f"'classification', or set models.{name}.{stages[0]}: null.")
-    for name, model in models.items():
+    for name in config.get("sr_models", []):  # catalogue entries not selected are not built
+        model = models[name]
         if model["scale"] not in config.get("scales", []):
             raise ConfigError(f"config key 'models.{name}.scale' is {model['scale']}, which is not in "
                               f"'scales' {config.get('scales')}; add it there (LR images and the "
