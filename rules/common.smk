@@ -18,6 +18,15 @@ wildcard_constraints:
     rank=r"\d+",
 
 
+DESCRIPTIVE_KEYS = ("description", "homepage", "citation")
+
+
+def dataset_spec(name):
+    """A dataset's settings without its descriptive text, so rewording a description reruns
+    nothing (rule params are compared by Snakemake)."""
+    return {k: v for k, v in DATASETS[name].items() if k not in DESCRIPTIVE_KEYS}
+
+
 def used_datasets():
     """Datasets named by any stage, in config order, without repeats."""
     names = []
@@ -174,7 +183,7 @@ def evaluation_provenance():
     """The settings the evaluation results depend on (recorded next to them). Plot settings are
     not among them, so changing a plot setting reruns only the plots."""
     keys = ("experiment", "seed", "scales", "test", "classification", "evaluation", "sr_models")
-    return {k: config[k] for k in keys} | {"datasets": {d: DATASETS[d] for d in used_datasets()}}
+    return {k: config[k] for k in keys} | {"datasets": {d: dataset_spec(d) for d in used_datasets()}}
 
 
 def metric_tables():

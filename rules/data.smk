@@ -30,7 +30,7 @@ rule extract:
     output:
         directory(f"{DATA}/raw/{{dataset}}"),
     params:
-        spec=lambda wc: DATASETS[wc.dataset],
+        spec=lambda wc: dataset_spec(wc.dataset),
     log:
         f"{DATA}/logs/extract/{{dataset}}.log",
     benchmark:
@@ -48,7 +48,7 @@ rule prepare:
         hr=directory(f"{DATA}/prepared/{{dataset}}/HR"),
         manifest=f"{DATA}/prepared/{{dataset}}/manifest.csv",
     params:
-        spec=lambda wc: DATASETS[wc.dataset],
+        spec=lambda wc: dataset_spec(wc.dataset),
         on_bad_image=config["on_bad_image"],
         min_size=config["min_image_size"],
         max_scale=max(SCALES),

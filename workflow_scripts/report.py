@@ -67,6 +67,12 @@ def summary_table(smk):
         params[name] = record.get("parameters")
         train_time[name] = record.get("training_time_s")
     table = plots.summary_table(summary, accuracy=accuracy, params=params, train_time=train_time)
+    if "acc_dataset" in table.columns:  # accuracy belongs to the classification set's rows only
+        other = table["dataset"] != table["acc_dataset"]
+        acc_cols = [c for c in ("acc_dataset", "top1", "top5", "gap_closed", "gap_closed_top5")
+                    if c in table.columns]
+        table[acc_cols] = table[acc_cols].astype(object)
+        table.loc[other, acc_cols] = None
     io.write_csv(smk.output.csv, table)
     io.write_text(smk.output.md, summary_markdown(table))
 
