@@ -34,7 +34,7 @@ def test_generator_shapes(name: str, scale: int) -> None:
     with torch.no_grad():
         sr = model(lr)
         feats = model.encode(lr)
-        again = model.upsample(feats)
+        again = model.decode(feats, lr)
     assert sr.shape == (1, 3, 12 * scale, 12 * scale)
     assert feats.shape == (1, model.num_features, 12, 12)
     assert model.num_features == TINY[name]["num_features"]
@@ -225,7 +225,8 @@ def test_checkpoint_round_trip(tmp_path, name: str) -> None:
 
 
 def test_generator_spec_validates() -> None:
-    assert generator_spec("edsr", 4, num_blocks=2) == {"name": "edsr", "scale": 4, "kwargs": {"num_blocks": 2}}
+    assert generator_spec("edsr", 4, num_blocks=2) == {"name": "edsr", "scale": 4,
+                                                       "kwargs": {"num_blocks": 2, "base": "none"}}
     with pytest.raises(ValueError):
         generator_spec("edsr", 4, use_bn=True)
 
@@ -264,3 +265,87 @@ def test_generators_and_checkpoint_on_gpu(tmp_path) -> None:
     x = torch.rand(1, 3, 10, 10)
     with torch.no_grad():
         assert torch.allclose(model(x), loaded(x.cuda()).cpu(), atol=1e-4)
+
+
+# ---------------------------------------------------------------------- global residual learning
+def _set5_pairs(shared_data, scale: int):
+    import numpy as np
+    from PIL import Image
+
+    from sfsr.data.bicubic import imresize, modcrop
+    for path in sorted((shared_data / "benchmark" / "Set5" / "HR").glob("*.png")):
+        hr = modcrop(np.asarray(Image.open(path).convert("RGB")), scale)
+        yield path.stem, hr, imresize(hr, 1 / scale)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4, 8])
+@pytest.mark.parametrize("name", GENERATOR_NAMES)
+def test_untrained_bicubic_residual_model_is_bicubic_on_set5(shared_data, name: str, scale: int) -> None:
+    """base=bicubic: the residual branch's last layer starts at zero, so an untrained generator of
+    every architecture scores the bicubic baseline's PSNR-Y (to 0.01 dB on Set5); base=none does not."""
+    import numpy as np
+
+    from sfsr.data.bicubic import imresize
+    from sfsr.metrics import image_metrics, to_uint8
+    torch.manual_seed(0)
+    kw = dict(num_blocks=1, num_features=8)
+    residual = build_generator(name, scale, base="bicubic", **kw).eval()
+    plain = build_generator(name, scale, base="none", **kw).eval()
+    gaps, plain_gaps = [], []
+    for _, hr, lr in _set5_pairs(shared_data, scale):
+        bicubic = image_metrics(hr, imresize(lr, scale), scale)["psnr_y"]
+        x = torch.from_numpy(lr).permute(2, 0, 1)[None].float() / 255
+        with torch.no_grad():
+            gaps.append(image_metrics(hr, to_uint8(residual(x)[0]), scale)["psnr_y"] - bicubic)
+            plain_gaps.append(image_metrics(hr, to_uint8(plain(x)[0]), scale)["psnr_y"] - bicubic)
+    assert abs(float(np.mean(gaps))) < 0.01, gaps
+    assert max(abs(g) for g in gaps) < 0.02, gaps
+    assert min(plain_gaps) < -1.0, "an untrained plain generator should be far from bicubic"
+
+
+def test_bicubic_upsample_matches_imresize_and_is_differentiable() -> None:
+    import numpy as np
+
+    from sfsr.data.bicubic import imresize
+    from sfsr.models import bicubic_upsample
+    rng = np.random.default_rng(0)
+    lr = rng.random((2, 3, 7, 10))
+    for scale in (2, 3, 4, 8):
+        up = bicubic_upsample(torch.from_numpy(lr), scale).numpy()
+        ref = np.stack([imresize(np.ascontiguousarray(img.transpose(1, 2, 0)), scale).transpose(2, 0, 1)
+                        for img in lr])
+        assert up.shape == (2, 3, 7 * scale, 10 * scale)
+        np.testing.assert_allclose(up, ref, rtol=0, atol=1e-12)
+    x = torch.rand(1, 3, 5, 6, requires_grad=True)
+    bicubic_upsample(x, 4).sum().backward()
+    # every output pixel's weights sum to 1 along each axis: d(sum)/dx sums to the number of outputs
+    assert float(x.grad.sum()) == pytest.approx(3 * 16 * 5 * 6, rel=1e-5)
+
+
+@pytest.mark.parametrize("base", ["bilinear", "bicubic"])
+def test_residual_generators_learn_and_decode_matches_forward(base: str) -> None:
+    """The zeroed last layer still gets gradients (training can start), and decode(encode(lr), lr)
+    is forward (the shared-feature stage relies on it)."""
+    from sfsr.semantic import LRClassificationHead, SharedFeatureModel
+    for name in GENERATOR_NAMES:
+        g = build_generator(name, 2, base=base, num_blocks=1, num_features=8)
+        lr = torch.rand(2, 3, 9, 11)
+        sr = g(lr)
+        assert torch.equal(sr, g.decode(g.encode(lr), lr))
+        ((sr - torch.rand_like(sr)) ** 2).mean().backward()
+        last = [p for p in g.parameters() if p.grad is not None][-2]  # weight of the last layer
+        assert last.abs().max() == 0 and last.grad.abs().max() > 0, name
+        shared = SharedFeatureModel(g, LRClassificationHead(g.num_features, 3))
+        with torch.no_grad():
+            assert torch.equal(shared(lr)[0], g(lr))
+
+
+def test_paper_bases_and_spec_records_the_base() -> None:
+    from sfsr.models import generator_spec
+    assert build_generator("msrresnet", 4, num_blocks=1).base.mode == "bilinear"  # BasicSR
+    for name in ("srresnet", "edsr_baseline", "edsr", "rrdbnet", "autoencoder"):
+        assert build_generator(name, 4, num_blocks=1).base.mode == "none"
+    assert generator_spec("srresnet", 4, num_blocks=2)["kwargs"] == {"num_blocks": 2, "base": "none"}
+    assert generator_spec("msrresnet", 4)["kwargs"]["base"] == "bilinear"
+    with pytest.raises(ValueError, match="unknown base 'lanczos'.*none, bilinear, bicubic"):
+        build_generator("edsr", 4, base="lanczos")

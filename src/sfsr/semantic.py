@@ -177,7 +177,7 @@ class SharedFeatureModel(nn.Module):
     """Generator + LR classification head on a shared encoder.
 
     ``forward(lr) -> (sr, logits)``: ``features = generator.encode(lr)`` is computed once and fed to
-    both ``generator.upsample`` and ``head``, so a classification loss on ``logits`` back-propagates
+    both ``generator.decode`` (residual branch + base) and ``head``, so a classification loss on ``logits`` back-propagates
     into the encoder that also produces the SR image."""
 
     def __init__(self, generator: nn.Module, head: nn.Module) -> None:
@@ -187,7 +187,7 @@ class SharedFeatureModel(nn.Module):
 
     def forward(self, lr: Tensor) -> tuple[Tensor, Tensor]:
         features = self.generator.encode(lr)
-        return self.generator.upsample(features), self.head(features)
+        return self.generator.decode(features, lr), self.head(features)
 
 
 @torch.no_grad()

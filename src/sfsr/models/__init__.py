@@ -5,7 +5,9 @@ Plain functions with explicit dispatch:
 * :func:`build_generator` (``srresnet``, ``msrresnet``, ``edsr_baseline``, ``edsr``, ``rrdbnet``,
   ``autoencoder``). Generators take float RGB NCHW in [0, 1] and return the SR image, approximately in
   [0, 1] (never clamped inside). Every generator has ``.encode(lr)`` (body features at LR size),
-  ``.upsample(features)``, ``.num_features`` and ``.scale``; ``forward(lr) = upsample(encode(lr))``.
+  ``.upsample(features)`` (the residual branch), ``.decode(features, lr)``, ``.num_features``,
+  ``.scale`` and ``.base``; ``forward(lr) = decode(encode(lr), lr) = upsample(encode(lr)) + base(lr)``
+  (:mod:`sfsr.models.residual`: option ``base`` none / bilinear / bicubic).
 * :func:`build_discriminator` (``vgg``, ``patchgan``), :func:`build_classifier`.
 * Checkpoints: :func:`generator_spec`, :func:`save_generator`, :func:`load_generator`.
 """
@@ -25,6 +27,7 @@ from sfsr.models.autoencoder import ConvAutoencoderSR
 from sfsr.models.classifier import Classifier, build_classifier, classifier_features
 from sfsr.models.discriminators import PatchDiscriminator, VGGDiscriminator
 from sfsr.models.edsr import EDSR
+from sfsr.models.residual import BASES, ResidualBase, SRGenerator, bicubic_upsample
 from sfsr.models.rrdbnet import RRDBNet
 from sfsr.models.srresnet import SUPPORTED_SCALES, SRResNet
 
@@ -32,17 +35,20 @@ GENERATOR_NAMES = ("srresnet", "msrresnet", "edsr_baseline", "edsr", "rrdbnet", 
 DISCRIMINATOR_NAMES = ("vgg", "patchgan")
 
 # keyword arguments each generator accepts (the tiny-model knobs) and their standard values
+# ``base``: what each paper adds to the network's output (docs/models.md): the SRGAN paper's SRResNet,
+# EDSR and ESRGAN's RRDBNet predict the image itself; BasicSR's MSRResNet adds a bilinear upsampling.
 _GENERATOR_KWARGS: dict[str, dict[str, Any]] = {
-    "srresnet": {"num_blocks": 16, "num_features": 64, "use_bn": True},
-    "msrresnet": {"num_blocks": 16, "num_features": 64, "use_bn": False},
-    "edsr_baseline": {"num_blocks": 16, "num_features": 64, "res_scale": 1.0},
-    "edsr": {"num_blocks": 32, "num_features": 256, "res_scale": 0.1},
-    "rrdbnet": {"num_blocks": 23, "num_features": 64, "growth": 32, "res_scale": 0.2},
-    "autoencoder": {"num_blocks": 2, "num_features": 64},
+    "srresnet": {"num_blocks": 16, "num_features": 64, "use_bn": True, "base": "none"},
+    "msrresnet": {"num_blocks": 16, "num_features": 64, "use_bn": False, "base": "bilinear"},
+    "edsr_baseline": {"num_blocks": 16, "num_features": 64, "res_scale": 1.0, "base": "none"},
+    "edsr": {"num_blocks": 32, "num_features": 256, "res_scale": 0.1, "base": "none"},
+    "rrdbnet": {"num_blocks": 23, "num_features": 64, "growth": 32, "res_scale": 0.2, "base": "none"},
+    "autoencoder": {"num_blocks": 2, "num_features": 64, "negative_slope": 0.2, "base": "none"},
 }
 
 __all__ = [
-    "GENERATOR_NAMES", "DISCRIMINATOR_NAMES", "SUPPORTED_SCALES",
+    "GENERATOR_NAMES", "DISCRIMINATOR_NAMES", "SUPPORTED_SCALES", "BASES",
+    "ResidualBase", "SRGenerator", "bicubic_upsample",
     "build_generator", "build_discriminator", "build_classifier", "classifier_features",
     "generator_spec", "save_generator", "load_generator", "count_parameters",
     "Classifier", "ConvAutoencoderSR", "EDSR", "PatchDiscriminator", "RRDBNet", "SRResNet",
@@ -60,13 +66,17 @@ def _generator_kwargs(name: str, scale: int, kwargs: dict[str, Any]) -> dict[str
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for generator {name!r}; valid: {sorted(allowed)}")
-    return {**allowed, **kwargs}
+    full = {**allowed, **kwargs}
+    if full["base"] not in BASES:
+        raise ValueError(f"unknown base {full['base']!r} for generator {name!r}; valid: {', '.join(BASES)}")
+    return full
 
 
 def build_generator(name: str, scale: int, **kwargs: Any) -> nn.Module:
     """Build generator ``name`` for ``scale`` (2, 3, 4 or 8). ``kwargs`` override the standard
     configuration: num_blocks, num_features, use_bn (srresnet/msrresnet), res_scale (edsr*,
-    rrdbnet), growth (rrdbnet). Unknown names/options raise ValueError listing the valid ones."""
+    rrdbnet), growth (rrdbnet), negative_slope (autoencoder), base (every generator: none / bilinear / bicubic, the upsampled
+    input the output is added to; the residual branch's last layer then starts at zero). Unknown names/options raise ValueError listing the valid ones."""
     kw = _generator_kwargs(name, scale, kwargs)
     if name in ("srresnet", "msrresnet"):
         return SRResNet(scale, **kw)
@@ -96,9 +106,10 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def generator_spec(name: str, scale: int, **kwargs: Any) -> dict[str, Any]:
-    """The JSON-able description a checkpoint stores to rebuild the generator (validated here)."""
-    _generator_kwargs(name, scale, kwargs)
-    return {"name": name, "scale": int(scale), "kwargs": dict(kwargs)}
+    """The JSON-able description a checkpoint stores to rebuild the generator (validated here).
+    ``base`` is always written out, so a checkpoint keeps its meaning if a default changes."""
+    full = _generator_kwargs(name, scale, kwargs)
+    return {"name": name, "scale": int(scale), "kwargs": {**kwargs, "base": full["base"]}}
 
 
 def save_generator(path: str | os.PathLike, model: nn.Module, spec: dict[str, Any], **extra: Any) -> None:

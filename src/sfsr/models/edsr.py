@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from sfsr.models.residual import SRGenerator
 from sfsr.models.srresnet import upsampling_factors
 
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
@@ -34,11 +35,12 @@ class EDSRResidualBlock(nn.Module):
         return x + self.body(x) * self.res_scale
 
 
-class EDSR(nn.Module):
+class EDSR(SRGenerator):
     """EDSR generator; ``encode`` returns the body features (after the global skip) at LR size."""
 
     def __init__(self, scale: int = 4, num_features: int = 64, num_blocks: int = 16,
-                 res_scale: float = 1.0, rgb_mean: tuple[float, float, float] = DIV2K_RGB_MEAN) -> None:
+                 res_scale: float = 1.0, rgb_mean: tuple[float, float, float] = DIV2K_RGB_MEAN,
+                 base: str = "none") -> None:
         super().__init__()
         factors = upsampling_factors(scale)
         self.scale = scale
@@ -52,6 +54,7 @@ class EDSR(nn.Module):
             stages += [nn.Conv2d(num_features, num_features * f * f, 3, padding=1), nn.PixelShuffle(f)]
         self.upsampler = nn.Sequential(*stages)
         self.tail = nn.Conv2d(num_features, 3, 3, padding=1)
+        self._init_base(base, scale, self.tail)
 
     def encode(self, lr: Tensor) -> Tensor:
         """LR image (N,3,h,w) in [0,1] -> body features (N, num_features, h, w)."""
@@ -59,8 +62,7 @@ class EDSR(nn.Module):
         return head + self.body_tail(self.blocks(head))
 
     def upsample(self, features: Tensor) -> Tensor:
-        """Body features -> SR image (N,3,h*scale,w*scale), approximately in [0,1]."""
-        return self.tail(self.upsampler(features)) + self.rgb_mean
-
-    def forward(self, lr: Tensor) -> Tensor:
-        return self.upsample(self.encode(lr))
+        """Body features -> the residual branch's output at HR size: with base none the SR image
+        (the mean is added back), else the residual added to the base (no mean)."""
+        out = self.tail(self.upsampler(features))
+        return out + self.rgb_mean if self.base.mode == "none" else out

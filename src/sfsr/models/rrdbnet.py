@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sfsr.models.residual import SRGenerator
 from sfsr.models.srresnet import scaled_kaiming_init, upsampling_factors
 
 
@@ -48,11 +49,11 @@ class RRDB(nn.Module):
         return x + self.rdbs(x) * self.res_scale
 
 
-class RRDBNet(nn.Module):
+class RRDBNet(SRGenerator):
     """ESRGAN generator; ``encode`` returns the trunk features (after the global skip) at LR size."""
 
     def __init__(self, scale: int = 4, num_features: int = 64, num_blocks: int = 23, growth: int = 32,
-                 res_scale: float = 0.2) -> None:
+                 res_scale: float = 0.2, base: str = "none") -> None:
         super().__init__()
         self.factors = upsampling_factors(scale)
         self.scale = scale
@@ -65,6 +66,7 @@ class RRDBNet(nn.Module):
         self.conv_hr = nn.Conv2d(num_features, num_features, 3, padding=1)
         self.conv_last = nn.Conv2d(num_features, 3, 3, padding=1)
         self.lrelu = nn.LeakyReLU(0.2, inplace=True)
+        self._init_base(base, scale, self.conv_last)
 
     def encode(self, lr: Tensor) -> Tensor:
         """LR image (N,3,h,w) in [0,1] -> trunk features (N, num_features, h, w)."""
@@ -72,11 +74,8 @@ class RRDBNet(nn.Module):
         return feat + self.conv_body(self.body(feat))
 
     def upsample(self, features: Tensor) -> Tensor:
-        """Trunk features -> SR image (N,3,h*scale,w*scale), approximately in [0,1]."""
+        """Trunk features -> the residual branch's output at HR size (the SR image when base is none)."""
         x = features
         for f, conv in zip(self.factors, self.upconvs):
             x = self.lrelu(conv(F.interpolate(x, scale_factor=f, mode="nearest")))
         return self.conv_last(self.lrelu(self.conv_hr(x)))
-
-    def forward(self, lr: Tensor) -> Tensor:
-        return self.upsample(self.encode(lr))

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from sfsr.models.residual import SRGenerator
+
 SUPPORTED_SCALES = (2, 3, 4, 8)
 
 
@@ -58,11 +60,11 @@ class SRResidualBlock(nn.Module):
         return x + self.body(x)
 
 
-class SRResNet(nn.Module):
+class SRResNet(SRGenerator):
     """SRGAN generator (SRResNet). ``encode`` returns the body features at LR resolution."""
 
     def __init__(self, scale: int = 4, num_features: int = 64, num_blocks: int = 16,
-                 use_bn: bool = True) -> None:
+                 use_bn: bool = True, base: str = "none") -> None:
         super().__init__()
         factors = upsampling_factors(scale)
         self.scale = scale
@@ -81,6 +83,7 @@ class SRResNet(nn.Module):
         self.tail = nn.Conv2d(num_features, 3, 9, padding=4)
         if not use_bn:
             scaled_kaiming_init(self.blocks, 0.1)
+        self._init_base(base, scale, self.tail)
 
     def encode(self, lr: Tensor) -> Tensor:
         """LR image (N,3,h,w) in [0,1] -> body features (N, num_features, h, w)."""
@@ -88,8 +91,5 @@ class SRResNet(nn.Module):
         return head + self.body_tail(self.blocks(head))
 
     def upsample(self, features: Tensor) -> Tensor:
-        """Body features -> SR image (N,3,h*scale,w*scale), approximately in [0,1]."""
+        """Body features -> the residual branch's output at HR size (the SR image when base is none)."""
         return self.tail(self.upsampler(features))
-
-    def forward(self, lr: Tensor) -> Tensor:
-        return self.upsample(self.encode(lr))
