@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_hex
 from PIL import Image
 from scipy import ndimage
@@ -136,13 +137,14 @@ def _legend_texts(fig) -> set[str]:
 
 
 def _legend_colors(fig) -> dict[str, str]:
-    """Legend label -> colour of its handle (lines: line colour; patches: face colour)."""
+    """Legend label -> colour of its handle (lines: line colour; patches: face colour); a leading
+    point number ("3  srgan", the trade-off figure) is dropped."""
     out = {}
     for leg in fig.legends:
         for handle, text in zip(leg.legend_handles, leg.get_texts()):
             color = handle.get_color() if hasattr(handle, "get_color") and not hasattr(
                 handle, "get_facecolor") else handle.get_facecolor()
-            out[text.get_text()] = to_hex(color)
+            out[text.get_text().split("  ", 1)[-1]] = to_hex(color)
     return out
 
 
@@ -175,7 +177,12 @@ def test_model_family():
 def test_training_curves(logs, tmp_path):
     fig = plots.make_training_curves(logs, title="warm-up")
     assert {"srresnet", "srgan", "pixel", "mse"} <= _legend_texts(fig)
-    ax_loss, ax_val = fig.axes[:2]
+    ax_loss, ax_val, ax_time = fig.axes[:3]
+    assert "minutes" in ax_time.get_xlabel()
+    # PSNR against wall-clock minutes: the same values at elapsed_s / 60
+    d = logs["srresnet"].dropna(subset=["val_psnr_y"])
+    np.testing.assert_allclose(ax_time.get_lines()[0].get_xdata(), d["elapsed_s"] / 60)
+    np.testing.assert_allclose(ax_time.get_lines()[0].get_ydata(), d["val_psnr_y"])
     assert ax_loss.get_yscale() == "log"
     assert "dB" in ax_val.get_ylabel()
     # one validation line per model, holding exactly the logged validation points
@@ -187,6 +194,57 @@ def test_training_curves(logs, tmp_path):
     _assert_saved(paths, tmp_path)
 
 
+def test_training_curves_draw_the_bicubic_line(logs):
+    """val_bicubic_psnr_y (written by the loop) is one dashed black line when all models share it,
+    one per model in the model's colour when they differ (other images or scales)."""
+    same = {k: v.assign(val_bicubic_psnr_y=30.5) for k, v in logs.items()}
+    fig = plots.make_training_curves(same)
+    for ax in fig.axes[1:3]:
+        dashed = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+        assert len(dashed) == 1 and list(dashed[0].get_ydata()) == [30.5, 30.5]
+    assert "bicubic, same images" in _legend_texts(fig)
+    differ = {"srresnet": logs["srresnet"].assign(val_bicubic_psnr_y=30.5),
+              "srgan": logs["srgan"].assign(val_bicubic_psnr_y=28.0)}
+    fig = plots.make_training_curves(differ)
+    dashed = {ln.get_ydata()[0] for ln in fig.axes[1].get_lines() if ln.get_linestyle() == "--"}
+    assert dashed == {30.5, 28.0}
+
+
+def _assert_inside_figure(fig) -> None:
+    """Every legend and text lies inside the rendered figure (nothing clipped), and no two legend
+    entries overlap."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    box = fig.bbox
+    artists = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    artists += [t for ax in fig.axes for t in ax.texts]
+    for artist in artists:
+        b = artist.get_window_extent(renderer)
+        assert b.x0 >= box.x0 - 1 and b.x1 <= box.x1 + 1 and b.y0 >= box.y0 - 1 and b.y1 <= box.y1 + 1, \
+            f"{artist} is clipped: {b} outside {box}"
+    for leg in fig.legends:
+        boxes = [t.get_window_extent(renderer) for t in leg.get_texts()]
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1:]:
+                assert not a.overlaps(b), "legend entries overlap"
+
+
+def test_tradeoff_and_curves_stay_readable_with_twelve_models(acc, logs):
+    base = acc.set_index("input")
+    rows = []
+    names = [f"{arch}_x4{suffix}" for arch in ("srresnet", "edsr_baseline", "rrdbnet", "autoencoder")
+             for suffix in ("", "_gan", "_semantic")][:11]
+    for i, name in enumerate(names):
+        rows.append({**base.loc["srresnet"].to_dict(), "input": name,
+                     "psnr_y": 28.0 + 0.05 * i, "top1": 0.5 + 0.01 * (i % 3)})
+    many = pd.concat([acc, pd.DataFrame(rows)], ignore_index=True)
+    assert (many["psnr_y"].notna() & ~many["input"].isin(["hr", "lr_head"])).sum() >= 12
+    _assert_inside_figure(plots.make_tradeoff(many))
+    twelve = {name: logs["srresnet"] for name in names + ["srgan"]}
+    _assert_inside_figure(plots.make_training_curves(twelve))
+
+
 def test_training_curves_tolerant(logs):
     # an adversarial term with negative values -> symlog; a log without val columns still plots
     a = logs["srgan"].assign(adversarial=-0.1)
@@ -194,6 +252,7 @@ def test_training_curves_tolerant(logs):
     fig = plots.make_training_curves({"gan": a, "psnr": b})
     assert fig.axes[0].get_yscale() == "symlog"
     assert len(fig.axes[1].get_lines()) == 1
+    assert len(fig.axes[2].get_lines()) == 1
 
 
 def test_metric_bars(summary, per_image, tmp_path):
@@ -250,10 +309,13 @@ def test_tradeoff(acc, tmp_path):
     ax = fig.axes[0]
     assert "dB" in ax.get_xlabel() and "%" in ax.get_ylabel()
     labels = {t.get_text() for t in ax.texts}
-    assert {"bicubic", "srresnet", "srgan", "semantic_srgan"} <= labels
     assert any(t.startswith("hr ") for t in labels) and any(t.startswith("lr_head") for t in labels)
     texts = _legend_texts(fig)
-    assert {"gan family", "psnr family", "semantic family", "bicubic family"} <= texts
+    assert {"gan family", "psnr family", "semantic family", "bicubic family"} <= texts  # markers
+    # each point carries a number; the legend below says which model it is
+    numbered = {t.split("  ", 1)[1]: t.split("  ", 1)[0] for t in texts if "  " in t}
+    assert set(numbered) == {"bicubic", "srresnet", "srgan", "semantic_srgan"}
+    assert set(numbered.values()) <= labels
     # one point per model with a PSNR, at (psnr_y, 100 * top1); markers differ between families
     points = {c.get_label(): c for c in ax.collections}
     assert set(points) == {"bicubic", "srresnet", "srgan", "semantic_srgan"}

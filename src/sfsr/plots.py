@@ -167,10 +167,21 @@ def save_figure(fig: Figure, out_png: str | os.PathLike) -> list[Path]:
     return [png, pdf]
 
 
+def _legend_columns(fig: Figure, labels: Sequence[str], fontsize: float = 9.0) -> int:
+    """How many legend columns fit the figure's width: an entry is its handle (~0.5 in) plus its
+    text (~0.6 x font size per character), so long model names get fewer columns, never clipped."""
+    if not labels:
+        return 1
+    entry_in = 0.55 + 0.6 * fontsize / 72.0 * max(len(str(x)) for x in labels)
+    return max(1, min(len(labels), int(0.95 * fig.get_figwidth() // entry_in)))
+
+
 def _legend_below(fig: Figure, handles: list, labels: list[str], ncol: int | None = None) -> None:
+    """A legend under the axes with as many columns as fit the figure's width (at most ``ncol``)."""
     if handles:
+        fit = _legend_columns(fig, labels)
         fig.legend(handles, labels, loc="outside lower center",
-                   ncol=ncol or min(len(labels), 5), frameon=False)
+                   ncol=min(ncol, fit) if ncol else fit, frameon=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,8 +202,11 @@ def _is_loss_column(column: str) -> bool:
 
 def make_training_curves(logs: Mapping[str, pd.DataFrame], title: str = "",
                          colors: Mapping[str, str] | None = None) -> Figure:
-    """Two panels against ``iteration``: every loss-term column of every log (log-scale y;
-    colour = model, line style = loss term) and ``val_psnr_y`` (dB) where validation ran.
+    """Three panels: every loss-term column of every log against ``iteration`` (log-scale y;
+    colour = model, line style = loss term), and ``val_psnr_y`` (dB) against ``iteration`` and
+    against wall-clock minutes (``elapsed_s``) where validation ran. The bicubic PSNR-Y of the same
+    validation images (``val_bicubic_psnr_y``, written by the training loop) is drawn as a dashed
+    line: one black line when every model has the same value, else one per model in its colour.
 
     ``logs`` maps a model label to its training log (``train_log.csv``). Rows without a value
     (NaN) are skipped per column. Losses with non-positive values are drawn on a symlog axis.
@@ -205,10 +219,17 @@ def make_training_curves(logs: Mapping[str, pd.DataFrame], title: str = "",
     cols = _colors_for(models, colors)
     terms = sorted({c for log in logs.values() for c in log.columns if _is_loss_column(c)})
     styles = {t: _LINESTYLES[i % len(_LINESTYLES)] for i, t in enumerate(terms)}
+    bicubic: dict[str, float] = {}
+    for label, log in logs.items():
+        if "val_bicubic_psnr_y" in log.columns:
+            values = log["val_bicubic_psnr_y"].dropna()
+            if not values.empty:
+                bicubic[label] = float(values.iloc[-1])
+    one_bicubic = len({round(v, 6) for v in bicubic.values()}) == 1
     with _style():
-        fig = Figure(figsize=(11, 4.6), layout="constrained")
-        ax_loss, ax_val = fig.subplots(1, 2)
-        any_nonpositive, any_val = False, False
+        fig = Figure(figsize=(14, 4.6), layout="constrained")
+        ax_loss, ax_val, ax_time = fig.subplots(1, 3)
+        any_nonpositive, any_val, any_time = False, False, False
         for label, log in logs.items():
             for term in terms:
                 if term not in log.columns:
@@ -220,24 +241,42 @@ def make_training_curves(logs: Mapping[str, pd.DataFrame], title: str = "",
                 ax_loss.plot(d["iteration"], d[term], color=cols[label], linestyle=styles[term],
                              linewidth=1.3)
             if "val_psnr_y" in log.columns:
-                d = log[["iteration", "val_psnr_y"]].dropna()
+                keep = [c for c in ("iteration", "val_psnr_y", "elapsed_s") if c in log.columns]
+                d = log[keep].dropna(subset=["val_psnr_y"])
                 d = d[np.isfinite(d["val_psnr_y"])]
                 if not d.empty:
                     any_val = True
                     ax_val.plot(d["iteration"], d["val_psnr_y"], color=cols[label], marker="o",
                                 markersize=3.5, linewidth=1.3)
+                    if "elapsed_s" in d.columns and d["elapsed_s"].notna().any():
+                        any_time = True
+                        t = d.dropna(subset=["elapsed_s"])
+                        ax_time.plot(t["elapsed_s"] / 60.0, t["val_psnr_y"], color=cols[label],
+                                     marker="o", markersize=3.5, linewidth=1.3)
+        for ax in (ax_val, ax_time):
+            for label, value in bicubic.items():
+                ax.axhline(value, color="black" if one_bicubic else cols[label], linestyle="--",
+                           linewidth=1.0, zorder=1)
+                if one_bicubic:
+                    break
         if any_nonpositive:
             ax_loss.set_yscale("symlog", linthresh=1e-3)
         else:
             ax_loss.set_yscale("log")
         ax_loss.set(xlabel="iteration", ylabel="training loss (log scale)", title="Loss terms")
         ax_val.set(xlabel="iteration", ylabel="validation PSNR-Y (dB)", title="Validation PSNR-Y")
+        ax_time.set(xlabel="training time (wall-clock minutes)", ylabel="validation PSNR-Y (dB)",
+                    title="Validation PSNR-Y against time")
         if not terms:
             ax_loss.text(0.5, 0.5, "no loss columns", ha="center", va="center",
                          transform=ax_loss.transAxes)
-        if not any_val:
-            ax_val.text(0.5, 0.5, "no validation rows", ha="center", va="center",
-                        transform=ax_val.transAxes)
+        for ax, has in ((ax_val, any_val), (ax_time, any_time)):
+            if not has:
+                ax.text(0.5, 0.5, "no validation rows", ha="center", va="center", transform=ax.transAxes)
+        if bicubic:
+            what = "bicubic, same images" if one_bicubic else "bicubic of each model's images"
+            ax_val.legend([Line2D([], [], color="black" if one_bicubic else "0.4", linestyle="--")],
+                          [what], loc="lower right")
         if title:
             fig.suptitle(title)
         handles = [Line2D([], [], color=cols[m], linewidth=2) for m in models]
@@ -412,8 +451,10 @@ def make_tradeoff(acc_with_metrics: pd.DataFrame, colors: Mapping[str, str] | No
     inputs = _canonical_order(acc_with_metrics[name].astype(str).tolist())
     cols = _colors_for(inputs, colors)
     facets = _facets(acc_with_metrics)
+    points = [m for m in inputs if m not in ("hr", "lr_head")]
+    number = {m: i for i, m in enumerate(points, start=1)}
     with _style():
-        fig = Figure(figsize=(6.8, 4.8 * len(facets) + 0.6), layout="constrained")
+        fig = Figure(figsize=(7.5, 4.8 * len(facets) + 0.4 + 0.22 * len(points) / 2), layout="constrained")
         axes = np.atleast_1d(fig.subplots(len(facets), 1, squeeze=False)[:, 0])
         families_seen: list[str] = []
         for ax, (label, sub) in zip(axes, facets):
@@ -434,19 +475,20 @@ def make_tradeoff(acc_with_metrics: pd.DataFrame, colors: Mapping[str, str] | No
                 ax.scatter(float(row["psnr_y"]), top1, color=cols[m],
                            marker=FAMILY_MARKERS.get(fam, "h"), s=70, edgecolor="black",
                            linewidth=0.6, zorder=3, label=m)
-                ax.annotate(m, (float(row["psnr_y"]), top1), xytext=(5, 4),
-                            textcoords="offset points", fontsize=9)
+                # a short number beside the point (names are in the legend): readable with a
+                # dozen models where full names would overlap
+                ax.annotate(str(number[m]), (float(row["psnr_y"]), top1), xytext=(5, 3),
+                            textcoords="offset points", fontsize=8, fontweight="bold")
             ax.set(xlabel="PSNR-Y (dB)", ylabel="top-1 accuracy (%)",
                    title="Quality vs recognisability" + (f" — {label}" if label else ""))
             ax.margins(x=0.15, y=0.12)
-        points = [m for m in inputs if m not in ("hr", "lr_head")]
         handles = [Line2D([], [], color=cols[m], marker=FAMILY_MARKERS.get(family(m), "h"),
                           linestyle="", markeredgecolor="black", markersize=8) for m in points]
         fam_handles = [Line2D([], [], color="0.5", marker=FAMILY_MARKERS.get(f, "h"), linestyle="",
                               markersize=8) for f in families_seen]
-        axes[0].legend(fam_handles, [f"{f} family" for f in families_seen], loc="best",
-                       title="marker")
-        _legend_below(fig, handles, points, ncol=min(len(points), 5))
+        fig.legend(fam_handles, [f"{f} family" for f in families_seen], loc="outside right upper", title="marker",
+                   frameon=False)
+        _legend_below(fig, handles, [f"{number[m]}  {m}" for m in points])
     return fig
 
 

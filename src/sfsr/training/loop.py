@@ -54,6 +54,7 @@ from sfsr import io, provenance
 from sfsr.errors import ConfigError, DataError, SfsrError
 from sfsr.losses import LOSS_PRESETS, PerceptualLoss, adversarial_loss, pixel_loss, total_loss
 from sfsr.metrics import image_metrics, to_uint8
+from sfsr.data.bicubic import imresize
 from sfsr.data.images import list_images
 from sfsr.models import (build_discriminator, build_generator, count_parameters, generator_spec,
                          load_generator, save_generator)
@@ -192,6 +193,12 @@ def resolve_config(cfg: dict) -> dict:
             extra = " (lr_patch may also be null: the largest square patch all images hold)" \
                 if key == "lr_patch" else ""
             raise ConfigError(f"training setting '{key}' must be a positive integer{extra}, got {out[key]!r}")
+    for key in ("lr", "weight_decay", "gamma", "eta_min"):
+        value = out[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 \
+                or (key == "lr" and value == 0):
+            raise ConfigError(f"training setting '{key}' must be a number{' > 0' if key == 'lr' else ' >= 0'}, "
+                              f"got {value!r} (write 2.0e-4, not 2e-4, in YAML 1.1 files)")
     for key in ("train_split", "valid_split"):
         if out[key] is not None and not isinstance(out[key], str):
             raise ConfigError(f"training setting '{key}' must be a split name (train, val, test) or null, "
@@ -346,6 +353,18 @@ def validate(model: nn.Module, images: Sequence[ValidationImage], scale: int,
             ssims.append(m["ssim_y"])
     finally:
         model.train(was_training)
+    return {"psnr_y": float(np.mean(psnrs)), "ssim_y": float(np.mean(ssims))}
+
+
+def bicubic_reference(images: Sequence[ValidationImage], scale: int) -> dict[str, float]:
+    """Mean PSNR-Y / SSIM-Y of MATLAB-exact bicubic upscaling on the same validation images (the
+    line a learning curve must rise above)."""
+    psnrs, ssims = [], []
+    for item in images:
+        hr = item.hr[:, :, 0] if item.gray else item.hr
+        m = image_metrics(hr, imresize(item.lr, scale), scale)
+        psnrs.append(m["psnr_y"])
+        ssims.append(m["ssim_y"])
     return {"psnr_y": float(np.mean(psnrs)), "ssim_y": float(np.mean(ssims))}
 
 
@@ -861,6 +880,7 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
                                                 class_to_index if stage == "shared" else None)
     if not valid:
         log.info("no validation images: best.pt is not written")
+    bicubic = bicubic_reference(valid, scale) if valid else None
     eval_trainable = ema.module if ema is not None else trainable
     eval_model = eval_trainable.generator if shared is not None else eval_trainable
     writer = _tensorboard(cfg["tensorboard"], out_dir / "tensorboard")
@@ -959,7 +979,8 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
                                                  (cls_size, cls_resize), scale, dev)
         if not rows or rows[-1]["iteration"] != iteration:
             rows.append({"iteration": iteration, "elapsed_s": elapsed + time.perf_counter() - t0})
-        rows[-1].update(val_psnr_y=metrics["psnr_y"], val_ssim_y=metrics["ssim_y"])
+        rows[-1].update(val_psnr_y=metrics["psnr_y"], val_ssim_y=metrics["ssim_y"],
+                        val_bicubic_psnr_y=bicubic["psnr_y"], val_bicubic_ssim_y=bicubic["ssim_y"])
         if shared is not None:
             rows[-1]["val_head_top1"] = metrics["head_top1"]
         if writer is not None:
@@ -967,13 +988,15 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
                 if key in metrics:
                     writer.add_scalar(f"{stage}/val_{key}", metrics[key], iteration)
         head_text = f", LR-head top-1 {metrics['head_top1']:.3f}" if "head_top1" in metrics else ""
-        bar.write(f"[{stage}] iteration {iteration}: validation PSNR-Y {metrics['psnr_y']:.3f} dB, "
-                  f"SSIM-Y {metrics['ssim_y']:.4f}{head_text}")
-        if metrics["psnr_y"] > best["psnr_y"]:
+        bar.write(f"[{stage}] iteration {iteration}: validation PSNR-Y {metrics['psnr_y']:.3f} dB "
+                  f"(bicubic {bicubic['psnr_y']:.3f}), SSIM-Y {metrics['ssim_y']:.4f}{head_text}")
+        if iteration > 0 and metrics["psnr_y"] > best["psnr_y"]:
             best = {"psnr_y": metrics["psnr_y"], "ssim_y": metrics["ssim_y"], "iteration": iteration}
             save_generator(out_dir / "best.pt", eval_model, spec, stage=stage, **best)
 
     iteration = start
+    if start == 0:
+        run_validation(0)  # the starting point of the curve (a residual model: bicubic)
     try:
         for iteration in range(start + 1, stop + 1):
             t_wait = time.perf_counter()
@@ -1055,5 +1078,5 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
 
 
 def _log_columns(terms: Sequence[str], val_extra: Sequence[str] = ()) -> list[str]:
-    return ["iteration", *terms, "lr", "data_wait_fraction", "val_psnr_y", "val_ssim_y", *val_extra,
-            "elapsed_s"]
+    return ["iteration", *terms, "lr", "data_wait_fraction", "val_psnr_y", "val_ssim_y",
+            "val_bicubic_psnr_y", "val_bicubic_ssim_y", *val_extra, "elapsed_s"]
