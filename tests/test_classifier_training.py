@@ -108,9 +108,31 @@ def test_resume_continues_from_the_saved_epoch_and_ends_like_an_uninterrupted_ru
     for key, value in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0, msg=key)
 
-    # a state made for another model is refused, naming the folder
-    with pytest.raises(ConfigError, match="another classifier run"):
-        train_classifier({**cfg, "input_size": 40}, dataset_dir=texture_set, out_dir=tmp_path / "b")
+    # a state made for another model is not continued (the workflow reruns the job when its
+    # settings change): that run starts afresh and replaces it
+    train_classifier({**cfg, "input_size": 40}, dataset_dir=texture_set, out_dir=tmp_path / "b")
+    state = torch.load(tmp_path / "b" / "state" / "last.pt", weights_only=True)
+    assert state["spec"]["input_size"] == 40 and state["epoch"] == 2
+
+
+@pytest.mark.parametrize("prev_good", [True, False])
+def test_corrupt_resume_state_never_wedges_the_job(tmp_path, texture_set, caplog, prev_good) -> None:
+    """A truncated state/last.pt: resume from prev.pt (the epoch before) or, without one, start
+    afresh; either way the result equals an uninterrupted run's."""
+    cfg = {**BASE, "batch_size": 8, "epochs": 3}
+    straight = train_classifier(cfg, dataset_dir=texture_set, out_dir=tmp_path / "a", seed=3)
+    train_classifier(cfg, dataset_dir=texture_set, out_dir=tmp_path / "b", seed=3,
+                     max_epochs=2 if prev_good else 1)
+    last = tmp_path / "b" / "state" / "last.pt"
+    raw = last.read_bytes()
+    last.write_bytes(raw[: len(raw) // 3])
+    assert (last.with_name("prev.pt")).is_file() == prev_good
+    with caplog.at_level("WARNING"):
+        resumed = train_classifier(cfg, dataset_dir=texture_set, out_dir=tmp_path / "b", seed=3)
+    assert ("previous good state" if prev_good else "starting afresh") in caplog.text
+    a, b = torch.load(straight, weights_only=True), torch.load(resumed, weights_only=True)
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0, msg=key)
 
 
 def test_bad_settings_and_data_raise_user_errors(tmp_path, texture_set) -> None:

@@ -26,6 +26,7 @@ import copy
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -45,6 +46,7 @@ from sfsr.errors import ConfigError, DataError, SfsrError
 from sfsr.metrics import topk_accuracy
 from sfsr.models import build_classifier, count_parameters
 from sfsr.models.classifier import CLASSIFIER_NAMES, Classifier
+from sfsr.training.state import load_state, save_state
 
 log = logging.getLogger("sfsr.training")
 
@@ -348,12 +350,15 @@ def train_classifier(cfg: dict, *, dataset_dir: str | os.PathLike, out_dir: str 
     # ---- resume
     start, elapsed, rows = 0, 0.0, []
     best: dict[str, Any] = {"val_top1": -math.inf, "val_top5": -math.inf, "epoch": 0}
-    resuming = state_path.is_file()
+    state = load_state(state_path, "classifier")  # last.pt, else prev.pt, else None (afresh)
+    if state is not None and (state.get("format") != STATE_FORMAT or state.get("spec") != spec):
+        # the workflow reruns this job when its settings change: the old state is another run's
+        log.warning("%s holds the state of another classifier run (%s, this run: %s): starting afresh",
+                    state_path, state.get("spec"), spec)
+        shutil.rmtree(state_path.parent)
+        state = None
+    resuming = state is not None
     if resuming:
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if state.get("format") != STATE_FORMAT or state.get("spec") != spec:
-            raise ConfigError(f"{state_path} holds the state of another classifier run ({state.get('spec')}, "
-                              f"this run: {spec}); delete {out_dir} to start this one afresh")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -403,7 +408,7 @@ def train_classifier(cfg: dict, *, dataset_dir: str | os.PathLike, out_dir: str 
             if val["top1"] > best["val_top1"]:
                 best = {"val_top1": val["top1"], "val_top5": val["top5"], "epoch": epoch}
                 io.torch_save(best_path, checkpoint_dict(model, cfg, class_ids, class_names, **best))
-            io.torch_save(state_path, {
+            save_state(state_path, {
                 "format": STATE_FORMAT, "spec": spec, "epoch": epoch, "epochs": epochs,
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "best": best, "elapsed_s": now, "log": rows})

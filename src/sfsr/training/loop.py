@@ -64,6 +64,7 @@ from sfsr.training.classifier import load_classifier
 from sfsr.training.data import (PatchDataset, ValidationImage, _image_size, load_validation_set,
                                 make_loader, make_lr_batch, to_float)
 from sfsr.training.ema import make_ema
+from sfsr.training.state import load_state, save_state as write_state
 
 log = logging.getLogger("sfsr.training")
 
@@ -345,7 +346,7 @@ def validate(model: nn.Module, images: Sequence[ValidationImage], scale: int,
     psnrs, ssims = [], []
     try:
         for item in images:
-            lr = torch.from_numpy(item.lr).permute(2, 0, 1)[None].to(device).float().div_(255.0)
+            lr = torch.from_numpy(np.array(item.lr)).permute(2, 0, 1)[None].to(device).float().div_(255.0)
             sr = to_uint8(model(lr)[0])
             hr = item.hr[:, :, 0] if item.gray else item.hr
             m = image_metrics(hr, sr, scale)
@@ -746,7 +747,7 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
     spec = generator_spec(cfg["arch"], scale, **cfg["kwargs"])
     generator = build_generator(cfg["arch"], scale, **cfg["kwargs"])
     fingerprint = run_fingerprint(stage, cfg, seed, train_hr_dirs, init_checkpoint, classifier_checkpoint)
-    state = torch.load(state_path, map_location="cpu", weights_only=True) if state_path.is_file() else None
+    state = load_state(state_path, f"{stage} training")  # last.pt, else prev.pt, else None
     if state is not None and state.get("fingerprint") != fingerprint:
         # The workflow reruns a stage when its settings or inputs (e.g. the warm-up generator)
         # change; the old state belongs to that other run and must not be continued.
@@ -841,7 +842,7 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
     saved = {"iteration": start if resuming else None}
 
     def save_state(iteration: int) -> None:
-        io.torch_save(state_path, {
+        write_state(state_path, {
             "format": STATE_FORMAT, "stage": stage, "spec": spec, "iteration": iteration,
             "fingerprint": fingerprint,
             "iterations": total, "generator": generator.state_dict(),
