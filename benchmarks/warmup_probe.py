@@ -3,6 +3,8 @@ with overrides, and print test PSNR-Y against bicubic (the tool behind docs/trai
 
     python benchmarks/warmup_probe.py --models srresnet_x4 --set kwargs.base=bicubic \\
         --set warmup.iterations=600 --out /tmp/probe
+    python benchmarks/warmup_probe.py --curves none=/tmp/a/srresnet_x4 bicubic=/tmp/b/srresnet_x4 \\
+        --out curves.png
 
 ``--set KEY=VALUE`` (YAML value) overrides ``models.<model>.KEY`` for every probed model; dotted keys
 go into nested mappings (``warmup.lr=1e-3``, ``kwargs.use_bn=false``). The data must be prepared
@@ -55,7 +57,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", required=True, help="folder for the runs (one per model)")
     ap.add_argument("--json", help="append one JSON line per model to this file")
+    ap.add_argument("--title", help="figure title (with --curves)")
+    ap.add_argument("--curves", nargs="+", metavar="LABEL=RUN_DIR",
+                    help="instead of training: draw the learning curves of finished runs into --out "
+                         "(a PNG path) with sfsr.plots.plot_training_curves")
     args = ap.parse_args(argv)
+    if args.curves:
+        import pandas as pd
+
+        from sfsr.plots import plot_training_curves
+        logs = {}
+        for item in args.curves:
+            label, _, folder = item.partition("=")
+            logs[label] = pd.read_csv(Path(folder) / "train_log.csv")
+        plot_training_curves(logs, args.out, title=args.title or "")
+        print(f"wrote {args.out}")
+        return 0
     config: dict = {}
     for path in args.config:
         from sfsr.training.loop import _merge  # the loop's one-level merge is enough for probes
