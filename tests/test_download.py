@@ -413,3 +413,66 @@ def test_non_archive_refused(tmp_path):
         extract_archive(plain, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+@pytest.mark.parametrize("suffix,mode", [(".tar.gz", "w:gz"), (".tar", "w"), (".tar.bz2", "w:bz2"),
+                                         (".tar.xz", "w:xz")])
+def test_truncated_tar_is_a_named_data_error_and_extracts_nothing(tmp_path, suffix, mode):
+    archive = tmp_path / f"data{suffix}"
+    with tarfile.open(archive, mode) as tf:
+        for k in range(3):
+            data = _payload(200_000, k)
+            info = tarfile.TarInfo(f"HR/{k:04d}.png")
+            info.size = len(data)
+            tf.addfile(info, _io.BytesIO(data))
+    raw = archive.read_bytes()
+    archive.write_bytes(raw[: len(raw) * 2 // 3])
+    with pytest.raises(DataError, match=r"archive .*data.* is truncated or corrupt.*download it again"):
+        extract_archive(archive, tmp_path / "raw" / "set")
+    assert _leftovers(tmp_path / "raw") == []  # no half-extracted folder, no temporary
+
+
+def test_zip_with_a_bad_crc_names_the_member(tmp_path):
+    archive = tmp_path / "data.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr("HR/0001.png", b"A" * 5000)
+        zf.writestr("HR/0002.png", b"B" * 5000)
+    raw = bytearray(archive.read_bytes())
+    at = raw.index(b"B" * 5000)
+    raw[at + 100] ^= 0xFF  # flip a byte of the second member's data: its CRC no longer matches
+    archive.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"truncated or corrupt \(member 'HR/0002.png'\)"):
+        extract_archive(archive, tmp_path / "raw" / "set")
+    assert _leftovers(tmp_path / "raw") == []
+
+
+def test_a_plain_file_given_as_an_archive_source_is_refused_at_once(tmp_path):
+    from sfsr.data.raw import assemble_raw
+    plain = tmp_path / "images.zip"  # named like an archive, holds a PNG
+    plain.write_bytes(b"\x89PNG\r\n\x1a\n" + _payload(1000, 1))
+    with pytest.raises(DataError, match=r"images.zip is not an archive .*extract: false"):
+        assemble_raw([plain], tmp_path / "raw" / "set")
+    assert _leftovers(tmp_path / "raw") == []
+    # a label file the catalogue marks extract: false is kept beside the images
+    labels = tmp_path / "imagelabels.mat"
+    labels.write_bytes(_payload(100, 2))
+    out = assemble_raw([labels], tmp_path / "raw" / "labels", extract={"imagelabels.mat": False})
+    assert (out / "imagelabels.mat").read_bytes() == labels.read_bytes()
+
+
+def test_a_truncated_local_archive_is_called_corrupt_not_plain(tmp_path):
+    from sfsr.data.raw import assemble_raw
+    archive = tmp_path / "set.tar.bz2"
+    with tarfile.open(archive, "w:bz2") as tf:
+        data = _payload(300_000, 3)
+        info = tarfile.TarInfo("HR/0001.png")
+        info.size = len(data)
+        tf.addfile(info, _io.BytesIO(data))
+    archive.write_bytes(archive.read_bytes()[:5000])
+    with pytest.raises(DataError, match="truncated or corrupt: it starts like a bzip2 file"):
+        assemble_raw([archive], tmp_path / "raw" / "set")
+    assert _leftovers(tmp_path / "raw") == []

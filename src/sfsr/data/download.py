@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
+import lzma
 import http.client
 import json
 import logging
@@ -34,6 +35,7 @@ import urllib.parse
 import urllib.request
 import warnings
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
@@ -331,6 +333,20 @@ def is_archive(path: str | os.PathLike) -> bool:
         return False
 
 
+_MAGIC = ((b"PK\x03\x04", "zip"), (b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"),
+          (b"\xfd7zXZ\x00", "xz"))
+
+
+def _archive_magic(path: Path) -> str | None:
+    """The archive/compression format ``path`` starts like (zip, gzip, bzip2, xz), or None."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return None
+    return next((kind for magic, kind in _MAGIC if head.startswith(magic)), None)
+
+
 def _unsafe_name(name: str) -> str | None:
     """Why a member name would land outside the destination, or None if it is safe."""
     posix = name.replace("\\", "/")
@@ -385,11 +401,35 @@ def _check_tar(archive: Path, tf: tarfile.TarFile) -> None:
             raise _refuse(archive, member.name, "device file or FIFO")
 
 
+#: what reading a damaged archive raises (bad zip CRC or header, truncated or corrupt gzip/bzip2/xz
+#: stream, short read); turned into one DataError naming the archive and the member
+_CORRUPT = (zipfile.BadZipFile, tarfile.ReadError, EOFError, zlib.error, lzma.LZMAError, OSError,
+            ValueError)
+
+
+def _corrupt_archive(archive: Path, member: str | None, exc: BaseException) -> DataError:
+    where = f" (member {member!r})" if member else ""
+    if isinstance(exc, OSError) and exc.errno is not None:  # the disk, not the archive
+        return DataError(f"cannot extract {archive}{where}: {exc.strerror} ({exc.filename or 'target'}). "
+                         "Free disk space or fix the permissions of the data folder, then re-run")
+    return DataError(f"archive {archive} is truncated or corrupt{where}: {type(exc).__name__}: {exc}. "
+                     "Nothing was extracted; delete the file and download it again (or fetch a fresh "
+                     "copy of your local archive)")
+
+
 def _extract_into(archive: Path, tmp: Path) -> None:
     if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            _check_zip(archive, zf)
-            zf.extractall(tmp)
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                _check_zip(archive, zf)
+                member = None
+                for info in zf.infolist():  # one member at a time: a bad CRC names its member
+                    member = info.filename
+                    zf.extract(info, tmp)
+        except DataError:
+            raise
+        except _CORRUPT as exc:
+            raise _corrupt_archive(archive, member, exc) from exc
         return
     try:
         tf = tarfile.open(archive, "r:*")
@@ -397,8 +437,8 @@ def _extract_into(archive: Path, tmp: Path) -> None:
         raise DataError(f"{archive} is not a zip or tar archive ({exc}); it cannot be extracted. "
                         "If it is a plain file, set 'extract: false' for it in config.yaml") from exc
     with tf:
-        _check_tar(archive, tf)
         try:
+            _check_tar(archive, tf)  # reads every header: a truncated stream fails here
             if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: the stdlib's safe filter too
                 tf.extractall(tmp, filter="data")
             else:  # pragma: no cover - older 3.11: members were checked above
@@ -406,9 +446,10 @@ def _extract_into(archive: Path, tmp: Path) -> None:
         except getattr(tarfile, "FilterError", ()) as exc:
             name = getattr(getattr(exc, "tarinfo", None), "name", "?")
             raise _refuse(archive, name, str(exc)) from exc
-        except (tarfile.TarError, EOFError) as exc:
-            raise DataError(f"{archive} is truncated or corrupt ({exc}); delete it and download "
-                            "it again") from exc
+        except DataError:
+            raise
+        except (tarfile.TarError, *_CORRUPT) as exc:
+            raise _corrupt_archive(archive, None, exc) from exc
 
 
 def extract_archive(archive: Path, dest: Path) -> Path:
@@ -425,6 +466,11 @@ def extract_archive(archive: Path, dest: Path) -> Path:
     if not archive.is_file():
         raise DataError(f"cannot extract {archive}: no such file")
     if not is_archive(archive):
+        kind = _archive_magic(archive)
+        if kind:  # starts like an archive but cannot be opened: damaged, not a plain file
+            raise DataError(f"archive {archive} is truncated or corrupt: it starts like a {kind} "
+                            "file but cannot be read. Nothing was extracted; delete the file and "
+                            "download it again (or fetch a fresh copy of your local archive)")
         raise DataError(f"{archive} is not a zip or tar archive; it cannot be extracted. If it is "
                         "a plain file, set 'extract: false' for it in config.yaml")
     dest.parent.mkdir(parents=True, exist_ok=True)
