@@ -168,3 +168,25 @@ def test_cli_errors_exit_2_and_name_the_path(tmp_path, capsys):
     assert "no_hr" in capsys.readouterr().err
     assert main(["upscale", str(tmp_path), str(tmp_path / "o")]) == 2
     assert "--scale" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_cli_upscale_and_make_lr_leave_no_partial_output_on_a_bad_image(lr_image, tmp_path, capsys,
+                                                                        existing):
+    """A folder with a good image first and a broken one after: exit 2 naming the bad file, and the
+    output folder is as it was (absent, or holding only what it held), with no temporary left."""
+    src = tmp_path / "in"
+    src.mkdir()
+    io.save_image(src / "a_good.png", lr_image)
+    (src / "b_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    out = tmp_path / "out"
+    if existing:
+        out.mkdir()
+        (out / "mine.txt").write_text("keep me")
+    for argv in (["upscale", "--scale", "2", "--quiet", str(src), str(out)],
+                 ["make-lr", "--scale", "2", "--quiet", str(src), str(out)]):
+        assert main(argv) == 2, argv
+        assert "b_broken.png" in capsys.readouterr().err
+        assert sorted(p.name for p in tmp_path.iterdir()) == (["in", "out"] if existing else ["in"])
+        if existing:
+            assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]

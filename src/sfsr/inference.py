@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -170,9 +171,26 @@ def upscale_path(input: str | os.PathLike, output: str | os.PathLike, *, scale: 
     clash = [o for i, o in zip(inputs, outputs) if o.resolve() == i.resolve()]
     if clash:
         raise ConfigError(f"output {clash[0]} would overwrite its input; choose another output path")
-    for src_path, dst_path in tqdm(list(zip(inputs, outputs)), desc=f"upscale x{scale}",
-                                   disable=not progress or len(inputs) == 1):
-        sr = upscale_image(read_image(src_path), scale=scale, model=model, device=dev, tile=tile,
+    if single:
+        sr = upscale_image(read_image(src), scale=scale, model=model, device=dev, tile=tile,
                            tile_overlap=tile_overlap, bf16=bf16)
-        io.save_image(dst_path, sr)
+        io.save_image(outputs[0], sr)
+        return outputs
+    # A folder: every output is made in a temporary sibling first, so a bad image half-way leaves
+    # the output folder as it was (no partial results); then the files are moved in.
+    tmp = io.make_temp_dir(dst, ".upscale")
+    try:
+        for src_path, dst_path in tqdm(list(zip(inputs, outputs)), desc=f"upscale x{scale}",
+                                       disable=not progress):
+            sr = upscale_image(read_image(src_path), scale=scale, model=model, device=dev, tile=tile,
+                               tile_overlap=tile_overlap, bf16=bf16)
+            io.save_image(tmp / dst_path.name, sr)
+        if not dst.exists():
+            os.replace(tmp, dst)
+        else:
+            for dst_path in outputs:
+                os.replace(tmp / dst_path.name, dst_path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     return outputs
