@@ -124,3 +124,34 @@ def test_semantic_stage_needs_a_classification_set(base):
     base["classification"] = []
     with pytest.raises(ConfigError, match=r"models\.srresnet_x4\.semantic.*classification"):
         cfg.validate(base)
+
+
+def test_generator_options_are_checked_before_any_job(base):
+    base["models"]["srresnet_x4"]["kwargs"]["num_blockz"] = 4
+    with pytest.raises(ConfigError, match=r"models\.srresnet_x4\.kwargs.*'num_blockz'.*valid: \['base'"):
+        cfg.validate(base)
+
+
+def test_residual_base_value_is_checked(base):
+    base["models"]["edsr_baseline_x4"]["kwargs"]["base"] = "lanczos"
+    with pytest.raises(ConfigError, match=r"models\.edsr_baseline_x4\.kwargs.*base 'lanczos'"):
+        cfg.validate(base)
+
+
+def test_builtin_classes_needs_hr_size(base):
+    base["datasets"]["builtin_demo_cls"]["hr_size"] = None
+    with pytest.raises(ConfigError, match=r"datasets\.builtin_demo_cls\.hr_size.*positive integer"):
+        cfg.validate(base)
+
+
+def test_training_values_a_job_would_reject_stop_the_parse(base):
+    base["models"]["srresnet_x4"]["warmup"]["milestones"] = [1.5]
+    with pytest.raises(ConfigError, match=r"models\.srresnet_x4\.warmup.*milestones"):
+        cfg.validate(base)
+
+
+def test_non_utf8_config_file_is_named(tmp_path):
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("experiment: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml is not UTF-8 text"):
+        cfg.load(bad)

@@ -144,6 +144,23 @@ def check_references(config: dict) -> None:
             raise ConfigError(f"config key 'models.{name}.scale' is {model['scale']}, which is not in "
                               f"'scales' {config.get('scales')}; add it there (LR images and the "
                               "evaluation are built for those scales).")
+    from sfsr.model_options import generator_kwargs  # torch-free
+    for name in config.get("sr_models", []):
+        model = models[name]
+        try:
+            generator_kwargs(model["arch"], model["scale"], dict(model.get("kwargs") or {}))
+        except ValueError as exc:
+            raise ConfigError(f"config key 'models.{name}.kwargs': {exc}.") from None
+    used = {n for key in DATASET_LISTS for n in config.get(key, [])}
+    for name in sorted(used):
+        spec = datasets[name]
+        if spec.get("layout") == "builtin_classes":
+            for key in ("hr_size", "samples_per_class"):
+                value = spec.get(key)
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ConfigError(f"config key 'datasets.{name}.{key}' must be a positive integer for "
+                                      f"layout 'builtin_classes' (the crops cut from each photo), got "
+                                      f"{value!r}; e.g. hr_size: 64, samples_per_class: 14.")
     for name in config.get("refsr", []):
         if datasets[name].get("layout") != "refgroups":
             raise ConfigError(f"config key 'refsr' names dataset {name!r}, whose layout is not "
@@ -165,7 +182,25 @@ def validate(config: dict, schema_path: str | Path = DEFAULT_SCHEMA, source: str
         for key, value in split_defaults.items():
             split.setdefault(key, copy.deepcopy(value))
     check_references(config)
+    check_training(config)
     return config
+
+
+def check_training(config: dict) -> None:
+    """Every training setting of every selected model's stages, resolved as the training job will
+    resolve it (unknown keys, wrong types and values raise :class:`ConfigError` naming the key), so a
+    mistake stops the run before any job starts rather than hours into it."""
+    from sfsr.training.loop import STAGES, resolve_config, stage_config
+
+    for name in config.get("sr_models", []):
+        model = config["models"][name]
+        for stage in STAGES:
+            if stage != "warmup" and model.get(stage) is None:
+                continue
+            try:
+                resolve_config(stage_config(config, name, stage))
+            except ConfigError as exc:
+                raise ConfigError(f"config key 'models.{name}.{stage}' (merged over 'training'): {exc}") from None
 
 
 def load(path: str | Path, schema_path: str | Path = DEFAULT_SCHEMA) -> dict:
@@ -178,4 +213,9 @@ def load(path: str | Path, schema_path: str | Path = DEFAULT_SCHEMA) -> dict:
         raise ConfigError(f"config file not found: {path}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason}); a config file "
+                          "is YAML saved as UTF-8") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a folder, not a config file") from None
     return validate(config, schema_path, source=str(path))

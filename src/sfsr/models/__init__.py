@@ -23,28 +23,16 @@ from torch import nn
 
 from sfsr import io
 from sfsr.errors import DataError
+from sfsr.model_options import BASES, GENERATOR_NAMES, SUPPORTED_SCALES, generator_kwargs
 from sfsr.models.autoencoder import ConvAutoencoderSR
 from sfsr.models.classifier import Classifier, build_classifier, classifier_features
 from sfsr.models.discriminators import PatchDiscriminator, VGGDiscriminator
 from sfsr.models.edsr import EDSR
-from sfsr.models.residual import BASES, ResidualBase, SRGenerator, bicubic_upsample
+from sfsr.models.residual import ResidualBase, SRGenerator, bicubic_upsample
 from sfsr.models.rrdbnet import RRDBNet
-from sfsr.models.srresnet import SUPPORTED_SCALES, SRResNet
+from sfsr.models.srresnet import SRResNet
 
-GENERATOR_NAMES = ("srresnet", "msrresnet", "edsr_baseline", "edsr", "rrdbnet", "autoencoder")
 DISCRIMINATOR_NAMES = ("vgg", "patchgan")
-
-# keyword arguments each generator accepts (the tiny-model knobs) and their standard values
-# ``base``: what each paper adds to the network's output (docs/models.md): the SRGAN paper's SRResNet,
-# EDSR and ESRGAN's RRDBNet predict the image itself; BasicSR's MSRResNet adds a bilinear upsampling.
-_GENERATOR_KWARGS: dict[str, dict[str, Any]] = {
-    "srresnet": {"num_blocks": 16, "num_features": 64, "use_bn": True, "base": "none"},
-    "msrresnet": {"num_blocks": 16, "num_features": 64, "use_bn": False, "base": "bilinear"},
-    "edsr_baseline": {"num_blocks": 16, "num_features": 64, "res_scale": 1.0, "base": "none"},
-    "edsr": {"num_blocks": 32, "num_features": 256, "res_scale": 0.1, "base": "none"},
-    "rrdbnet": {"num_blocks": 23, "num_features": 64, "growth": 32, "res_scale": 0.2, "base": "none"},
-    "autoencoder": {"num_blocks": 2, "num_features": 64, "negative_slope": 0.2, "base": "none"},
-}
 
 __all__ = [
     "GENERATOR_NAMES", "DISCRIMINATOR_NAMES", "SUPPORTED_SCALES", "BASES",
@@ -57,19 +45,8 @@ __all__ = [
 
 
 def _generator_kwargs(name: str, scale: int, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Validate name/scale/kwargs; return the full keyword set (defaults + overrides)."""
-    if name not in _GENERATOR_KWARGS:
-        raise ValueError(f"unknown generator {name!r}; valid names: {', '.join(GENERATOR_NAMES)}")
-    if scale not in SUPPORTED_SCALES:
-        raise ValueError(f"unsupported scale {scale!r} for {name}; supported: {list(SUPPORTED_SCALES)}")
-    allowed = _GENERATOR_KWARGS[name]
-    unknown = sorted(set(kwargs) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for generator {name!r}; valid: {sorted(allowed)}")
-    full = {**allowed, **kwargs}
-    if full["base"] not in BASES:
-        raise ValueError(f"unknown base {full['base']!r} for generator {name!r}; valid: {', '.join(BASES)}")
-    return full
+    """Validate name/scale/kwargs; return the full keyword set (sfsr.model_options, torch-free)."""
+    return generator_kwargs(name, scale, kwargs)
 
 
 def build_generator(name: str, scale: int, **kwargs: Any) -> nn.Module:

@@ -24,8 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sfsr.data.bicubic import contributions
-
-BASES = ("none", "bilinear", "bicubic")
+from sfsr.model_options import BASES
 
 
 @functools.lru_cache(maxsize=64)

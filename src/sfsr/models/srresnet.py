@@ -14,9 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from sfsr.model_options import SUPPORTED_SCALES
 from sfsr.models.residual import SRGenerator
-
-SUPPORTED_SCALES = (2, 3, 4, 8)
 
 
 def upsampling_factors(scale: int) -> list[int]:
