@@ -327,6 +327,21 @@ def test_tradeoff(acc, tmp_path):
     _assert_saved(plots.plot_tradeoff(acc, tmp_path / "tradeoff.png"), tmp_path)
 
 
+def test_tradeoff_model_lr_head_is_a_reference_line_not_a_numbered_point(acc):
+    """The pipeline names the LR head of a shared model '<model>_lr_head' (no PSNR): it is drawn as
+    a dotted accuracy line like 'lr_head', and the legend numbers only drawn points."""
+    renamed = acc.replace({"input": {"lr_head": "srresnet_x4_lr_head"}})
+    fig = plots.make_tradeoff(renamed)
+    ax = fig.axes[0]
+    assert any(t.get_text().startswith("srresnet_x4_lr_head ") for t in ax.texts)
+    dotted = [ln for ln in ax.get_lines() if ln.get_linestyle() == ":"]
+    row = renamed.set_index("input").loc["srresnet_x4_lr_head"]
+    assert len(dotted) == 1 and dotted[0].get_ydata()[0] == pytest.approx(100 * row["top1"])
+    numbered = sorted(t.split("  ", 1)[1] for t in _legend_texts(fig) if "  " in t)
+    assert numbered == sorted(c.get_label() for c in ax.collections)
+    assert "srresnet_x4_lr_head" not in numbered
+
+
 def test_refsr(tmp_path):
     rng = np.random.default_rng(1)
     rows = []

@@ -451,7 +451,12 @@ def make_tradeoff(acc_with_metrics: pd.DataFrame, colors: Mapping[str, str] | No
     inputs = _canonical_order(acc_with_metrics[name].astype(str).tolist())
     cols = _colors_for(inputs, colors)
     facets = _facets(acc_with_metrics)
-    points = [m for m in inputs if m not in ("hr", "lr_head")]
+    # reference lines (no PSNR): HR and LR heads (``lr_head`` or ``<model>_lr_head``); numbered
+    # points: every other input with a finite PSNR
+    lines = {m for m in inputs if family(m) in ("hr", "lr_head")}
+    has_psnr = {str(r[name]) for _, r in acc_with_metrics.iterrows()
+                if np.isfinite(float(r["psnr_y"]) if pd.notna(r["psnr_y"]) else np.nan)}
+    points = [m for m in inputs if m not in lines and m in has_psnr]
     number = {m: i for i, m in enumerate(points, start=1)}
     with _style():
         fig = Figure(figsize=(7.5, 4.8 * len(facets) + 0.4 + 0.22 * len(points) / 2), layout="constrained")
@@ -461,8 +466,9 @@ def make_tradeoff(acc_with_metrics: pd.DataFrame, colors: Mapping[str, str] | No
             for _, row in sub.iterrows():
                 m = str(row[name])
                 top1 = 100 * float(row["top1"])
-                if m in ("hr", "lr_head") or not np.isfinite(float(row["psnr_y"])):
-                    if m in ("hr", "lr_head"):
+                psnr_here = float(row["psnr_y"]) if pd.notna(row["psnr_y"]) else math.nan
+                if m in lines or m not in number or not np.isfinite(psnr_here):
+                    if m in lines:
                         ax.axhline(top1, color=cols[m], linestyle="--" if m == "hr" else ":",
                                    linewidth=1.2)
                         ax.annotate(f"{m} {top1:.1f}%", (0.01, top1),
