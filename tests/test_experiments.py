@@ -32,3 +32,21 @@ def test_experiment_is_valid(path):
 
 def test_there_are_experiments():
     assert {"div2k_x4", "classic291_x4"} <= {p.stem for p in FILES}
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_paper_presets_keep_their_papers_base_and_cpu_overrides_use_bicubic(path):
+    """config.yaml's tiny models use the bicubic base; an experiment that reuses a model name must not
+    inherit it silently (Snakemake merges kwargs key by key). Paper presets: the paper's base
+    (sfsr.model_options); the CPU overrides (*_local.yaml): bicubic."""
+    from sfsr.model_options import GENERATOR_KWARGS
+    config = merged(path)
+    for name in config["sr_models"]:
+        model = config["models"][name]
+        base = (model.get("kwargs") or {}).get("base", GENERATOR_KWARGS[model["arch"]]["base"])
+        assert base == GENERATOR_KWARGS[model["arch"]]["base"], (path.name, name, base)
+    local = path.with_name(f"{path.stem}_local.yaml")
+    if local.exists():
+        config = merged(path, local)
+        for name in config["sr_models"]:
+            assert config["models"][name]["kwargs"].get("base") == "bicubic", (local.name, name)
