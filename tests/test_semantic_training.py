@@ -182,7 +182,10 @@ def test_semantic_stage_starts_from_warmup_keeps_the_classifier_frozen_and_resum
     assert final == out / "generator.pt"
 
     logged = pd.read_csv(out / "train_log.csv")
-    assert logged["iteration"].tolist() == [1, 2, 3, 4]
+    # iteration 0: the validation of the starting (warm-up) weights, no losses yet
+    assert logged["iteration"].tolist() == [0, 1, 2, 3, 4]
+    assert logged["val_psnr_y"].notna().iloc[0] and logged["pixel"].isna().iloc[0]
+    logged = logged[logged["iteration"] > 0]
     assert {"pixel", "perceptual", "adversarial", "semantic_kl", "semantic_feat", "g_total",
             "d_loss"} <= set(logged.columns)
     assert np.isfinite(logged[["semantic_kl", "semantic_feat"]].to_numpy()).all()
@@ -248,8 +251,8 @@ def test_shared_stage_trains_the_encoder_and_writes_a_usable_lr_head(setup, tmp_
     logged = pd.read_csv(out / "train_log.csv")
     assert {"shared_cls", "g_total", "val_head_top1"} <= set(logged.columns)
     assert "pixel" not in logged.columns and "d_loss" not in logged.columns
-    top1 = logged["val_head_top1"].dropna()
-    assert len(top1) == 1 and 0.0 <= top1.iloc[0] <= 1.0
+    top1 = logged["val_head_top1"].dropna()  # iteration 0 (untrained head) and the end
+    assert len(top1) == 2 and all(0.0 <= v <= 1.0 for v in top1)
 
     head = _state(out / "lr_head.pt")
     assert head["in_features"] == 8 and head["num_classes"] == 3 and head["class_ids"] == [0, 1, 2]
@@ -300,7 +303,7 @@ def test_shared_stage_resumes(setup, tmp_path, caplog) -> None:
     with caplog.at_level(logging.INFO, logger="sfsr.training"):
         train("shared", cfg, out_dir=a, **_kw(setup))
     assert "resuming shared training" in caplog.text
-    assert pd.read_csv(a / "train_log.csv")["iteration"].tolist() == [1, 2, 3]
+    assert pd.read_csv(a / "train_log.csv")["iteration"].tolist() == [0, 1, 2, 3]  # 0: validation
     train("shared", cfg, out_dir=b, **_kw(setup))
     sa, sb = _state(a / "state" / "last.pt"), _state(b / "state" / "last.pt")
     assert sa["iteration"] == sb["iteration"] == 3

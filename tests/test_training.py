@@ -212,7 +212,7 @@ def test_resume_after_forced_stop(photos, tmp_path, caplog):
     out = train("warmup", tiny_cfg(), out_dir=tmp_path / "a", **kw)
     assert out == tmp_path / "a" / "generator.pt"
     logged = pd.read_csv(tmp_path / "a" / "train_log.csv")
-    assert logged["iteration"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert logged["iteration"].tolist() == [0, 1, 2, 3, 4, 5, 6]  # 0: the step-0 validation
     assert (logged["elapsed_s"].diff().dropna() >= 0).all()
     final = torch.load(tmp_path / "a" / "state" / "last.pt", weights_only=True)
     # Adam's step counters continue from 3 (restored), not from 0
@@ -237,7 +237,7 @@ def test_state_of_a_run_with_other_settings_is_not_resumed(photos, tmp_path, cap
         train("warmup", tiny_cfg(lr=5e-4), out_dir=tmp_path / "a", **kw)
     assert "starting afresh" in caplog.text
     logged = pd.read_csv(tmp_path / "a" / "train_log.csv")
-    assert logged["iteration"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert logged["iteration"].tolist() == [0, 1, 2, 3, 4, 5, 6]
     final = torch.load(tmp_path / "a" / "state" / "last.pt", weights_only=True)
     assert all(s["step"].item() == 6 for s in final["opt_g"]["state"].values())
     # ... and equals a run that never saw the old state
@@ -286,7 +286,7 @@ def test_gan_stage_starts_from_the_warmup_generator(photos, tmp_path):
     logged = pd.read_csv(tmp_path / "gan" / "train_log.csv")
     assert {"pixel", "adversarial", "d_loss", "g_total"} <= set(logged.columns)
     assert "perceptual" not in logged.columns
-    assert logged["iteration"].tolist() == [1, 2, 3, 4]
+    assert logged["iteration"].tolist() == [0, 1, 2, 3, 4]
     final = torch.load(tmp_path / "gan" / "state" / "last.pt", weights_only=True)
     assert final["discriminator"] is not None and final["opt_d"]["state"]
     assert any(not torch.equal(final["generator"][k], v) for k, v in warm_sd.items())
