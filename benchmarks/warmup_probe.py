@@ -21,16 +21,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from sfsr.data.bicubic import imresize  # noqa: E402
-from sfsr.metrics import image_metrics  # noqa: E402
 from sfsr.models import load_generator  # noqa: E402
-from sfsr.training.loop import load_validation_items, stage_config, train, validate  # noqa: E402
+from sfsr.training.loop import (bicubic_reference, load_validation_items, stage_config,  # noqa: E402
+                                train, validate)
 
 
 def _set(mapping: dict, dotted: str, value) -> None:
@@ -40,14 +38,6 @@ def _set(mapping: dict, dotted: str, value) -> None:
             mapping[k] = {}
         mapping = mapping[k]
     mapping[keys[-1]] = value
-
-
-def bicubic_psnr(items, scale: int) -> float:
-    values = []
-    for item in items:
-        hr = item.hr[:, :, 0] if item.gray else item.hr
-        values.append(image_metrics(hr, imresize(item.lr, scale), scale)["psnr_y"])
-    return float(np.mean(values))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,10 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         plot_training_curves(logs, args.out, title=args.title or "")
         print(f"wrote {args.out}")
         return 0
+    from snakemake.utils import update_config  # merge config files as `--configfile a b` does
+
     config: dict = {}
     for path in args.config:
-        from sfsr.training.loop import _merge  # the loop's one-level merge is enough for probes
-        config = _merge(config, yaml.safe_load(Path(path).read_text()))
+        update_config(config, yaml.safe_load(Path(path).read_text()))
     data_dir = Path(config.get("data_dir", "resources/data"))
     prepared = lambda name: data_dir / "prepared" / name / "HR"  # noqa: E731
     for name in args.models or config["sr_models"]:
@@ -105,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         rec = {"model": name, "set": args.set, "iterations": cfg["iterations"], "wall_s": round(wall, 1),
                "test_psnr_y": round(validate(model, test, scale, torch.device("cpu"))["psnr_y"], 3),
                "test_psnr_y_best": round(validate(best, test, scale, torch.device("cpu"))["psnr_y"], 3),
-               "bicubic_psnr_y": round(bicubic_psnr(test, scale), 3)}
+               "bicubic_psnr_y": round(bicubic_reference(test, scale)["psnr_y"], 3)}
         rec["gap_db"] = round(rec["test_psnr_y"] - rec["bicubic_psnr_y"], 3)
         import pandas as pd
         log = pd.read_csv(out / "train_log.csv")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-GENERATOR_NAMES = ("srresnet", "msrresnet", "edsr_baseline", "edsr", "rrdbnet", "autoencoder")
 SUPPORTED_SCALES = (2, 3, 4, 8)
 #: what a generator's output is added to (sfsr.models.residual)
 BASES = ("none", "bilinear", "bicubic")
@@ -21,6 +20,7 @@ GENERATOR_KWARGS: dict[str, dict[str, Any]] = {
     "rrdbnet": {"num_blocks": 23, "num_features": 64, "growth": 32, "res_scale": 0.2, "base": "none"},
     "autoencoder": {"num_blocks": 2, "num_features": 64, "negative_slope": 0.2, "base": "none"},
 }
+GENERATOR_NAMES = tuple(GENERATOR_KWARGS)
 
 
 def generator_kwargs(name: str, scale: int, kwargs: dict[str, Any]) -> dict[str, Any]:

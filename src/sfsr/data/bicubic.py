@@ -22,6 +22,7 @@ patches can be made on the GPU during training.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from typing import Any
@@ -64,6 +65,14 @@ def contributions(in_length: int, out_length: int, scale: float,
     indices = mirror[np.mod(indices.astype(np.int64) - 1, mirror.size)]
     keep = np.any(weights != 0, axis=0)
     return np.ascontiguousarray(weights[:, keep]), np.ascontiguousarray(indices[:, keep])
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_contributions(in_length: int, out_length: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`contributions` memoised for the torch path, which resizes many same-sized patches
+    (on-the-fly LR batches, the residual base of every generator forward). The arrays are
+    shared (on CPU also with the tensors made from them): nothing may write to them."""
+    return contributions(in_length, out_length, scale)
 
 
 def _plan(in_shape: tuple[int, int], scale: float | None,
@@ -135,7 +144,7 @@ def _resize_torch(image: Any, scale: float | None, output_shape: tuple[int, int]
     x = image.to(work_dtype)
     for dim in order:
         axis = x.ndim - 2 + dim
-        weights, indices = contributions(x.shape[axis], out_shape[dim], scales[dim])
+        weights, indices = _cached_contributions(x.shape[axis], out_shape[dim], scales[dim])
         w = torch.as_tensor(weights, dtype=work_dtype, device=x.device)
         idx = torch.as_tensor(indices, dtype=torch.long, device=x.device)
         wshape = [1] * x.ndim

@@ -337,7 +337,7 @@ _MAGIC = ((b"PK\x03\x04", "zip"), (b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"),
           (b"\xfd7zXZ\x00", "xz"))
 
 
-def _archive_magic(path: Path) -> str | None:
+def archive_format(path: Path) -> str | None:
     """The archive/compression format ``path`` starts like (zip, gzip, bzip2, xz), or None."""
     try:
         with open(path, "rb") as fh:
@@ -466,7 +466,7 @@ def extract_archive(archive: Path, dest: Path) -> Path:
     if not archive.is_file():
         raise DataError(f"cannot extract {archive}: no such file")
     if not is_archive(archive):
-        kind = _archive_magic(archive)
+        kind = archive_format(archive)
         if kind:  # starts like an archive but cannot be opened: damaged, not a plain file
             raise DataError(f"archive {archive} is truncated or corrupt: it starts like a {kind} "
                             "file but cannot be read. Nothing was extracted; delete the file and "

@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from sfsr.data.download import _archive_magic, extract_archive, is_archive
+from sfsr.data.download import archive_format, extract_archive, is_archive
 from sfsr import io
 from sfsr.errors import DataError
 
@@ -37,7 +37,7 @@ def assemble_raw(inputs: list[Path], dest: Path, extract: dict[str, bool] | None
                 raise DataError(f"input {src} does not exist; check the dataset's path/files in "
                                 "config.yaml")
             wants_extract = extract.get(src.name, True)
-            looks_packed = is_archive(src) or _archive_magic(src) is not None  # damaged: extract says so
+            looks_packed = is_archive(src) or archive_format(src) is not None  # damaged: extract says so
             if wants_extract and src.is_file() and not looks_packed:
                 raise DataError(f"{src} is not an archive (zip, tar, tar.gz/tgz, tar.bz2, tar.xz) but the "
                                 "dataset expects one to extract. Point 'path' at the archive or at a "

@@ -17,40 +17,20 @@ Every generator inherits :class:`SRGenerator`: ``forward(lr) = decode(encode(lr)
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sfsr.data.bicubic import contributions
+from sfsr.data.bicubic import imresize
 from sfsr.model_options import BASES
 
 
-@functools.lru_cache(maxsize=64)
-def _bicubic_plan(in_length: int, scale: int) -> tuple:
-    """MATLAB's weights/indices of one dimension for an integer upscale, cached per input length."""
-    weights, indices = contributions(in_length, in_length * scale, float(scale))
-    return weights, indices
-
-
 def bicubic_upsample(lr: Tensor, scale: int) -> Tensor:
-    """MATLAB-exact bicubic upsampling of a float batch (N, C, h, w) by an integer ``scale``, in
-    float32 (bf16/fp16 inputs are computed in float32), not rounded or clamped. Same weights, tap
-    mirroring and pass order as :func:`sfsr.data.bicubic.imresize` (rows first for equal scales);
-    differentiable with respect to ``lr``."""
+    """MATLAB-exact bicubic upsampling of a float batch (N, C, h, w) by an integer ``scale``: the
+    torch path of :func:`sfsr.data.bicubic.imresize` (the kernel that made the LR images), in float32
+    (bf16/fp16 inputs are computed in float32), not rounded or clamped, differentiable."""
     x = lr if lr.dtype in (torch.float32, torch.float64) else lr.float()
-    for axis in (-2, -1):
-        weights, indices = _bicubic_plan(int(x.shape[axis]), int(scale))
-        w = torch.as_tensor(weights, dtype=x.dtype, device=x.device)
-        idx = torch.as_tensor(indices, dtype=torch.long, device=x.device)
-        shape = [1] * x.ndim
-        shape[axis] = -1
-        acc = x.index_select(axis, idx[:, 0]) * w[:, 0].view(shape)
-        for k in range(1, w.shape[1]):
-            acc = acc + x.index_select(axis, idx[:, k]) * w[:, k].view(shape)
-        x = acc
-    return x
+    return imresize(x, scale=int(scale))
 
 
 class ResidualBase(nn.Module):

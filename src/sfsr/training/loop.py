@@ -198,8 +198,9 @@ def resolve_config(cfg: dict) -> dict:
         value = out[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 \
                 or (key == "lr" and value == 0):
+            hint = " (YAML 1.1 reads 2e-4 as text: write 2.0e-4)" if isinstance(value, str) else ""
             raise ConfigError(f"training setting '{key}' must be a number{' > 0' if key == 'lr' else ' >= 0'}, "
-                              f"got {value!r} (write 2.0e-4, not 2e-4, in YAML 1.1 files)")
+                              f"got {value!r}{hint}")
     for key in ("train_split", "valid_split"):
         if out[key] is not None and not isinstance(out[key], str):
             raise ConfigError(f"training setting '{key}' must be a split name (train, val, test) or null, "
@@ -337,36 +338,36 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------------ validation
+def _mean_metrics(images: Sequence[ValidationImage], scale: int, upscale) -> dict[str, float]:
+    """Mean PSNR-Y / SSIM-Y over whole images of ``upscale(item) -> uint8 SR image``."""
+    psnrs, ssims = [], []
+    for item in images:
+        m = image_metrics(item.hr[:, :, 0] if item.gray else item.hr, upscale(item), scale)
+        psnrs.append(m["psnr_y"])
+        ssims.append(m["ssim_y"])
+    return {"psnr_y": float(np.mean(psnrs)), "ssim_y": float(np.mean(ssims))}
+
+
 @torch.no_grad()
 def validate(model: nn.Module, images: Sequence[ValidationImage], scale: int,
              device: torch.device) -> dict[str, float]:
     """Mean PSNR-Y / SSIM-Y of ``model`` on whole images (float32, outputs quantised to uint8)."""
+    def upscale(item: ValidationImage) -> np.ndarray:
+        lr = torch.from_numpy(np.array(item.lr)).permute(2, 0, 1)[None].to(device).float().div_(255.0)
+        return to_uint8(model(lr)[0])
+
     was_training = model.training
     model.eval()
-    psnrs, ssims = [], []
     try:
-        for item in images:
-            lr = torch.from_numpy(np.array(item.lr)).permute(2, 0, 1)[None].to(device).float().div_(255.0)
-            sr = to_uint8(model(lr)[0])
-            hr = item.hr[:, :, 0] if item.gray else item.hr
-            m = image_metrics(hr, sr, scale)
-            psnrs.append(m["psnr_y"])
-            ssims.append(m["ssim_y"])
+        return _mean_metrics(images, scale, upscale)
     finally:
         model.train(was_training)
-    return {"psnr_y": float(np.mean(psnrs)), "ssim_y": float(np.mean(ssims))}
 
 
 def bicubic_reference(images: Sequence[ValidationImage], scale: int) -> dict[str, float]:
     """Mean PSNR-Y / SSIM-Y of MATLAB-exact bicubic upscaling on the same validation images (the
     line a learning curve must rise above)."""
-    psnrs, ssims = [], []
-    for item in images:
-        hr = item.hr[:, :, 0] if item.gray else item.hr
-        m = image_metrics(hr, imresize(item.lr, scale), scale)
-        psnrs.append(m["psnr_y"])
-        ssims.append(m["ssim_y"])
-    return {"psnr_y": float(np.mean(psnrs)), "ssim_y": float(np.mean(ssims))}
+    return _mean_metrics(images, scale, lambda item: imresize(item.lr, scale))
 
 
 # ------------------------------------------------------------------------------------------ main
