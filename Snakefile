@@ -10,8 +10,10 @@ import sys
 # sys.path, also inside conda envs and cluster jobs), so the code that runs is this commit's code.
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
+# Only torch-free modules are imported here (tests/test_workflow.py checks it): parsing stays fast.
 import sfsr.config
-from sfsr.training.loop import stage_config
+from sfsr.training.settings import stage_config
+from sfsr.training.stages import STAGES, evaluation_name
 
 configfile: "config.yaml"
 
@@ -41,4 +43,5 @@ rule finished:
         [path for path in rules.all.input if os.path.exists(path)],
 
 
-localrules: all, finished, data, warmup, gan, semantic, shared, evaluate, classifier, classification, figures
+# (the training stage targets warmup, gan, ... are local too: rules/train.smk marks them)
+localrules: all, finished, data, evaluate, classifier, classification, figures

@@ -13,7 +13,7 @@ wildcard_constraints:
     filename=r"[^/]+",
     model=r"[A-Za-z0-9_]+",
     input=r"[A-Za-z0-9_]+",
-    stage=r"warmup|gan|semantic|shared",
+    stage="|".join(STAGES),
     metric=r"psnr_y|ssim_y|psnr_rgb",
     rank=r"\d+",
 
@@ -101,23 +101,18 @@ def stage_checkpoint(model, stage):
     return f"{RESULTS}/models/{model}/{stage}/generator.pt"
 
 
-def warmup_checkpoint(model):
-    return stage_checkpoint(model, "warmup")
-
-
-def gan_checkpoint(model):
-    return stage_checkpoint(model, "gan")
-
-
-def models_with(stage):
-    """Models of sr_models that have this fine-tuning stage (gan, semantic, shared)."""
-    return [m for m in MODELS if config["models"][m][stage] is not None]
+def stage_models(stage):
+    """Models of sr_models that train this stage (every model the warm-up; the optional stages
+    only where models.<m>.<stage> is not null)."""
+    return [m for m in MODELS if config["models"][m].get(stage, {}) is not None]
 
 
 def perceptual_classifier(model, stage):
     """{'classifier': checkpoint} when the stage's perceptual loss uses the pipeline's classifier
     as its feature network (the offline default: no ImageNet VGG19 needed), else {}."""
     settings = stage_settings(model, stage)
+    if STAGES[stage].pixel_only:
+        return {}
     weight = settings["loss_weights"].get("perceptual", 1.0)
     if settings["perceptual"]["net"] == "classifier" and weight:
         return {"classifier": classifier_checkpoint(semantic_dataset())}
@@ -140,25 +135,59 @@ def train_inputs(wildcards):
     return inputs
 
 
+def training_inputs(stage):
+    """Input function of the train_<stage> jobs, from the stage table (sfsr.training.stages): the
+    training and validation folders, the generator it starts from, the frozen classifier."""
+    st = STAGES[stage]
+
+    def inputs(wildcards):
+        out = perceptual_classifier(wildcards.model, stage) if not st.classifier else {}
+        if st.data == "classification":  # the classification set (its train/val splits)
+            out |= {"train": [prepared_hr(semantic_dataset())], "valid": [prepared_hr(semantic_dataset())]}
+        else:
+            out |= {"train": train_inputs(wildcards), "valid": [prepared_hr(d) for d in config["valid"]]}
+        if st.init is not None:
+            out["init"] = stage_checkpoint(wildcards.model, st.init)
+        if st.classifier:
+            out["classifier"] = classifier_checkpoint(semantic_dataset())
+        return out
+
+    return inputs
+
+
+def training_setting(stage, key=None):
+    """Param/resource function: a model's settings of a stage, or one of them (threads, gpus, ...)."""
+    if key is None:
+        return lambda wildcards: stage_settings(wildcards.model, stage)
+    return lambda wildcards: stage_settings(wildcards.model, stage)[key]
+
+
+def trained_generators():
+    """Evaluation name -> (stage, model) of every generator the study trains, in model then stage
+    order; names from the stage table (warmup '<model>', gan '<model>_<loss preset>', ...)."""
+    return {evaluation_name(stage, m, stage_settings(m, stage)): (stage, m)
+            for m in MODELS for stage in STAGES if m in stage_models(stage)}
+
+
 def evaluated_generators():
-    """Evaluation name -> (checkpoint, scale): '<model>' for the warm-up generator and
-    '<model>_<loss preset>' (e.g. srresnet_x4_srgan) for its GAN fine-tuning."""
-    out = {}
-    for m in MODELS:
-        scale = config["models"][m]["scale"]
-        out[m] = (warmup_checkpoint(m), scale)
-        if m in models_with("gan"):
-            out[f"{m}_{stage_settings(m, 'gan')['loss_preset']}"] = (gan_checkpoint(m), scale)
-        for stage in ("semantic", "shared"):
-            if m in models_with(stage):
-                out[f"{m}_{stage}"] = (stage_checkpoint(m, stage), scale)
-    return out
+    """Evaluation name -> (checkpoint, scale) of every trained generator."""
+    return {name: (stage_checkpoint(m, stage), config["models"][m]["scale"])
+            for name, (stage, m) in trained_generators().items()}
 
 
 def lr_heads():
-    """LR classification heads of the shared-feature models: input name -> (generator, head, scale)."""
-    return {f"{m}_lr_head": (stage_checkpoint(m, "shared"), f"{RESULTS}/models/{m}/shared/lr_head.pt",
-                             config["models"][m]["scale"]) for m in models_with("shared")}
+    """LR classification heads (stages with an LR head): input name -> (generator, head, scale)."""
+    return {f"{m}_lr_head": (stage_checkpoint(m, stage), f"{RESULTS}/models/{m}/{stage}/{st.outputs['head']}",
+                             config["models"][m]["scale"])
+            for stage, st in STAGES.items() if st.lr_head for m in stage_models(stage)}
+
+
+def families():
+    """Figure family of every name a figure can show: hr, bicubic, lr_head and each trained
+    generator's stage family (from the stage table, never guessed from the name)."""
+    out = {"hr": "hr", "bicubic": "bicubic"}
+    out |= {name: STAGES[stage].family for name, (stage, _) in trained_generators().items()}
+    return out | {name: "lr_head" for name in lr_heads()}
 
 
 def eval_models():
@@ -233,13 +262,6 @@ def accuracy_tables():
 
 
 # ---------------------------------------------------------------- figures / report wiring
-TRAINING_STAGES = ("warmup", "gan", "semantic", "shared")
-
-
-def stage_models(stage):
-    return MODELS if stage == "warmup" else models_with(stage)
-
-
 def color_universe():
     """Every name a figure can show, so each model keeps its colour across all figures."""
     return ["hr", "bicubic"] + list(evaluated_generators()) + list(lr_heads())
@@ -258,7 +280,7 @@ def visual_scales():
 
 
 def figure_targets():
-    out = [f"{RESULTS}/figures/training_{st}.png" for st in TRAINING_STAGES if stage_models(st)]
+    out = [f"{RESULTS}/figures/training_{st}.png" for st in STAGES if stage_models(st)]
     out += [f"{RESULTS}/figures/metrics_{m}.png" for m in config["plots"]["metrics"]]
     out += [f"{RESULTS}/figures/accuracy_{d}_x{s}.png" for d in config["classification"] for s in SCALES]
     out += [f"{RESULTS}/figures/visual_{d}_x{s}_{r}.png" for d in config["test"]

@@ -70,6 +70,23 @@ def test_dry_run_lists_the_data_and_evaluation_jobs(tmp_path):
     assert counts["summarize"] == 1
 
 
+def test_dry_run_does_not_import_torch(tmp_path):
+    """Parsing the workflow (Snakefile, rules/*.smk, the config checks) imports no torch: every
+    `snakemake -n` would otherwise pay seconds for it (docs/PERFORMANCE.md)."""
+    overrides = tmp_path / "test-overrides.yaml"
+    overrides.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"),
+                                         "results_dir": str(tmp_path / "results")}))
+    cmd = [sys.executable, "-X", "importtime", "-m", "snakemake", "-n", "--quiet", "-s",
+           str(REPO / "Snakefile"), "-d", str(tmp_path), "--cores", "1", "--configfile",
+           str(REPO / "config.yaml"), str(overrides)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "snakemake.workflow" in imported and "sfsr.training.stages" in imported
+    assert not {"torch", "torchvision"} & imported
+
+
 def test_bad_config_fails_before_any_job_naming_the_key(tmp_path):
     proc = run_snakemake(tmp_path, "-n", config={"test": ["builtin_test", "set55"]}, check=False)
     assert proc.returncode != 0

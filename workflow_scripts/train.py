@@ -1,5 +1,5 @@
-"""Entry point of the SR training stages (rules/train.smk): train_warmup, train_gan,
-train_semantic, train_shared.
+"""Entry point of the SR training stages (rules/train.smk): one rule ``train_<stage>`` per stage of
+``sfsr.training.stages.STAGES`` (train_warmup, train_gan, train_semantic, train_shared).
 
 The work is done in ``sfsr.training.loop.train``; a killed job started again resumes from
 ``state/last.pt`` beside its output.
@@ -11,6 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821  this checkout's sfsr
 
 from sfsr.training.loop import train
+from sfsr.training.stages import STAGES
 from sfsr.workflow import run_rule
 
 
@@ -22,5 +23,4 @@ def train_stage(smk):
           seed=smk.params.seed)
 
 
-run_rule(snakemake, {f"train_{stage}": train_stage  # noqa: F821
-                     for stage in ("warmup", "gan", "semantic", "shared")})
+run_rule(snakemake, {f"train_{stage}": train_stage for stage in STAGES})  # noqa: F821

@@ -18,6 +18,7 @@ import jsonschema
 import yaml
 
 from sfsr.errors import ConfigError
+from sfsr.training.stages import CLASSIFIER_STAGES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SCHEMA = REPO_ROOT / "config.schema.yaml"
@@ -130,7 +131,7 @@ def check_references(config: dict) -> None:
             raise ConfigError(f"config key 'sr_models[{i}]' names model {name!r}, which is not defined "
                               f"under 'models' (defined: {', '.join(sorted(models)) or 'none'}).")
     for name in config.get("sr_models", []):
-        stages = [st for st in ("semantic", "shared") if models[name].get(st) is not None]
+        stages = [st for st in CLASSIFIER_STAGES if models[name].get(st) is not None]
         gan = models[name].get("gan") or {}
         if (gan.get("perceptual") or config.get("training", {}).get("perceptual") or {}).get("net") == "classifier":
             stages.append("gan")
@@ -190,12 +191,13 @@ def check_training(config: dict) -> None:
     """Every training setting of every selected model's stages, resolved as the training job will
     resolve it (unknown keys, wrong types and values raise :class:`ConfigError` naming the key), so a
     mistake stops the run before any job starts rather than hours into it."""
-    from sfsr.training.loop import STAGES, resolve_config, stage_config
+    from sfsr.training.settings import resolve_config, stage_config  # torch-free
+    from sfsr.training.stages import STAGES
 
     for name in config.get("sr_models", []):
         model = config["models"][name]
-        for stage in STAGES:
-            if stage != "warmup" and model.get(stage) is None:
+        for stage, st in STAGES.items():
+            if st.init is not None and model.get(stage) is None:  # an optional stage not trained
                 continue
             try:
                 resolve_config(stage_config(config, name, stage))

@@ -31,7 +31,6 @@ Stages (``STAGES``):
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import json
 import logging
@@ -58,227 +57,22 @@ from sfsr.data.bicubic import imresize
 from sfsr.data.images import list_images
 from sfsr.models import (build_discriminator, build_generator, count_parameters, generator_spec,
                          load_generator, save_generator)
-from sfsr.semantic import (SHARED_MODES, LRClassificationHead, SharedFeatureModel, load_semantic_prior,
+from sfsr.semantic import (LRClassificationHead, SharedFeatureModel, load_semantic_prior,
                            shared_classification_loss)
 from sfsr.training.classifier import load_classifier
 from sfsr.training.data import (PatchDataset, ValidationImage, _image_size, load_validation_set,
                                 make_loader, make_lr_batch, to_float)
 from sfsr.training.ema import make_ema
+from sfsr.training.settings import (RUN_NEUTRAL_KEYS, TRAINING_DEFAULTS, resolve_config,  # noqa: F401
+                                    stage_config, stage_weights)
+from sfsr.training.stages import CLASSIFIER_STAGES, INIT_STAGES, SEMANTIC_TERMS, STAGES  # noqa: F401  re-exported
 from sfsr.training.state import load_state, save_state as write_state
 
 log = logging.getLogger("sfsr.training")
 
-STAGES = ("warmup", "gan", "semantic", "shared")
-#: Stages that start from another stage's generator.pt (``init_checkpoint``).
-INIT_STAGES = ("gan", "semantic", "shared")
-#: Stages that need the frozen fine-grained classifier (``classifier_checkpoint``).
-CLASSIFIER_STAGES = ("semantic", "shared")
 STATE_FORMAT = 1
 HEAD_KIND = "sfsr_lr_head"
 HEAD_FORMAT = 1
-
-#: Defaults of the ``training`` config section; a model's stage section (``warmup``, ``gan``,
-#: ``semantic``, ``shared``) overrides them
-#: (dict-valued keys are merged one level deep). Mirrors config.schema.yaml (checked by a test).
-TRAINING_DEFAULTS: dict[str, Any] = {
-    "device": "auto",
-    "batch_size": 16,
-    "lr_patch": 24,
-    "train_split": "train",
-    "valid_split": "val",
-    "iterations": 100000,
-    "optimizer": "adam",
-    "lr": 2.0e-4,
-    "betas": [0.9, 0.99],
-    "weight_decay": 0.0,
-    "scheduler": "multistep",
-    "milestones": [0.5],
-    "gamma": 0.5,
-    "eta_min": 1.0e-7,
-    "grad_clip": None,
-    "ema_decay": 0.999,
-    "log_every": 100,
-    "val_every": 5000,
-    "checkpoint_every": 5000,
-    "bf16": True,
-    "channels_last": True,
-    "compile": False,
-    "num_workers": 4,
-    "lr_source": "on_the_fly",
-    "cache_mb": 4096,
-    "pixel_loss": "l1",
-    "loss_preset": "esrgan",
-    "loss_weights": {},
-    "perceptual": {"net": "vgg19", "weights": "imagenet", "layer": None},
-    "discriminator": {"arch": "vgg", "kwargs": {}, "lr": None},
-    "semantic": {"temperature": 1.0, "feature_layers": [], "feature_weight": 0.0, "input_size": None},
-    "shared": {"mode": "pseudo", "temperature": 1.0},
-    "tensorboard": False,
-    "threads": 4,
-    "gpus": 1,
-    "mem_mb": 16000,
-    "runtime": 720,
-}
-MODEL_KEYS = ("arch", "scale", "kwargs")
-LOSS_TERMS = ("pixel", "perceptual", "adversarial", "semantic_kl", "semantic_feat", "shared_cls")
-SEMANTIC_TERMS = ("semantic_kl", "semantic_feat")
-#: Weights of the new terms when ``loss_weights`` does not name them. semantic: added to the gan
-#: stage's preset weights; shared: the base (pixel 1 as in the warm-up, plus shared_cls) -
-#: perceptual/adversarial/semantic terms join only when loss_weights gives them a weight > 0.
-#: ``semantic_feat`` already holds ``semantic.feature_weight``, hence its weight 1.
-STAGE_TERM_DEFAULTS: dict[str, dict[str, float]] = {
-    "semantic": {"semantic_kl": 0.1, "semantic_feat": 1.0},
-    "shared": {"pixel": 1.0, "shared_cls": 0.1},
-}
-#: loss_weights terms each stage accepts.
-STAGE_TERMS: dict[str, tuple[str, ...]] = {
-    "warmup": ("pixel", "perceptual", "adversarial"),
-    "gan": ("pixel", "perceptual", "adversarial"),
-    "semantic": ("pixel", "perceptual", "adversarial", *SEMANTIC_TERMS),
-    "shared": LOSS_TERMS,
-}
-SEMANTIC_KEYS = ("temperature", "feature_layers", "feature_weight", "input_size")
-SHARED_KEYS = ("mode", "temperature")
-
-
-# ------------------------------------------------------------------------------------ settings
-def _merge(base: dict, override: dict | None) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in (override or {}).items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "loss_weights":
-            out[key] = {**out[key], **copy.deepcopy(value)}
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def stage_config(config: dict, model: str, stage: str) -> dict:
-    """Flat settings of ``models.<model>.<stage>``: TRAINING_DEFAULTS < ``training`` < the stage
-    section, plus the model's ``arch``, ``scale`` and ``kwargs``."""
-    if stage not in STAGES:
-        raise ConfigError(f"unknown training stage {stage!r}; valid: {', '.join(STAGES)}")
-    models = config.get("models") or {}
-    if model not in models:
-        raise ConfigError(f"model {model!r} is not defined under 'models' (defined: "
-                          f"{', '.join(sorted(models)) or 'none'})")
-    entry = models[model]
-    section = entry.get(stage, {} if stage == "warmup" else None)
-    if section is None:
-        raise ConfigError(f"config key 'models.{model}.{stage}' is null: this model has no {stage} "
-                          "stage; give it a mapping (possibly {}) to train it")
-    cfg = _merge(_merge(TRAINING_DEFAULTS, config.get("training")), section)
-    cfg.update(arch=entry["arch"], scale=int(entry["scale"]), kwargs=dict(entry.get("kwargs") or {}))
-    return cfg
-
-
-def resolve_config(cfg: dict) -> dict:
-    """``cfg`` with defaults filled in; unknown keys and bad values raise ConfigError."""
-    unknown = sorted(set(cfg) - set(TRAINING_DEFAULTS) - set(MODEL_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown training setting(s) {unknown}; valid: "
-                          f"{', '.join(sorted([*TRAINING_DEFAULTS, *MODEL_KEYS]))}")
-    missing = [k for k in ("arch", "scale") if k not in cfg]
-    if missing:
-        raise ConfigError(f"training settings lack {missing} (the model's arch and scale)")
-    out = _merge(TRAINING_DEFAULTS, cfg)
-    out.setdefault("kwargs", {})
-    checks = [("optimizer", ("adam", "adamw")), ("scheduler", ("multistep", "cosine", "constant")),
-              ("lr_source", ("on_the_fly", "prepared"))]
-    for key, allowed in checks:
-        if out[key] not in allowed:
-            raise ConfigError(f"training setting '{key}' is {out[key]!r}; allowed: {', '.join(allowed)}")
-    for key in ("iterations", "batch_size", "lr_patch", "log_every", "val_every", "checkpoint_every"):
-        if key == "lr_patch" and out[key] is None:
-            continue
-        if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < 1:
-            extra = " (lr_patch may also be null: the largest square patch all images hold)" \
-                if key == "lr_patch" else ""
-            raise ConfigError(f"training setting '{key}' must be a positive integer{extra}, got {out[key]!r}")
-    for key in ("lr", "weight_decay", "gamma", "eta_min"):
-        value = out[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 \
-                or (key == "lr" and value == 0):
-            hint = " (YAML 1.1 reads 2e-4 as text: write 2.0e-4)" if isinstance(value, str) else ""
-            raise ConfigError(f"training setting '{key}' must be a number{' > 0' if key == 'lr' else ' >= 0'}, "
-                              f"got {value!r}{hint}")
-    for key in ("train_split", "valid_split"):
-        if out[key] is not None and not isinstance(out[key], str):
-            raise ConfigError(f"training setting '{key}' must be a split name (train, val, test) or null, "
-                              f"got {out[key]!r}")
-    if any(not 0 < m < 1 for m in out["milestones"]):
-        raise ConfigError(f"training setting 'milestones' holds fractions of the iterations in (0, 1), "
-                          f"got {out['milestones']}")
-    bad = sorted(set(out["loss_weights"]) - set(LOSS_TERMS))
-    if bad:
-        raise ConfigError(f"training setting 'loss_weights' has unknown term(s) {bad}; valid: "
-                          f"{', '.join(LOSS_TERMS)}")
-    for term, value in out["loss_weights"].items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ConfigError(f"training setting 'loss_weights.{term}' must be a number >= 0, got {value!r}")
-    _check_semantic(out["semantic"], out["shared"])
-    if out["ema_decay"] is not None and not 0 <= out["ema_decay"] < 1:
-        raise ConfigError(f"training setting 'ema_decay' must be in [0, 1) or null, got {out['ema_decay']}")
-    return out
-
-
-def _check_semantic(sem: dict, shared: dict) -> None:
-    """Validate the ``semantic`` and ``shared`` sub-settings (ConfigError naming the key)."""
-    for name, section, keys in (("semantic", sem, SEMANTIC_KEYS), ("shared", shared, SHARED_KEYS)):
-        if not isinstance(section, dict):
-            raise ConfigError(f"training setting '{name}' must be a mapping with keys {', '.join(keys)}, "
-                              f"got {section!r}")
-        unknown = sorted(set(section) - set(keys))
-        if unknown:
-            raise ConfigError(f"training setting '{name}' has unknown key(s) {unknown}; valid: "
-                              f"{', '.join(keys)}")
-        t = section.get("temperature")
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
-            raise ConfigError(f"training setting '{name}.temperature' must be a number > 0, got {t!r}")
-    layers = sem["feature_layers"]
-    if not isinstance(layers, list) or not all(isinstance(x, str) for x in layers):
-        raise ConfigError(f"training setting 'semantic.feature_layers' must be a list of classifier stage "
-                          f"names (e.g. [layer2, layer3]), got {layers!r}")
-    fw = sem["feature_weight"]
-    if isinstance(fw, bool) or not isinstance(fw, (int, float)) or fw < 0:
-        raise ConfigError(f"training setting 'semantic.feature_weight' must be a number >= 0, got {fw!r}")
-    size = sem["input_size"]
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        raise ConfigError(f"training setting 'semantic.input_size' must be a positive integer or null (the "
-                          f"classifier's own input size), got {size!r}")
-    if shared["mode"] not in SHARED_MODES:
-        raise ConfigError(f"training setting 'shared.mode' is {shared['mode']!r}; allowed: "
-                          f"{', '.join(SHARED_MODES)}")
-
-
-def stage_weights(stage: str, cfg: dict) -> dict[str, float]:
-    """The loss weights of ``stage`` (terms with weight 0 left out): warmup: pixel; gan: the
-    ``loss_preset``'s weights; semantic: the preset's plus :data:`STAGE_TERM_DEFAULTS`; shared:
-    :data:`STAGE_TERM_DEFAULTS`; ``loss_weights`` overrides any of them. ``semantic_feat`` is kept
-    only when ``semantic.feature_layers`` and ``semantic.feature_weight > 0`` are set."""
-    if stage == "warmup":
-        return {"pixel": float(cfg["loss_weights"].get("pixel", 1.0))}
-    foreign = sorted(set(cfg["loss_weights"]) - set(STAGE_TERMS[stage]))
-    if foreign:
-        owners = {t: [s for s in STAGES if t in STAGE_TERMS[s] and s != "warmup"] for t in foreign}
-        raise ConfigError(f"loss_weights term(s) {foreign} do not belong to the {stage} stage (they are "
-                          f"terms of {owners}); set them in the model's section of that stage, or remove "
-                          f"them from 'training.loss_weights'")
-    if cfg["loss_preset"] not in LOSS_PRESETS:
-        raise ConfigError(f"training setting 'loss_preset' is {cfg['loss_preset']!r}; allowed: "
-                          f"{', '.join(LOSS_PRESETS)}")
-    preset = LOSS_PRESETS[cfg["loss_preset"]]
-    if stage == "shared":
-        base: dict[str, float] = dict(STAGE_TERM_DEFAULTS["shared"])
-    else:
-        base = {"pixel": preset["pixel"][1], "perceptual": preset["perceptual"],
-                "adversarial": preset["adversarial"]}
-        if stage == "semantic":
-            base.update(STAGE_TERM_DEFAULTS["semantic"])
-    weights = {k: float(v) for k, v in {**base, **cfg["loss_weights"]}.items() if v}
-    sem = cfg["semantic"]
-    if not (sem["feature_layers"] and sem["feature_weight"] > 0):
-        weights.pop("semantic_feat", None)
-    return weights
 
 
 def pick_device(name: str) -> torch.device:
@@ -414,11 +208,6 @@ def _tensorboard(enabled: bool, folder: Path):
         return None
     return SummaryWriter(str(folder))
 
-
-#: Settings that do not change what a run computes (where and how fast it runs, how often it logs,
-#: how long it goes on): a resumed state stays valid when only these differ.
-RUN_NEUTRAL_KEYS = ("device", "num_workers", "threads", "gpus", "mem_mb", "runtime", "log_every",
-                    "val_every", "checkpoint_every", "tensorboard", "iterations", "cache_mb")
 
 
 def _sha256(path: str | os.PathLike | None) -> str | None:
@@ -711,9 +500,10 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
     raises SfsrError naming the iteration and term; the last saved state stays as it was."""
     if stage not in STAGES:
         raise ConfigError(f"unknown training stage {stage!r}; valid: {', '.join(STAGES)}")
+    st = STAGES[stage]
     cfg = resolve_config(cfg)
     weights = stage_weights(stage, cfg)
-    if stage in CLASSIFIER_STAGES and classifier_checkpoint is None:
+    if st.classifier and classifier_checkpoint is None:
         raise ConfigError(f"the {stage} stage needs classifier_checkpoint (the classifier.pt of the "
                           "classifier stage: the frozen fine-grained classifier)")
     out_dir = Path(out_dir)
@@ -734,7 +524,7 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
     classifier = classifier_meta = None
     wants_classifier_features = ("perceptual" in weights and pcfg["net"] == "classifier"
                                  and feature_net is None and classifier_checkpoint is not None)
-    if stage in CLASSIFIER_STAGES or wants_classifier_features:
+    if st.classifier or wants_classifier_features:
         classifier, classifier_meta = load_classifier(classifier_checkpoint, dev)
     sem = cfg["semantic"]
     cls_size = cls_resize = None
@@ -756,16 +546,14 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
         shutil.rmtree(state_path.parent)
         state = None
     resuming = state is not None
-    if stage in INIT_STAGES and init_checkpoint is None and not resuming:
-        source = "the warm-up generator.pt" if stage != "shared" else \
-            "a warm-up (or gan/semantic) generator.pt"
-        raise ConfigError(f"the {stage} stage needs init_checkpoint ({source})")
+    if st.init is not None and init_checkpoint is None and not resuming:
+        raise ConfigError(f"the {stage} stage needs init_checkpoint (the {st.init} generator.pt)")
     if init_checkpoint is not None and not resuming:
         _load_init(generator, Path(init_checkpoint), spec)
     generator = generator.to(dev, memory_format=memory_format).train()
     head = shared = None
     trainable: nn.Module = generator
-    if stage == "shared":
+    if st.lr_head:
         head = LRClassificationHead(generator.num_features, int(classifier_meta["arch"]["num_classes"]))
         shared = SharedFeatureModel(generator, head.to(dev)).train()
         trainable = shared
@@ -775,7 +563,7 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
     pix = pixel_loss(cfg["pixel_loss"])
     disc = opt_d = sched_d = perceptual = adv = prior = None
     ragan = False
-    if stage != "warmup":
+    if not st.pixel_only:
         preset = LOSS_PRESETS[cfg["loss_preset"]]
         if "perceptual" in weights:
             net = feature_net if feature_net is not None else (
@@ -790,7 +578,7 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
             perceptual = PerceptualLoss(net if net is not None else "vgg19", layer=layer,
                                         weights=pcfg["weights"], criterion=preset["perceptual_criterion"],
                                         feature_scale=preset["perceptual_feature_scale"]).to(dev)
-        if stage == "gan" or "adversarial" in weights:
+        if st.discriminator or "adversarial" in weights:
             dcfg = cfg["discriminator"]
             disc = build_discriminator(dcfg["arch"], **(dcfg.get("kwargs") or {}))
             disc = disc.to(dev, memory_format=memory_format).train()
@@ -805,16 +593,16 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
                                             feature_weight=sem["feature_weight"], input_size=cls_size)
             except ValueError as exc:
                 raise ConfigError(f"training setting 'semantic': {exc}") from None
-    if stage == "semantic" and prior is None:
+    if prior is None and any(t in st.default_weights for t in SEMANTIC_TERMS):
         log.warning("semantic stage with no semantic term (loss_weights.semantic_kl and semantic_feat "
                     "are 0): it trains like the gan stage")
     g_fwd = torch.compile(trainable) if flags["compile"] else trainable
     d_fwd = torch.compile(disc) if (flags["compile"] and disc is not None) else disc
-    if stage == "warmup":
+    if st.pixel_only:
         columns = [*weights]
     else:
         columns = [*weights, "g_total"] + (["d_loss"] if disc is not None else [])
-    val_extra = ["val_head_top1"] if stage == "shared" else []
+    val_extra = ["val_head_top1"] if st.lr_head else []
 
     # ---- resume
     start, best, elapsed, rows = 0, {"psnr_y": -math.inf, "iteration": 0}, 0.0, []
@@ -860,7 +648,7 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
 
     # ---- data
     mode = cfg["shared"]["mode"]
-    use_labels = stage == "shared" and "shared_cls" in weights and mode == "label"
+    use_labels = st.lr_head and "shared_cls" in weights and mode == "label"
     class_to_index = classifier_meta["class_to_index"] if classifier_meta is not None else None
     keep, labels = select_training_images(train_hr_dirs, cfg["train_split"],
                                           class_to_index if use_labels else None)
@@ -879,7 +667,7 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
         loader = iter(make_loader(dataset, cfg["batch_size"], start_iteration=start,
                                   num_workers=cfg["num_workers"], seed=seed, device=dev))
     valid, valid_labels = load_validation_items(valid_hr_dirs, scale, cfg["valid_split"],
-                                                class_to_index if stage == "shared" else None)
+                                                class_to_index if st.lr_head else None)
     if not valid:
         log.info("no validation images: best.pt is not written")
     bicubic = bicubic_reference(valid, scale) if valid else None

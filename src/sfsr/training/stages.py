@@ -1,0 +1,84 @@
+"""The SR training stages, each declared once (torch-free: the workflow reads this table when it is
+parsed).
+
+Everything that differs between stages is a field of :class:`Stage`; the training loop
+(:mod:`sfsr.training.loop`), the settings checks (:mod:`sfsr.training.settings`), the training rules
+(``rules/train.smk`` generates one rule per entry), the result names and report families
+(``rules/common.smk``) and the workflow script (``workflow_scripts/train.py``) all read
+:data:`STAGES`. Adding a stage: one entry here plus its loss term (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One SR training stage.
+
+    ``init``: the stage whose ``generator.pt`` the generator starts from (None: from scratch).
+    ``classifier``: needs the frozen fine-grained classifier (``classifier_checkpoint``).
+    ``data``: ``"sr"`` trains on the ``train``/``valid`` sets, ``"classification"`` on the first
+    ``classification`` set (its train split; validation on its val split).
+    ``pixel_only``: the loss is the pixel term alone (``loss_weights`` other than ``pixel`` are
+    ignored, so ``training.loss_weights`` can hold the fine-tuning stages' terms).
+    ``preset``: the ``loss_preset``'s weights (pixel, perceptual, adversarial) are the base weights.
+    ``terms``: the ``loss_weights`` terms the stage accepts (others raise ConfigError).
+    ``default_weights``: weights of terms the stage adds (after the preset's), overridable.
+    ``discriminator``: always trains a discriminator (other stages train one only when the
+    adversarial term has a weight > 0).
+    ``lr_head``: trains an LR classification head on the generator's encoder (also written as
+    ``lr_head.pt``, see ``outputs``).
+    ``outputs``: extra output files beside ``generator.pt``, by rule output name.
+    ``eval_name``: the evaluation name of its generator, a format string of ``model`` and the
+    stage's settings (e.g. ``{model}_{loss_preset}``).
+    ``family``: the family of its generator in figures (psnr, gan, semantic, shared, refsr).
+    """
+
+    name: str
+    family: str
+    eval_name: str
+    init: str | None = None
+    classifier: bool = False
+    data: str = "sr"
+    pixel_only: bool = False
+    preset: bool = False
+    terms: tuple[str, ...] = ()
+    default_weights: dict[str, float] = field(default_factory=dict)
+    discriminator: bool = False
+    lr_head: bool = False
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+SR_TERMS = ("pixel", "perceptual", "adversarial")
+SEMANTIC_TERMS = ("semantic_kl", "semantic_feat")
+#: Every loss term a stage can weight (``loss_weights`` keys).
+LOSS_TERMS = (*SR_TERMS, *SEMANTIC_TERMS, "shared_cls")
+
+#: The stages in training order. ``semantic_feat`` already holds ``semantic.feature_weight``, hence
+#: its weight 1.
+STAGES: dict[str, Stage] = {
+    "warmup": Stage("warmup", family="psnr", eval_name="{model}", pixel_only=True,
+                    terms=SR_TERMS, default_weights={"pixel": 1.0}),
+    "gan": Stage("gan", family="gan", eval_name="{model}_{loss_preset}", init="warmup", preset=True,
+                 terms=SR_TERMS, discriminator=True),
+    "semantic": Stage("semantic", family="semantic", eval_name="{model}_semantic", init="warmup",
+                      classifier=True, data="classification", preset=True,
+                      terms=(*SR_TERMS, *SEMANTIC_TERMS),
+                      default_weights={"semantic_kl": 0.1, "semantic_feat": 1.0}),
+    "shared": Stage("shared", family="shared", eval_name="{model}_shared", init="warmup",
+                    classifier=True, data="classification", terms=LOSS_TERMS,
+                    default_weights={"pixel": 1.0, "shared_cls": 0.1}, lr_head=True,
+                    outputs={"head": "lr_head.pt"}),
+}
+STAGE_NAMES = tuple(STAGES)
+#: Stages that start from another stage's generator.pt (``init_checkpoint``).
+INIT_STAGES = tuple(s.name for s in STAGES.values() if s.init is not None)
+#: Stages that need the frozen fine-grained classifier (``classifier_checkpoint``).
+CLASSIFIER_STAGES = tuple(s.name for s in STAGES.values() if s.classifier)
+
+
+def evaluation_name(stage: str, model: str, settings: dict) -> str:
+    """Name the generator of ``model``'s ``stage`` is evaluated and reported under."""
+    return STAGES[stage].eval_name.format(model=model, **settings)

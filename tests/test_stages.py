@@ -1,0 +1,102 @@
+"""The stage table (sfsr.training.stages) and the torch-free settings it feeds: every place that
+lists stages reads the table, and parsing the workflow imports no torch."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sfsr.config import load_schema
+from sfsr.errors import ConfigError
+from sfsr.training import settings, stages
+from sfsr.training.settings import TRAINING_DEFAULTS, resolve_config, stage_weights
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cfg(**overrides):
+    return resolve_config({"arch": "srresnet", "scale": 4, **overrides})
+
+
+def test_table_constants_follow_the_table():
+    assert stages.STAGE_NAMES == ("warmup", "gan", "semantic", "shared")
+    assert stages.INIT_STAGES == ("gan", "semantic", "shared")
+    assert stages.CLASSIFIER_STAGES == ("semantic", "shared")
+    for name, st in stages.STAGES.items():
+        assert st.name == name
+        assert st.init is None or st.init in stages.STAGES
+        assert set(st.default_weights) <= set(st.terms) <= set(stages.LOSS_TERMS)
+        assert st.family in ("psnr", "gan", "semantic", "shared", "refsr")
+        assert st.data in ("sr", "classification")
+
+
+def test_schema_has_one_section_per_stage():
+    """A model's stage sections in config.schema.yaml are the table's stages: the from-scratch
+    stage defaults to {} (always trained), the others to null (optional)."""
+    model = load_schema()["$defs"]["sr_model"]["properties"]
+    stage_keys = [k for k in model if k not in ("arch", "scale", "kwargs")]
+    assert stage_keys == list(stages.STAGES)
+    for name, st in stages.STAGES.items():
+        assert model[name]["default"] == ({} if st.init is None else None), name
+
+
+def test_evaluation_names_follow_the_table():
+    cfg = {"loss_preset": "srgan"}
+    names = {s: stages.evaluation_name(s, "m", cfg) for s in stages.STAGES}
+    assert names == {"warmup": "m", "gan": "m_srgan", "semantic": "m_semantic", "shared": "m_shared"}
+
+
+def test_stage_weights_per_stage():
+    cfg = _cfg(loss_preset="esrgan")
+    assert stage_weights("warmup", cfg) == {"pixel": 1.0}
+    assert stage_weights("gan", cfg) == {"pixel": 0.01, "perceptual": 1.0, "adversarial": 0.005}
+    assert stage_weights("semantic", cfg) == {"pixel": 0.01, "perceptual": 1.0, "adversarial": 0.005,
+                                              "semantic_kl": 0.1}
+    assert list(stage_weights("shared", cfg)) == ["pixel", "shared_cls"]
+    # the warm-up ignores the fine-tuning terms of training.loss_weights; gan refuses foreign ones
+    mixed = _cfg(loss_weights={"perceptual": 0.5, "semantic_kl": 0.2})
+    assert stage_weights("warmup", mixed) == {"pixel": 1.0}
+    with pytest.raises(ConfigError, match=r"\['semantic_kl'\] do not belong to the gan stage"):
+        stage_weights("gan", mixed)
+    assert stage_weights("semantic", mixed)["semantic_kl"] == 0.2
+
+
+def test_semantic_feat_needs_layers_and_weight():
+    on = _cfg(semantic={"feature_layers": ["layer2"], "feature_weight": 0.5})
+    assert stage_weights("semantic", on)["semantic_feat"] == 1.0
+    assert "semantic_feat" not in stage_weights("semantic", _cfg())
+
+
+def test_settings_defaults_cover_the_run_neutral_keys():
+    assert set(settings.RUN_NEUTRAL_KEYS) <= set(TRAINING_DEFAULTS)
+
+
+def test_workflow_modules_import_no_torch():
+    """What the Snakefile and rules/*.smk import (and the config check they run) stays torch-free,
+    so `snakemake -n` does not pay for importing torch."""
+    snakefile = (REPO / "Snakefile").read_text()
+    imports = [line.strip() for line in snakefile.splitlines() if re.match(r"(import|from) sfsr", line)]
+    for smk in sorted((REPO / "rules").glob("*.smk")):
+        imports += [line.strip() for line in smk.read_text().splitlines()
+                    if re.match(r"\s*(import|from) ", line)]
+    assert any("sfsr.training.settings" in line for line in imports)  # the check reads the Snakefile
+    code = "\n".join(["import sys", f"sys.path.insert(0, {str(REPO / 'src')!r})", *imports,
+                      f"sfsr.config.load({str(REPO / 'config.yaml')!r})",
+                      "heavy = [m for m in ('torch', 'torchvision', 'sklearn', 'matplotlib') if m in sys.modules]",
+                      "print(heavy)"])
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_experiment_files_name_only_known_stages():
+    for path in sorted((REPO / "experiments").glob("*.yaml")):
+        cfg = yaml.safe_load(path.read_text()) or {}
+        for name, model in (cfg.get("models") or {}).items():
+            extra = set(model) - {"arch", "scale", "kwargs"} - set(stages.STAGES)
+            assert not extra, f"{path.name}: models.{name} has {extra}"
