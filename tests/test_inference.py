@@ -156,7 +156,8 @@ def test_cli_upscale_then_evaluate_reproduces_published_set5_x2(shared_data, tmp
     assert main(["evaluate", "--hr", str(set5 / "HR"), "--sr", str(tmp_path / "sr"), "--scale", "2",
                  "--json", "--csv", str(tmp_path / "per_image.csv")]) == 0
     means = json.loads(capsys.readouterr().out)
-    assert set(means) == {"n", "psnr_y", "ssim_y", "psnr_rgb"} and means["n"] == 5
+    assert set(means) == {"n", "psnr_y", "ssim_y", "psnr_rgb", "n_psnr_capped"} and means["n"] == 5
+    assert means["n_psnr_capped"] == 0
     assert abs(means["psnr_y"] - 33.66) <= 0.02 and abs(means["ssim_y"] - 0.9299) <= 0.002
     assert (tmp_path / "per_image.csv").read_text().count("\n") == 6
 

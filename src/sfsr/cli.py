@@ -5,21 +5,31 @@
     sfsr upscale --checkpoint CKPT INPUT OUTPUT [--tile N --tile-overlap N --device cpu|cuda]
     sfsr evaluate --hr HR_DIR --sr SR_DIR --scale S [--csv FILE] [--json]
 
-User errors (:class:`sfsr.errors.SfsrError`) print one clear message and exit with status 2.
+User errors (:class:`sfsr.errors.SfsrError`) print one clear message, with the fix that fits the
+command line, and exit with status 2; so do operating-system errors (permission denied, disk full,
+a symlink loop, a folder given as a file). Ctrl-C exits with status 130, without a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
-from sfsr.errors import SfsrError
+from sfsr.errors import CLI, PathError, SfsrError, describe_os_error
+
+
+def _pixel_limit(args: argparse.Namespace) -> None:
+    from sfsr.data.images import set_max_image_pixels
+
+    set_max_image_pixels(args.max_image_pixels)
 
 
 def _cmd_make_lr(args: argparse.Namespace) -> int:
     from sfsr.data.prepare import make_lr_folder
 
+    _pixel_limit(args)
     written = make_lr_folder(args.input_dir, args.output_dir, args.scale, device=args.device,
                              progress=not args.quiet)
     if not args.quiet:
@@ -30,6 +40,7 @@ def _cmd_make_lr(args: argparse.Namespace) -> int:
 def _cmd_upscale(args: argparse.Namespace) -> int:
     from sfsr.inference import upscale_path
 
+    _pixel_limit(args)
     if args.checkpoint is None and args.scale is None:
         raise SfsrError("sfsr upscale: give --scale S with --method bicubic, or --checkpoint CKPT "
                         "(the checkpoint knows its scale)")
@@ -43,8 +54,11 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from sfsr import io
-    from sfsr.evaluation import evaluate_folders, mean_metrics
+    from sfsr.evaluation import PSNR_CAP_DB, evaluate_folders, mean_metrics
 
+    _pixel_limit(args)
+    if args.csv and os.path.isdir(args.csv):  # before the work, not after it
+        raise PathError(f"--csv {args.csv} is a folder; give a file path (e.g. {args.csv}/metrics.csv)")
     table = evaluate_folders(args.hr, args.sr, args.scale)
     if args.csv:
         io.write_csv(args.csv, table)
@@ -54,14 +68,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         print(f"{means['n']} images, x{args.scale}: PSNR-Y {means['psnr_y']:.2f} dB, "
               f"SSIM-Y {means['ssim_y']:.4f}, PSNR-RGB {means['psnr_rgb']:.2f} dB")
+        if means["n_psnr_capped"]:
+            print(f"({means['n_psnr_capped']} image(s) equal their HR image: PSNR is infinite, "
+                  f"counted as {PSNR_CAP_DB:g} dB in the means)")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sfsr", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    limit = argparse.ArgumentParser(add_help=False)
+    limit.add_argument("--max-image-pixels", type=int, default=None, metavar="N",
+                       help="refuse input images of more pixels than N (default 89,478,485, "
+                            "Pillow's threshold: a guard against decompression bombs)")
 
-    p = sub.add_parser("make-lr", help="MATLAB-exact bicubic LR images of a folder (after modcrop)")
+    p = sub.add_parser("make-lr", parents=[limit], help="MATLAB-exact bicubic LR images of a folder (after modcrop)")
     p.add_argument("--scale", type=int, required=True, choices=[2, 3, 4, 8])
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -69,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output_dir")
     p.set_defaults(func=_cmd_make_lr)
 
-    p = sub.add_parser("upscale", help="upscale an image or a folder with bicubic or a checkpoint")
+    p = sub.add_parser("upscale", parents=[limit], help="upscale an image or a folder with bicubic or a checkpoint")
     p.add_argument("--scale", type=int, choices=[2, 3, 4, 8])
     p.add_argument("--method", default="bicubic", choices=["bicubic"],
                    help="interpolation method when no --checkpoint is given")
@@ -83,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="output PNG file (for one image) or folder")
     p.set_defaults(func=_cmd_upscale)
 
-    p = sub.add_parser("evaluate", help="PSNR/SSIM (Y, paper convention) of SR images against HR")
+    p = sub.add_parser("evaluate", parents=[limit], help="PSNR/SSIM (Y, paper convention) of SR images against HR")
     p.add_argument("--hr", required=True, help="folder of HR images")
     p.add_argument("--sr", required=True, help="folder of SR images (matched by file stem)")
     p.add_argument("--scale", type=int, required=True, choices=[2, 3, 4, 8])
@@ -99,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except SfsrError as exc:
-        print(f"sfsr {args.command}: error: {exc}", file=sys.stderr)
+        print(f"sfsr {args.command}: error: {exc.message(CLI)}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"sfsr {args.command}: error: {describe_os_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

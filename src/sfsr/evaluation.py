@@ -3,10 +3,16 @@ accuracy of a frozen classifier on HR, bicubic and SR images.
 
 All image-quality numbers come from :func:`sfsr.metrics.image_metrics` (one convention, recorded in
 every row's ``convention`` column).
+
+An SR image equal to its HR image has an infinite PSNR. Per-image tables keep ``inf`` (the exact
+value); means and confidence intervals count it as :data:`PSNR_CAP_DB` (100 dB, above any real
+reconstruction), and say how many images were capped in the column ``n_psnr_capped`` and in a
+logged warning, so a mean never turns into ``inf`` silently (docs/metrics.md).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -20,16 +26,23 @@ from tqdm.auto import tqdm
 
 from sfsr.data.images import DEFAULT_EXTENSIONS as IMAGE_EXTENSIONS
 from sfsr.data.images import images_by_stem, read_image
-from sfsr.errors import DataError
+from sfsr.errors import DataError, path_problem
 from sfsr.metrics import image_metrics, topk_accuracy
 from sfsr.models.classifier import Classifier
 
 METRIC_COLUMNS = ("psnr_y", "ssim_y", "psnr_rgb")
+PSNR_COLUMNS = ("psnr_y", "psnr_rgb")
+#: The PSNR an exact reproduction (``inf``) counts as in means.
+PSNR_CAP_DB = 100.0
+log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _images_by_stem(folder: str | os.PathLike, what: str) -> dict[str, Path]:
+    problem = path_problem(folder)
+    if problem:
+        raise DataError(f"{what} folder {folder} {problem}; fix or remove the link")
     if not Path(folder).is_dir():
         raise DataError(f"{what} folder not found: {folder} (give an existing folder of images)")
     return images_by_stem(folder, IMAGE_EXTENSIONS, what)
@@ -81,8 +94,27 @@ def mean_metrics(df: pd.DataFrame) -> dict[str, Any]:
         raise DataError("no per-image metrics to average (empty table)")
     out: dict[str, Any] = {"n": int(len(df))}
     for col in METRIC_COLUMNS:
-        out[col] = float(df[col].astype(float).mean())
+        out[col] = float(_averaged(df[col].to_numpy(dtype=np.float64), col).mean())
+    out["n_psnr_capped"] = _count_capped(df, "the means")
     return out
+
+
+def _averaged(values: np.ndarray, column: str) -> np.ndarray:
+    """The values a mean is taken of: PSNRs above :data:`PSNR_CAP_DB` (``inf``) count as the cap."""
+    return np.minimum(values, PSNR_CAP_DB) if column in PSNR_COLUMNS else values
+
+
+def _count_capped(df: pd.DataFrame, where: str) -> int:
+    capped = np.zeros(len(df), dtype=bool)
+    for col in PSNR_COLUMNS:
+        capped |= df[col].to_numpy(dtype=np.float64) > PSNR_CAP_DB
+    n = int(capped.sum())
+    if n:
+        names = df["image"].tolist() if "image" in df.columns else []
+        shown = f" ({_shorten([str(x) for x, c in zip(names, capped) if c])})" if names else ""
+        log.warning("%d image(s) equal their HR image exactly%s: PSNR is infinite; %s count it as "
+                    "%g dB", n, shown, where, PSNR_CAP_DB)
+    return n
 
 
 def bootstrap_ci(values: Sequence[float] | np.ndarray, n_boot: int = 2000, seed: int = 0,
@@ -112,8 +144,8 @@ def summarize(per_image: pd.DataFrame, by: Sequence[str] = ("model", "dataset", 
               *, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
     """Mean and bootstrap CI of PSNR-Y, SSIM-Y and PSNR-RGB per group of ``by`` columns.
 
-    Output columns: ``*by, n, <m>, <m>_ci_low, <m>_ci_high`` for each metric ``m``, and
-    ``convention``. Groups mixing metric conventions are refused (they are not comparable).
+    Output columns: ``*by, n, n_psnr_capped, <m>, <m>_ci_low, <m>_ci_high`` for each metric ``m``,
+    and ``convention`` (PSNRs of exact reproductions count as :data:`PSNR_CAP_DB`). Groups mixing metric conventions are refused (they are not comparable).
     """
     by = list(by)
     missing = [c for c in by + list(METRIC_COLUMNS) + ["convention"] if c not in per_image.columns]
@@ -129,8 +161,9 @@ def summarize(per_image: pd.DataFrame, by: Sequence[str] = ("model", "dataset", 
                             f"{conventions}; recompute all rows with one convention")
         row: dict[str, Any] = dict(zip(by, key))
         row["n"] = int(len(group))
+        row["n_psnr_capped"] = _count_capped(group, f"the means of {dict(zip(by, key))}")
         for col in METRIC_COLUMNS:
-            values = group[col].to_numpy(dtype=np.float64)
+            values = _averaged(group[col].to_numpy(dtype=np.float64), col)
             row[col] = float(values.mean())
             row[f"{col}_ci_low"], row[f"{col}_ci_high"] = bootstrap_ci(values, n_boot, seed, alpha)
         row["convention"] = conventions[0]

@@ -25,7 +25,7 @@ from sfsr import io
 from sfsr.data.bicubic import imresize
 from sfsr.data.images import DEFAULT_EXTENSIONS as IMAGE_EXTENSIONS
 from sfsr.data.images import list_images, read_image
-from sfsr.errors import ConfigError, DataError
+from sfsr.errors import ConfigError, DataError, path_problem
 from sfsr.metrics import to_uint8
 
 
@@ -136,6 +136,10 @@ def upscale_path(input: str | os.PathLike, output: str | os.PathLike, *, scale: 
     """
     src = Path(input)
     dst = Path(output)
+    for what, path in (("input", src), ("output", dst)):
+        problem = path_problem(path)
+        if problem:
+            raise DataError(f"{what} {path} {problem}; fix or remove the link")
     if not src.exists():
         raise DataError(f"input not found: {src} (give an image file or a folder of images)")
     model = None
@@ -168,7 +172,7 @@ def upscale_path(input: str | os.PathLike, output: str | os.PathLike, *, scale: 
         raise DataError(f"{src} holds several images with the same stem ({', '.join(dupes)}); outputs "
                         "are named <stem>.png, keep one of each")
     outputs = _plan_outputs(inputs, dst, single)
-    clash = [o for i, o in zip(inputs, outputs) if o.resolve() == i.resolve()]
+    clash = [o for i, o in zip(inputs, outputs) if os.path.realpath(o) == os.path.realpath(i)]
     if clash:
         raise ConfigError(f"output {clash[0]} would overwrite its input; choose another output path")
     if single:

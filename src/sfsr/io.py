@@ -16,6 +16,8 @@ from typing import IO, Any, Iterator
 
 import numpy as np
 
+from sfsr.errors import PathError, writing
+
 
 def default_mode(directory: bool = False) -> int:
     """Permissions a plainly created file (0o666) or folder (0o777) gets under the current umask.
@@ -29,10 +31,18 @@ def make_temp_dir(target: str | os.PathLike, suffix: str = ".tmp") -> Path:
     """A hidden temporary sibling folder of ``target`` (same file system, so it can be renamed
     into place), with the permissions of a plainly created folder."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent))
-    os.chmod(tmp, default_mode(directory=True))
+    with writing(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent))
+        os.chmod(tmp, default_mode(directory=True))
     return tmp
+
+
+def _check_target(path: Path) -> None:
+    """Refuse a target that is an existing folder before anything is written (``os.replace`` would
+    fail at the very end with a message about the temporary file)."""
+    if path.is_dir():
+        raise PathError(f"cannot write {path}: it is a folder; give a file path")
 
 
 @contextlib.contextmanager
@@ -44,8 +54,10 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
     if "r" in mode or "a" in mode or "+" in mode:
         raise ValueError(f"atomic_open is for writing only, got mode {mode!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _check_target(path)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
@@ -65,8 +77,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     matplotlib savefig, PIL). The temporary file keeps the target's suffix so format detection
     works; it is renamed over ``path`` on success and removed on failure."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    _check_target(path)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)

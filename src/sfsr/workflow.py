@@ -2,19 +2,35 @@
 
 :func:`run_rule` sends logging, warnings and stdout/stderr of the job to the rule's ``log:`` file,
 calls the handler registered for the running rule and turns a user error
-(:class:`sfsr.errors.SfsrError`) into one clear message in the log and on the console, with exit
-status 1 so Snakemake marks the job failed (and removes its incomplete outputs).
+(:class:`sfsr.errors.SfsrError`, with the fix that fits the workflow) or an operating-system error
+(permission denied, disk full, a symlink loop: :func:`sfsr.errors.describe_os_error`) into one clear
+message in the log and on the console, with exit status 1 so Snakemake marks the job failed (and
+removes its incomplete outputs); the traceback of an OS error goes to the log only.
+
+SIGTERM (what Snakemake, SLURM preemption and ``kill`` send) and SIGINT end the job with one line
+saying so and exit status 143 / 130; writes are atomic, so nothing half-written is left, and a
+training job started again resumes from its last checkpoint (docs/reliability.md). The config key
+``max_image_pixels`` sets the pixel limit of every image read (:mod:`sfsr.data.images`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import sys
 import traceback
 from typing import Any, Callable
 
-from sfsr.errors import SfsrError
+from sfsr.errors import WORKFLOW, SfsrError, describe_os_error
+
+
+class Terminated(BaseException):
+    """Raised in the job by SIGTERM, so that cleanup (``finally``, atomic writes) runs."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
 
 
 def run_rule(smk: Any, handlers: dict[str, Callable[[Any], None]]) -> None:
@@ -31,13 +47,29 @@ def run_rule(smk: Any, handlers: dict[str, Callable[[Any], None]]) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     logging.captureWarnings(True)
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    log = logging.getLogger("sfsr")
     try:
+        from sfsr.data.images import set_max_image_pixels
+
+        set_max_image_pixels((getattr(smk, "config", None) or {}).get("max_image_pixels"))
         with contextlib.redirect_stdout(log_fh), contextlib.redirect_stderr(log_fh):
             handlers[rule](smk)
     except SfsrError as exc:
-        logging.getLogger("sfsr").error("%s", exc)
-        print(f"\n[sfsr] rule {rule} failed: {exc}\n", file=console)
+        log.error("%s", exc.message(WORKFLOW))
+        print(f"\n[sfsr] rule {rule} failed: {exc.message(WORKFLOW)}\n", file=console)
         raise SystemExit(1) from None
+    except OSError as exc:
+        traceback.print_exc(file=log_fh)
+        log.error("%s", describe_os_error(exc))
+        print(f"\n[sfsr] rule {rule} failed: {describe_os_error(exc)}\n", file=console)
+        raise SystemExit(1) from None
+    except (KeyboardInterrupt, Terminated) as exc:
+        name, status = ("SIGINT", 130) if isinstance(exc, KeyboardInterrupt) else ("SIGTERM", 143)
+        log.warning("rule %s stopped by %s; nothing half-written is left, and running the same "
+                    "command again resumes a training job from its last checkpoint", rule, name)
+        print(f"\n[sfsr] rule {rule} stopped by {name}\n", file=console)
+        raise SystemExit(status) from None
     except BaseException:
         traceback.print_exc(file=log_fh)
         raise

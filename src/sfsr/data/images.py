@@ -12,7 +12,13 @@ Image policy (also in docs/data.md): every image becomes uint8, either HxWx3 RGB
   PNGs are decoded by Pillow to their high byte (``v >> 8``, at most one level from the scaling).
 * 32-bit integer (``I``) and float (``F``) images are rejected (convert them to 8 bit first).
 * Unreadable, unknown or truncated files raise :class:`sfsr.errors.ImageError` naming the path
-  (decoding is forced with ``load()``; truncated files are never padded).
+  (decoding is forced with ``load()``; truncated files are never padded). The message says what
+  happened: missing, a dangling symlink or a symlink loop, permission denied, not an image,
+  truncated or corrupt, or too many pixels.
+* Images of more than ``max_image_pixels`` pixels (default 89,478,485, Pillow's own warning
+  threshold) are refused before decoding: a guard against decompression bombs, raised per run with
+  the config key ``max_image_pixels`` or the CLI option ``--max-image-pixels`` (see
+  :func:`set_max_image_pixels`).
 * EXIF orientation is not applied (pixels as stored, like MATLAB ``imread``); multi-frame files
   (GIF, TIFF) give their first frame.
 """
@@ -20,6 +26,7 @@ Image policy (also in docs/data.md): every image becomes uint8, either HxWx3 RGB
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -27,7 +34,8 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from sfsr.errors import DataError, ImageError
+from sfsr.errors import (BAD_IMAGE_HINTS, FOLDER_HINTS, TOO_LARGE_HINTS, DataError, ImageError,
+                         path_problem)
 
 DEFAULT_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -35,15 +43,38 @@ _TO_RGB_MODES = {"CMYK", "YCbCr", "LAB", "HSV", "RGBX"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
 
 
+#: Pillow's own warning threshold (``Image.MAX_IMAGE_PIXELS``: 1 GiB of 32-bit pixels / 3).
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+_max_image_pixels = DEFAULT_MAX_IMAGE_PIXELS
+
+
+def set_max_image_pixels(limit: int | None) -> None:
+    """Set the pixel limit of :func:`read_image` for this process (None: the default). The workflow
+    sets it from the config key ``max_image_pixels``, the CLI from ``--max-image-pixels``."""
+    global _max_image_pixels
+    if limit is None:
+        limit = DEFAULT_MAX_IMAGE_PIXELS
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise DataError(f"max_image_pixels must be a positive integer, got {limit!r}")
+    _max_image_pixels = limit
+
+
+def max_image_pixels() -> int:
+    return _max_image_pixels
+
+
 @contextlib.contextmanager
 def _strict_decoding() -> Iterator[None]:
-    """Make Pillow raise on truncated files while reading (restores the previous setting)."""
-    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    """Make Pillow raise on truncated files while reading, and leave the pixel limit to
+    :func:`read_image` (Pillow's own check would warn, or raise at twice its threshold whatever our
+    limit is). Restores the previous settings."""
+    truncated, bomb = ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS
     ImageFile.LOAD_TRUNCATED_IMAGES = False
+    Image.MAX_IMAGE_PIXELS = None
     try:
         yield
     finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+        ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS = truncated, bomb
 
 
 def _composite_over_white(color: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -91,26 +122,54 @@ def pil_to_array(image: Image.Image, path: str | os.PathLike = "<image>") -> np.
                      f"images); convert it to 8-bit RGB or grayscale PNG first")
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+def _bad(path: Path, what: str) -> ImageError:
+    return ImageError(f"{path}: {what}", hints=BAD_IMAGE_HINTS)
+
+
+def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
     """Read an image file as uint8 HxWx3 (RGB) or HxW (gray) under the image policy.
 
-    Raises :class:`ImageError` naming ``path`` when the file is missing, unreadable or truncated.
+    Raises :class:`ImageError` naming ``path`` and what happened: missing, a dangling symlink or
+    symlink loop, a folder, permission denied, not an image, truncated or corrupt, or more pixels
+    than ``max_pixels`` (default: :func:`max_image_pixels`), checked from the header before decoding.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"{path}: image file not found")
+    limit = _max_image_pixels if max_pixels is None else max_pixels
+    problem = path_problem(path)
+    if problem:
+        raise _bad(path, problem)
+    if path.is_dir():
+        raise _bad(path, "is a folder, not an image file")
     try:
-        with _strict_decoding(), Image.open(path) as image:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        raise _bad(path, "image file not found") from None
+    except PermissionError:
+        raise ImageError(f"{path}: cannot read the image, permission denied; check the file's "
+                         f"permissions") from None
+    except OSError as exc:
+        raise _bad(path, f"cannot read the image ({exc.strerror})") from None
+    try:
+        with fh, _strict_decoding(), Image.open(fh) as image:
+            width, height = image.size
+            if width * height > limit:
+                raise ImageError(f"{path}: image is {width}x{height} = {width * height:,} pixels, "
+                                 f"more than the limit of {limit:,} (a guard against decompression "
+                                 f"bombs)", hints=TOO_LARGE_HINTS)
             image.load()
             return pil_to_array(image, path)
     except ImageError:
         raise
     except UnidentifiedImageError as exc:
-        raise ImageError(f"{path}: not a readable image ({exc}); replace or remove the file, or set "
-                         f"on_bad_image: skip") from exc
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
-        raise ImageError(f"{path}: cannot decode image, the file is truncated or corrupt ({exc}); "
-                         f"download it again or remove it, or set on_bad_image: skip") from exc
+        raise _bad(path, f"not a readable image ({exc})") from exc
+    except MemoryError:
+        raise ImageError(f"{path}: not enough memory to decode the image", hints=TOO_LARGE_HINTS) from None
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EIO, errno.ENOSPC):
+            raise _bad(path, f"cannot read the image ({exc.strerror})") from exc
+        raise _bad(path, f"cannot decode the image, the file is truncated or corrupt ({exc})") from exc
+    except (SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        raise _bad(path, f"cannot decode the image, the file is truncated or corrupt ({exc})") from exc
 
 
 def normalize_extensions(extensions: Iterable[str]) -> tuple[str, ...]:
@@ -130,19 +189,28 @@ def list_images(folder: str | os.PathLike,
     """Image files directly inside ``folder`` (not recursive), sorted by name.
 
     Extensions match case-insensitively; hidden files (names starting with ``.``, e.g. macOS
-    ``._x.jpg`` resource forks in archives) are ignored. Raises :class:`DataError` when the folder
-    does not exist or holds no image.
+    ``._x.jpg`` resource forks in archives) are ignored. Symlinks that lead nowhere (dangling, or a
+    loop) are listed like files, so reading them reports them as bad images instead of dropping
+    them in silence. Raises :class:`DataError` when the folder does not exist or holds no image.
     """
     folder = Path(folder)
     exts = normalize_extensions(extensions)
+    problem = path_problem(folder)
+    if problem:
+        raise DataError(f"image folder {folder} {problem}", hints=FOLDER_HINTS)
     if not folder.is_dir():
-        raise DataError(f"image folder {folder} does not exist (or is not a folder); check the path "
-                        f"(dataset 'root' / 'path' settings)")
-    files = sorted(p for p in folder.iterdir()
-                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in exts)
+        raise DataError(f"image folder {folder} does not exist (or is not a folder)", hints=FOLDER_HINTS)
+    try:
+        entries = list(folder.iterdir())
+    except PermissionError:
+        raise DataError(f"image folder {folder}: cannot list it, permission denied; check the "
+                        f"folder's permissions") from None
+    files = sorted(p for p in entries
+                   if not p.name.startswith(".") and p.suffix.lower() in exts
+                   and (p.is_file() or path_problem(p) is not None))
     if not files:
-        raise DataError(f"no images in {folder}: looked for extensions {', '.join(exts)}; check the "
-                        f"folder or the dataset's 'extensions' / 'root' settings")
+        raise DataError(f"no images in {folder}: looked for extensions {', '.join(exts)}",
+                        hints=FOLDER_HINTS)
     return files
 
 

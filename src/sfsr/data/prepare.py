@@ -28,7 +28,7 @@ from sfsr import io
 from sfsr.data.bicubic import imresize, modcrop
 from sfsr.data.images import DEFAULT_EXTENSIONS, images_by_stem, list_images, read_image
 from sfsr.data.sources import load_builtin
-from sfsr.errors import ConfigError, DataError, ImageError
+from sfsr.errors import BAD_IMAGE_HINTS, ConfigError, DataError, ImageError
 
 MANIFEST_COLUMNS = ["stem", "file", "height", "width", "channels", "gray", "class_id", "class_name",
                     "split", "group", "role", "source_path"]
@@ -418,7 +418,7 @@ def prepare_dataset(name: str, spec: dict, source_root: Path | None, out_dir: Pa
                 if min(h, w) < min_side:
                     raise ImageError(f"{item.source}: image is {h}x{w} pixels, smaller than the minimum "
                                      f"side {min_side} (min_image_size {min_size}, largest scale "
-                                     f"{max_scale}); remove it or set on_bad_image: skip")
+                                     f"{max_scale})", hints=BAD_IMAGE_HINTS)
                 if resize:
                     image = resize_short_side_center_crop(image, hr_size)
             except ImageError as exc:
@@ -494,7 +494,7 @@ def make_lr_folder(input_dir: str | os.PathLike, output_dir: str | os.PathLike, 
     if scale < 1:
         raise ConfigError(f"scale must be a positive integer, got {scale}")
     input_dir, output_dir = Path(input_dir), Path(output_dir)
-    if input_dir.resolve() == output_dir.resolve():
+    if os.path.realpath(input_dir) == os.path.realpath(output_dir):
         raise ConfigError(f"output folder {output_dir} is the input folder; choose another one")
     files = list(images_by_stem(input_dir, DEFAULT_EXTENSIONS, "input").values())
     dev = None if device == "cpu" else _to_device(device)
@@ -508,7 +508,7 @@ def make_lr_folder(input_dir: str | os.PathLike, output_dir: str | os.PathLike, 
             hr = read_image(path)
             if min(hr.shape[:2]) < scale:
                 raise ImageError(f"{path}: image is {hr.shape[0]}x{hr.shape[1]} pixels, smaller than "
-                                 f"the scale {scale}; remove it")
+                                 f"the scale {scale}", hints=BAD_IMAGE_HINTS)
             hr = modcrop(hr, scale)
             if dev is None:
                 lr = imresize(hr, 1 / scale)
