@@ -4,18 +4,27 @@ afresh, and the final weights equal an uninterrupted run's (docs/reliability.md)
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 import os
 import pickle
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 from skimage import data as skdata
 
 from sfsr.training.loop import train
 from sfsr.training.state import load_state, previous_path, save_state
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +119,110 @@ def test_save_state_keeps_the_previous_file_and_load_state_never_raises(tmp_path
     # killed between the rename and the write: only prev.pt is there
     path.unlink()
     assert load_state(path)["iteration"] == 1
+
+
+# ------------------------------------------------------------------------- signals, through Snakemake
+# Every case trains its own copy of one model (same settings and seed, so the same weights when not
+# interrupted), is stopped once a checkpoint exists, then the same command runs again. The workflow
+# profile (profiles/default: rerun-incomplete) is what a plain `snakemake` uses too.
+SIGNAL_CASES = {  # model name: (what receives the signal, signal)
+    "snakemake_sigterm": ("snakemake", signal.SIGTERM),  # Snakemake lets running jobs finish, exits
+    "ctrl_c": ("group", signal.SIGINT),          # Ctrl-C in a terminal: snakemake and its job
+    "node_crash": ("group", signal.SIGKILL),     # snakemake and its job at once, no cleanup
+    "job_sigkill": ("job", signal.SIGKILL),      # the OOM killer
+    "job_sigterm": ("job", signal.SIGTERM),      # SLURM preemption, `kill`
+    "job_sigint": ("job", signal.SIGINT),
+}
+SIGNAL_MODEL = {"arch": "edsr_baseline", "scale": 2,
+                "kwargs": {"num_blocks": 1, "num_features": 16, "base": "bicubic"},
+                "warmup": {"iterations": 1000, "checkpoint_every": 25, "val_every": 100_000,
+                           "log_every": 50, "batch_size": 4, "lr_patch": 16, "lr": 1.0e-3, "threads": 1},
+                "gan": None, "semantic": None, "shared": None}
+
+
+def _signal_config(work: Path) -> dict:
+    models = ["reference", *SIGNAL_CASES]
+    return {"data_dir": str(work / "data"), "results_dir": str(work / "results"), "scales": [2],
+            "train": ["builtin_valid"], "valid": ["builtin_valid"], "test": ["builtin_valid"],
+            "classification": [], "sr_models": models,
+            "models": {m: copy.deepcopy(SIGNAL_MODEL) for m in models}}
+
+
+def _generator(work: Path, model: str) -> Path:
+    return work / "results" / "default" / "models" / model / "warmup" / "generator.pt"
+
+
+def _snakemake(work: Path, model: str, *flags: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "snakemake", *flags, str(_generator(work, model)), "-s", str(REPO / "Snakefile"),
+           "-d", str(work), "--cores", "2", "--configfile", str(REPO / "config.yaml"), str(work / "over.yaml")]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _job_pid(snakemake_pid: int) -> int | None:
+    import psutil
+
+    for child in psutil.Process(snakemake_pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if any(part.endswith("train.py") for part in child.cmdline()):
+                return child.pid
+    return None
+
+
+@pytest.fixture(scope="module")
+def signal_work(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("signals")
+    (work / "over.yaml").write_text(yaml.safe_dump(_signal_config(work)))
+    proc = _snakemake(work, "reference")
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-4000:]
+    return work
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", list(SIGNAL_CASES))
+def test_a_stopped_workflow_resumes_to_the_weights_of_an_uninterrupted_run(signal_work, model):
+    target, signum = SIGNAL_CASES[model]
+    work = signal_work
+    state = work / "results" / "default" / "models" / model / "warmup" / "state" / "last.pt"
+    proc = _snakemake(work, model)
+    deadline = time.monotonic() + 600
+    while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert state.exists(), "no checkpoint was written"
+    if target == "snakemake":
+        proc.send_signal(signum)
+    elif target == "group":
+        os.killpg(proc.pid, signum)
+    else:
+        os.kill(_job_pid(proc.pid), signum)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "Traceback" not in out, out[-4000:]
+    log = work / "results" / "default" / "logs" / "train_warmup" / f"{model}.log"
+    if model == "snakemake_sigterm":  # the job was let finish: nothing to resume
+        assert "Will exit after finishing currently running jobs" in out
+        assert _generator(work, model).exists()
+    else:
+        assert not _generator(work, model).exists(), f"the job was not interrupted:\n{out[-3000:]}"
+    if signum in (signal.SIGTERM, signal.SIGINT) and target != "snakemake":
+        name = signal.Signals(signum).name
+        assert f"stopped by {name}" in log.read_text() and "Traceback" not in log.read_text()
+    if target == "group" and signum == signal.SIGKILL:
+        # Snakemake's lock of the working folder outlives a killed Snakemake: its own message says
+        # to unlock (one command, nothing is lost), then the same command runs
+        again = _snakemake(work, model)
+        out, _ = again.communicate(timeout=300)
+        assert again.returncode != 0 and "--unlock" in out and "Traceback" not in out, out[-3000:]
+        unlock = _snakemake(work, model, "--unlock")
+        assert unlock.wait(timeout=300) == 0
+    # the same command again: resumes from state/last.pt and ends where an uninterrupted run ends
+    again = _snakemake(work, model)
+    out, _ = again.communicate(timeout=900)
+    assert again.returncode == 0, out[-4000:]
+    if model != "snakemake_sigterm":
+        assert "resuming warmup training" in log.read_text(), log.read_text()[-2000:]
+    reference = _weights(_generator(work, "reference"))
+    resumed = _weights(_generator(work, model))
+    assert reference.keys() == resumed.keys()
+    for key, value in reference.items():
+        assert torch.equal(value, resumed[key]), key
