@@ -19,6 +19,10 @@ configfile: "config.yaml"
 
 sfsr.config.validate(config, os.path.join(workflow.basedir, "config.schema.yaml"))
 
+# `snakemake --report results/report.html` (the README's) writes into results/, which Snakemake does
+# not create; after a data-only run it would not exist yet.
+os.makedirs("results", exist_ok=True)
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
