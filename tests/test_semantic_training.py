@@ -25,11 +25,12 @@ from sfsr.data.prepare import prepare_dataset
 from sfsr.errors import ConfigError
 from sfsr.evaluation import classification_accuracy
 from sfsr.models import build_classifier, build_generator, generator_spec, save_generator
-from sfsr.training import loop
+from sfsr.training import parts
 from sfsr.training.classifier import CLASSIFIER_DEFAULTS, checkpoint_dict, load_classifier
-from sfsr.training.data import to_rgb
-from sfsr.training.loop import (ManifestPatchDataset, load_lr_classifier, lr_eval_sizes, resolve_config,
-                                select_training_images, stage_weights, train, whole_image_lr_patch)
+from sfsr.training.data import ManifestPatchDataset, select_training_images, to_rgb, whole_image_lr_patch
+from sfsr.training.loop import train
+from sfsr.training.lr_head import load_lr_classifier, lr_eval_sizes
+from sfsr.training.settings import resolve_config, stage_weights
 
 SPEC = {"source": "builtin", "layout": "builtin_classes", "images": ["brick", "grass", "gravel"],
         "hr_size": 32, "samples_per_class": 8, "split": {"val_fraction": 0.25, "test_fraction": 0.25}}
@@ -164,13 +165,13 @@ def test_split_selection_labels_and_whole_image_patches(setup, tmp_path) -> None
 def test_semantic_stage_starts_from_warmup_keeps_the_classifier_frozen_and_resumes(
         setup, semantic_run, tmp_path, monkeypatch) -> None:
     priors = []
-    real = loop.load_semantic_prior
+    real = parts.load_semantic_prior
 
     def spy(*args, **kwargs):
         priors.append(real(*args, **kwargs))
         return priors[-1]
 
-    monkeypatch.setattr(loop, "load_semantic_prior", spy)
+    monkeypatch.setattr(parts, "load_semantic_prior", spy)
     out = tmp_path / "sem"
     cfg = cfg_for(**SEMANTIC)
     at_zero = _state(train("semantic", cfg, out_dir=out, max_iterations=0, **_kw(setup)))

@@ -20,10 +20,11 @@ from sfsr.data.bicubic import imresize, modcrop
 from sfsr.errors import ConfigError, SfsrError
 from sfsr.metrics import image_metrics
 from sfsr.models import build_generator, load_generator
-from sfsr.training import loop
+from sfsr.training import parts
 from sfsr.training.data import PatchDataset, load_validation_set, make_loader, make_lr_batch
 from sfsr.training.ema import effective_decay, make_ema
-from sfsr.training.loop import TRAINING_DEFAULTS, resolve_config, stage_config, train
+from sfsr.training.loop import train
+from sfsr.training.settings import TRAINING_DEFAULTS, resolve_config, stage_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -257,7 +258,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_state(photos, tmp_path, monke
             return loss * float("nan") if calls["n"] >= 5 else loss
         return fn
 
-    monkeypatch.setattr(loop, "pixel_loss", l1_then_nan)
+    monkeypatch.setattr(parts, "pixel_loss", l1_then_nan)
     cfg = tiny_cfg(iterations=10, log_every=1, checkpoint_every=2)
     with pytest.raises(SfsrError, match=r"'pixel' is nan at iteration 5.*iteration 4\) was kept"):
         train("warmup", cfg, train_hr_dirs=[photos["train"]], valid_hr_dirs=[], out_dir=tmp_path,

@@ -13,7 +13,7 @@ from sfsr import io
 from sfsr.evaluation import accuracy_table as make_accuracy_table
 from sfsr.evaluation import mean_metrics, split_accuracy
 from sfsr.training.classifier import train_classifier
-from sfsr.training.loop import load_lr_classifier
+from sfsr.training.lr_head import load_lr_classifier
 from sfsr.workflow import run_rule
 
 

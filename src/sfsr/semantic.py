@@ -28,8 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sfsr.models.classifier import Classifier, classifier_features
-
-SHARED_MODES = ("pseudo", "soft", "label")
+from sfsr.training.settings import SHARED_MODES  # torch-free: the config checks read it too
 
 
 @contextlib.contextmanager

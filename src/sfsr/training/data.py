@@ -8,6 +8,10 @@
   of uint8 HR patches with the MATLAB-exact bicubic (:func:`make_lr_batch`).
 * :func:`make_loader`: a DataLoader over samples ``[start_iteration * batch, iterations * batch)``.
 * :func:`load_validation_set`: whole validation images (HR cropped to a multiple of the scale, LR).
+* Manifest splits and labels of prepared classification sets: :func:`select_training_images`,
+  :class:`ManifestPatchDataset` (patches of the selected images, with labels),
+  :func:`load_validation_items` (validation images of one split, with labels),
+  :func:`whole_image_lr_patch`.
 
 Prepared layout: ``{data_dir}/prepared/{dataset}/HR/{stem}.png`` and
 ``{data_dir}/prepared/{dataset}/LR_bicubic/X{s}/{stem}.png``.
@@ -20,9 +24,10 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -200,3 +205,142 @@ def load_validation_set(hr_dirs: Sequence[str | os.PathLike], scale: int,
             out.append(ValidationImage(f"{Path(folder).name}/{path.stem}", to_rgb(raw), to_rgb(lr),
                                        raw.ndim == 2))
     return out
+
+
+# ------------------------------------------------------------------ manifests, splits, labels
+def manifest_path(hr_dir: str | os.PathLike) -> Path:
+    """``{dataset}/manifest.csv`` beside a prepared ``{dataset}/HR`` folder."""
+    return Path(hr_dir).parent / "manifest.csv"
+
+
+def _read_manifest(hr_dir: str | os.PathLike) -> pd.DataFrame | None:
+    path = manifest_path(hr_dir)
+    if not path.is_file():
+        return None
+    frame = pd.read_csv(path, dtype={"stem": str, "split": str})
+    if "stem" not in frame.columns:
+        raise DataError(f"{path} has no 'stem' column (has {list(frame.columns)}); re-run prepare")
+    return frame
+
+
+def _split_stems(frame: pd.DataFrame | None, split: str | None) -> set[str] | None:
+    """Stems of ``split`` when the manifest has a filled split column (classification sets), else
+    None (use every image)."""
+    if frame is None or split is None or "split" not in frame.columns or not frame["split"].notna().any():
+        return None
+    return set(frame.loc[frame["split"] == split, "stem"].astype(str))
+
+
+def _labels_by_stem(frame: pd.DataFrame | None, class_to_index: dict[int, int]) -> dict[str, int] | None:
+    """Stem -> classifier output index from a manifest's class_id column; None without labels."""
+    if frame is None or "class_id" not in frame.columns or frame["class_id"].isna().all():
+        return None
+    out = {}
+    for stem, cid in zip(frame["stem"].astype(str), frame["class_id"]):
+        if pd.isna(cid):
+            continue
+        if int(cid) not in class_to_index:
+            raise DataError(f"class_id {cid} of image {stem!r} is not a class of the classifier "
+                            f"(class_ids {sorted(class_to_index)}); train the classifier on this dataset")
+        out[stem] = class_to_index[int(cid)]
+    return out
+
+
+def select_training_images(hr_dirs: Sequence[str | os.PathLike], split: str | None,
+                           class_to_index: dict[int, int] | None = None,
+                           ) -> tuple[set[Path] | None, dict[Path, int] | None]:
+    """Which training images to use and their labels.
+
+    A folder with a ``manifest.csv`` beside it whose ``split`` column is filled (a prepared
+    classification set) contributes only the images of ``split`` (so its val/test images never
+    train the SR model); other folders contribute all their images. Returns ``(keep, labels)``:
+    ``keep`` the resolved paths (None: no folder is restricted), ``labels`` path -> class index
+    (only when ``class_to_index`` is given; DataError naming the folder when one has no labels)."""
+    keep: set[Path] = set()
+    restricted = False
+    labels: dict[Path, int] | None = {} if class_to_index is not None else None
+    for folder in hr_dirs:
+        frame = _read_manifest(folder)
+        stems = _split_stems(frame, split)
+        files = list_images(folder)
+        if stems is not None:
+            restricted = True
+            files = [p for p in files if p.stem in stems]
+            if not files:
+                raise DataError(f"no image of split {split!r} in {folder} (per {manifest_path(folder)}); "
+                                "set training.train_split to a split that has images, or null for all")
+        keep.update(p.resolve() for p in files)
+        if labels is not None:
+            by_stem = _labels_by_stem(frame, class_to_index)
+            if by_stem is None:
+                raise ConfigError(f"shared.mode 'label' needs true class labels, but training folder "
+                                  f"{folder} has no {manifest_path(folder)} with a class_id column; use "
+                                  "shared.mode 'pseudo' or 'soft' (label-free) or train on a prepared "
+                                  "classification set")
+            missing = [p.name for p in files if p.stem not in by_stem]
+            if missing:
+                raise DataError(f"{manifest_path(folder)} gives no class_id for {missing[:5]}; "
+                                "re-run prepare")
+            labels.update({p.resolve(): by_stem[p.stem] for p in files})
+    return (keep if restricted else None), labels
+
+
+def whole_image_lr_patch(hr_dirs: Sequence[str | os.PathLike], scale: int, keep: set[Path] | None) -> int:
+    """``lr_patch: null``: the largest LR patch every training image holds (min side // scale); the
+    whole image when all images are squares of one size (prepared classification sets)."""
+    sides = [min(_image_size(p)[:2]) for folder in hr_dirs for p in list_images(folder)
+             if keep is None or p.resolve() in keep]
+    if not sides or min(sides) // scale < 1:
+        raise DataError(f"lr_patch null: no training image in {', '.join(map(str, hr_dirs))} is at least "
+                        f"{scale} px on each side")
+    return min(sides) // scale
+
+
+class ManifestPatchDataset(PatchDataset):
+    """:class:`PatchDataset` restricted to the images in ``keep`` (resolved paths; None = all) and,
+    with ``labels`` (resolved path -> class index), items carrying ``label`` (int64 scalar). Patches,
+    augmentation and their determinism are PatchDataset's."""
+
+    def __init__(self, hr_dirs: Sequence[str | os.PathLike], scale: int, lr_patch: int, *,
+                 keep: set[Path] | None = None, labels: dict[Path, int] | None = None, **kwargs: Any) -> None:
+        super().__init__(hr_dirs, scale, lr_patch, **kwargs)
+        if keep is not None:
+            index = [i for i, p in enumerate(self.files) if p.resolve() in keep]
+            if not index:
+                raise DataError(f"no training image of the selected split in {', '.join(map(str, hr_dirs))} "
+                                f"is at least {self.hr_patch} px; lower lr_patch")
+            self.files = [self.files[i] for i in index]
+            if self._images is not None:
+                self._images = [self._images[i] for i in index]
+        self.labels = None if labels is None else [int(labels[p.resolve()]) for p in self.files]
+        self._last_index = -1
+
+    def _pair(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        self._last_index = int(index)  # the image PatchDataset.__getitem__ draws for this item
+        return super()._pair(index)
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        item = super().__getitem__(k)
+        if self.labels is not None:
+            item["label"] = torch.tensor(self.labels[self._last_index], dtype=torch.int64)
+        return item
+
+
+def load_validation_items(valid_hr_dirs: Sequence[str | os.PathLike], scale: int, split: str | None,
+                          class_to_index: dict[int, int] | None = None,
+                          ) -> tuple[list[ValidationImage], list[int | None]]:
+    """Validation images (only ``split`` of folders with a filled manifest split column) and, with
+    ``class_to_index``, each image's true class index from the manifest (None where there is none)."""
+    images: list[ValidationImage] = []
+    labels: list[int | None] = []
+    for folder in valid_hr_dirs:
+        frame = _read_manifest(folder)
+        stems = _split_stems(frame, split)
+        by_stem = _labels_by_stem(frame, class_to_index) if class_to_index is not None else None
+        for item in load_validation_set([folder], scale):
+            stem = item.name.split("/", 1)[1]
+            if stems is not None and stem not in stems:
+                continue
+            images.append(item)
+            labels.append(by_stem.get(stem) if by_stem else None)
+    return images, labels
