@@ -1,0 +1,199 @@
+"""SSEN: reference-based SR with similarity-aware deformable convolution (Shim et al., CVPR 2020,
+"Robust Reference-based Super-Resolution with Similarity-Aware Deformable Convolution").
+
+Graph (``forward(lr, ref)``; ``lr`` (N,3,h,w), ``ref`` the HR reference (N,3,H,W), both in [0,1]):
+
+1. **Features.** The LR image: 1x1 conv 3->F. The HR reference: brought to the LR grid inside the
+   model — resized (bicubic, antialiased) to ``(h*s, w*s)`` when its size differs, then log2(s)
+   stride-2 3x3 convs (x3: one stride-3 conv). Both go through one shared extractor of
+   ``extract_blocks`` residual blocks (conv-ReLU-conv, no batch norm).
+2. **Alignment (SSEN).** ``num_deform`` (1-5, paper: 3) stacked deformable 3x3 convolutions
+   (``torchvision.ops.deform_conv2d``); each samples the current reference features at offsets
+   predicted from ``cat(lr features, reference features)`` by a **dynamic offset estimator**: a
+   three-level encoder-decoder (stride-2 conv + LeakyReLU down; bilinear up + conv + LeakyReLU, with
+   the skip added) with an embedded-Gaussian **non-local block** at each level (``non_local``:
+   switchable for the ablation). The layer predicting the offsets starts at zero, so a fresh
+   deformable layer is a plain 3x3 convolution of the reference features. No flow supervision.
+3. **Fusion and trunk.** ``cat(lr features, aligned reference features)`` -> 1x1 conv -> the
+   EDSR-baseline trunk (``num_blocks`` residual blocks without batch norm, conv, global skip) ->
+   pixel-shuffle upsampler -> 3x3 conv to RGB, plus the residual ``base`` as in every generator of
+   the project (``docs/models.md``).
+
+``use_reference=False`` builds the same network without the reference branch (the fusion conv sees
+the LR features only): the no-reference control trained on the same data and budget.
+
+:attr:`SSEN.offset_magnitudes` holds the mean absolute offset (in LR-feature pixels) of each
+deformable layer after every forward pass: the training loop logs it and warns when it explodes, a
+known instability of deformable alignment.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import deform_conv2d
+
+from sfsr.models.blocks import pixel_shuffle_upsampler, upsampling_factors
+from sfsr.models.residual import SRGenerator
+
+__all__ = ["SSEN", "NonLocalBlock", "DynamicOffsetEstimator", "DeformableAlignment"]
+
+MAX_DEFORM = 5
+
+
+class ResidualBlock(nn.Module):
+    """conv3x3 - ReLU - conv3x3 plus identity (EDSR's block, res_scale 1, no batch norm)."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(num_features, num_features, 3, padding=1), nn.ReLU(inplace=True),
+                                  nn.Conv2d(num_features, num_features, 3, padding=1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class NonLocalBlock(nn.Module):
+    """Embedded-Gaussian non-local block (Wang et al., CVPR 2018): ``x + W(softmax(theta(x)^T
+    phi(x)) g(x))`` with 1x1 convs to ``channels // 2``; ``W`` starts at zero (identity block)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        inner = max(1, channels // 2)
+        self.theta = nn.Conv2d(channels, inner, 1)
+        self.phi = nn.Conv2d(channels, inner, 1)
+        self.g = nn.Conv2d(channels, inner, 1)
+        self.out = nn.Conv2d(inner, channels, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, _, h, w = x.shape
+        theta = self.theta(x).flatten(2).transpose(1, 2)          # (n, hw, c')
+        phi = self.phi(x).flatten(2)                              # (n, c', hw)
+        g = self.g(x).flatten(2).transpose(1, 2)                  # (n, hw, c')
+        attention = torch.softmax(theta @ phi, dim=-1)            # (n, hw, hw)
+        y = (attention @ g).transpose(1, 2).reshape(n, -1, h, w)
+        return x + self.out(y)
+
+
+class DynamicOffsetEstimator(nn.Module):
+    """Three-level encoder-decoder over ``cat(lr, ref)`` features with a non-local block per level;
+    outputs features at the input size (the offsets are predicted from them by the caller)."""
+
+    def __init__(self, in_channels: int, features: int = 64, levels: int = 3, non_local: bool = True) -> None:
+        super().__init__()
+        act = lambda: nn.LeakyReLU(0.1, inplace=True)  # noqa: E731
+        self.down = nn.ModuleList()
+        channels = in_channels
+        for _ in range(levels):
+            self.down.append(nn.Sequential(nn.Conv2d(channels, features, 3, stride=2, padding=1), act()))
+            channels = features
+        self.attend = nn.ModuleList(NonLocalBlock(features) if non_local else nn.Identity()
+                                    for _ in range(levels))
+        self.up = nn.ModuleList(nn.Sequential(nn.Conv2d(features, features, 3, padding=1), act())
+                                for _ in range(levels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        sizes = [x.shape[-2:]]
+        skips = []
+        for down in self.down:
+            x = down(x)
+            skips.append(x)
+            sizes.append(x.shape[-2:])
+        # from the coarsest level up: attend, add the encoder feature of the level, go one level finer
+        y = skips[-1]
+        for level in reversed(range(len(skips))):
+            y = self.attend[level](y) + skips[level]
+            y = self.up[level](F.interpolate(y, size=sizes[level], mode="bilinear", align_corners=False))
+        return y
+
+
+class DeformableAlignment(nn.Module):
+    """One similarity-aware deformable layer: offsets from ``cat(lr, ref)`` through the dynamic offset
+    estimator, then a 3x3 deformable convolution of ``ref`` at those offsets."""
+
+    def __init__(self, num_features: int, offset_features: int = 64, non_local: bool = True) -> None:
+        super().__init__()
+        self.estimator = DynamicOffsetEstimator(2 * num_features, offset_features, non_local=non_local)
+        self.to_offset = nn.Conv2d(offset_features, 2 * 3 * 3, 3, padding=1)
+        nn.init.zeros_(self.to_offset.weight)  # a fresh layer is a plain convolution
+        nn.init.zeros_(self.to_offset.bias)
+        self.weight = nn.Parameter(torch.empty(num_features, num_features, 3, 3))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Conv2d's default
+
+    def offsets(self, lr_features: Tensor, ref_features: Tensor) -> Tensor:
+        """(N, 18, h, w): (dy, dx) per kernel tap, in LR-feature pixels."""
+        return self.to_offset(self.estimator(torch.cat([lr_features, ref_features], dim=1)))
+
+    def forward(self, lr_features: Tensor, ref_features: Tensor) -> tuple[Tensor, Tensor]:
+        offset = self.offsets(lr_features, ref_features)
+        aligned = deform_conv2d(ref_features, offset.to(ref_features.dtype), self.weight, self.bias, padding=1)
+        return aligned, offset
+
+
+class SSEN(SRGenerator):
+    """SSEN generator (see the module docstring). ``forward(lr, ref)``; ``ref`` may be None only
+    when built with ``use_reference=False``."""
+
+    def __init__(self, scale: int = 4, num_features: int = 64, num_blocks: int = 16,
+                 extract_blocks: int = 5, num_deform: int = 3, non_local: bool = True,
+                 offset_features: int = 64, use_reference: bool = True, base: str = "none") -> None:
+        super().__init__()
+        factors = upsampling_factors(scale)
+        if not 1 <= int(num_deform) <= MAX_DEFORM:
+            raise ValueError(f"num_deform must be 1..{MAX_DEFORM} (the paper uses 3), got {num_deform}")
+        self.scale = scale
+        self.use_reference = bool(use_reference)
+        self.lr_head = nn.Conv2d(3, num_features, 1)
+        self.extractor = nn.Sequential(*[ResidualBlock(num_features) for _ in range(extract_blocks)])
+        if self.use_reference:
+            ref_layers: list[nn.Module] = []
+            channels = 3
+            for f in factors:
+                ref_layers.append(nn.Conv2d(channels, num_features, 3, stride=f, padding=1))
+                channels = num_features
+            self.ref_head = nn.Sequential(*ref_layers)
+            self.align = nn.ModuleList(DeformableAlignment(num_features, offset_features, non_local)
+                                       for _ in range(num_deform))
+        self.fuse = nn.Conv2d(num_features * (2 if self.use_reference else 1), num_features, 1)
+        self.trunk = nn.Sequential(*[ResidualBlock(num_features) for _ in range(num_blocks)])
+        self.trunk_tail = nn.Conv2d(num_features, num_features, 3, padding=1)
+        self.upsampler = pixel_shuffle_upsampler(num_features, scale)
+        self.tail = nn.Conv2d(num_features, 3, 3, padding=1)
+        self.offset_magnitudes: list[float] = []
+        self._init_base(base, scale, self.tail)
+
+    def reference_features(self, ref: Tensor, lr_size: tuple[int, int]) -> Tensor:
+        """HR reference (N,3,H,W) -> features on the LR grid (N,F,h,w)."""
+        h, w = lr_size
+        target = (h * self.scale, w * self.scale)
+        if tuple(ref.shape[-2:]) != target:
+            ref = F.interpolate(ref, size=target, mode="bicubic", align_corners=False, antialias=True)
+        return self.extractor(self.ref_head(ref))
+
+    def encode(self, lr: Tensor, ref: Tensor | None = None) -> Tensor:
+        lr_features = self.extractor(self.lr_head(lr))
+        if self.use_reference:
+            if ref is None:
+                raise ValueError("SSEN needs a reference image: forward(lr, ref)")
+            aligned = self.reference_features(ref.to(lr.dtype), lr.shape[-2:])
+            magnitudes = []
+            for layer in self.align:
+                aligned, offset = layer(lr_features, aligned)
+                magnitudes.append(float(offset.detach().abs().mean()))
+            self.offset_magnitudes = magnitudes
+            fused = self.fuse(torch.cat([lr_features, aligned], dim=1))
+        else:
+            fused = self.fuse(lr_features)
+        return fused + self.trunk_tail(self.trunk(fused))
+
+    def upsample(self, features: Tensor) -> Tensor:
+        return self.tail(self.upsampler(features))
+
+    def forward(self, lr: Tensor, ref: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        return self.decode(self.encode(lr, ref), lr)

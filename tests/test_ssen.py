@@ -1,0 +1,112 @@
+"""SSEN (reference-based SR with similarity-aware deformable convolution): shapes, the number of
+deformable layers and the non-local switch, zero-initialised offsets, gradients into the offset
+estimator, alignment that can follow a known shift, and a checkpoint round trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sfsr.models.residual import bicubic_upsample
+from sfsr.models.ssen import SSEN, DeformableAlignment, NonLocalBlock
+
+TINY = dict(num_features=8, num_blocks=1, extract_blocks=1, offset_features=8)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_output_shapes_and_a_reference_of_another_size(scale):
+    torch.manual_seed(0)
+    model = SSEN(scale, **TINY)
+    lr = torch.rand(2, 3, 12, 10)
+    assert model(lr, torch.rand(2, 3, 12 * scale, 10 * scale)).shape == (2, 3, 12 * scale, 10 * scale)
+    # a reference of another size (CUFED5 references are) is resized to the target's HR size
+    assert model(lr, torch.rand(2, 3, 40, 70)).shape == (2, 3, 12 * scale, 10 * scale)
+    with pytest.raises(ValueError, match="needs a reference"):
+        model(lr)
+
+
+@pytest.mark.parametrize("num_deform", [1, 3, 5])
+@pytest.mark.parametrize("non_local", [True, False])
+def test_deformable_layers_and_the_non_local_switch_are_honoured(num_deform, non_local):
+    model = SSEN(4, num_deform=num_deform, non_local=non_local, **TINY)
+    assert len(model.align) == num_deform
+    blocks = [m for m in model.modules() if isinstance(m, NonLocalBlock)]
+    assert len(blocks) == (3 * num_deform if non_local else 0)
+    model(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 64, 64))
+    assert len(model.offset_magnitudes) == num_deform
+    for bad in (0, 6):
+        with pytest.raises(ValueError, match="num_deform must be 1..5"):
+            SSEN(4, num_deform=bad, **TINY)
+
+
+def test_offsets_start_at_zero_so_a_fresh_layer_is_a_plain_convolution():
+    torch.manual_seed(0)
+    layer = DeformableAlignment(8, 8)
+    lr_features, ref_features = torch.rand(2, 8, 11, 9), torch.rand(2, 8, 11, 9)
+    aligned, offset = layer(lr_features, ref_features)
+    assert offset.shape == (2, 18, 11, 9) and torch.count_nonzero(offset) == 0
+    plain = F.conv2d(ref_features, layer.weight, layer.bias, padding=1)
+    assert torch.allclose(aligned, plain, atol=1e-6)
+
+
+def test_an_untrained_model_with_the_bicubic_base_outputs_bicubic():
+    model = SSEN(4, base="bicubic", **TINY)
+    lr = torch.rand(1, 3, 10, 10)
+    assert torch.allclose(model(lr, torch.rand(1, 3, 40, 40)), bicubic_upsample(lr, 4), atol=1e-6)
+
+
+def test_gradients_reach_the_offset_estimator_after_the_first_step():
+    torch.manual_seed(0)
+    model = SSEN(4, **TINY)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    lr, ref, hr = torch.rand(2, 3, 12, 12), torch.rand(2, 3, 48, 48), torch.rand(2, 3, 48, 48)
+    for _ in range(2):
+        opt.zero_grad()
+        F.l1_loss(model(lr, ref), hr).backward()
+        opt.step()
+    first = model.align[0]
+    assert first.to_offset.weight.grad.abs().sum() > 0
+    assert first.estimator.down[0][0].weight.grad.abs().sum() > 0  # through the predicted offsets
+    assert max(model.offset_magnitudes) > 0
+
+
+def test_deformable_alignment_learns_a_known_shift():
+    """Reference features are the LR features shifted by 2 pixels: 120 steps of the offset
+    layers alone must align them far better than the zero offsets do (what SSEN is for)."""
+    torch.manual_seed(0)
+    layer = DeformableAlignment(4, 8, non_local=False)
+    with torch.no_grad():  # make the conv an identity tap, so only the offsets have to learn
+        layer.weight.zero_()
+        layer.weight[:, :, 1, 1] = torch.eye(4)
+    layer.weight.requires_grad_(False)
+    layer.bias.requires_grad_(False)
+    base = F.avg_pool2d(torch.rand(2, 4, 32, 32), 5, stride=1, padding=2)  # smooth: offsets have a gradient
+    target, ref = base[..., 4:-4, 4:-4], base[..., 4:-4, 6:-2]  # ref(x) = target(x + 2)
+    opt = torch.optim.Adam([p for p in layer.parameters() if p.requires_grad], lr=1e-2)
+    before = F.l1_loss(layer(target, ref)[0], target).item()
+    for _ in range(120):
+        opt.zero_grad()
+        loss = F.l1_loss(layer(target, ref)[0][..., 3:-3, 3:-3], target[..., 3:-3, 3:-3])
+        loss.backward()
+        opt.step()
+    after = F.l1_loss(layer(target, ref)[0][..., 3:-3, 3:-3], target[..., 3:-3, 3:-3]).item()
+    assert after < 0.3 * before, (before, after)
+    dx = layer(target, ref)[1][:, 2 * 4 + 1]  # (dy, dx) per tap: dx of the centre tap (tap 4)
+    assert dx[..., 3:-3, 3:-3].mean().item() == pytest.approx(-2.0, abs=0.5)
+
+
+def test_the_no_reference_control_has_no_reference_branch():
+    model = SSEN(4, use_reference=False, **TINY)
+    assert not hasattr(model, "align") and not hasattr(model, "ref_head")
+    assert model(torch.rand(1, 3, 8, 8)).shape == (1, 3, 32, 32)
+    full = sum(p.numel() for p in SSEN(4, **TINY).parameters())
+    assert sum(p.numel() for p in model.parameters()) < full
+
+
+def test_non_local_block_starts_as_identity():
+    block = NonLocalBlock(8)
+    x = torch.rand(2, 8, 5, 7)
+    assert torch.equal(block(x), x)
+    assert isinstance(block.out, nn.Conv2d)
