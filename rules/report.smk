@@ -22,6 +22,7 @@ rule plot_training:
     params:
         models=lambda wc: stage_models(wc.stage),
         universe=color_universe(),
+        families=families(),
     log:
         f"{RESULTS}/logs/plot_training/{{stage}}.log",
     conda:
@@ -39,6 +40,7 @@ rule plot_metrics:
         pdf=f"{RESULTS}/figures/metrics_{{metric}}.pdf",
     params:
         universe=color_universe(),
+        families=families(),
     log:
         f"{RESULTS}/logs/plot_metrics/{{metric}}.log",
     conda:
@@ -61,6 +63,7 @@ rule plot_accuracy:
         tradeoff_pdf=f"{RESULTS}/figures/tradeoff_{{dataset}}_x{{scale}}.pdf",
     params:
         universe=color_universe(),
+        families=families(),
     log:
         f"{RESULTS}/logs/plot_accuracy/{{dataset}}_x{{scale}}.log",
     conda:
@@ -88,6 +91,7 @@ rule plot_visual:
                                 if m != "bicubic"},
         crop_size=config["plots"]["crop_size"],
         universe=color_universe(),
+        families=families(),
         device=config["evaluation"]["device"],
     log:
         f"{RESULTS}/logs/plot_visual/{{dataset}}_x{{scale}}_{{rank}}.log",
@@ -109,6 +113,7 @@ rule summary_table:
         md=f"{RESULTS}/summary.md",
     params:
         names=lambda wc: generator_stages(),
+        families=families(),
     log:
         f"{RESULTS}/logs/summary_table.log",
     conda:

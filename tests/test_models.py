@@ -10,9 +10,12 @@ import torch
 from torch import nn
 
 from sfsr.errors import DataError, SfsrError
-from sfsr.models import (GENERATOR_NAMES, build_classifier, build_discriminator, build_generator,
+from sfsr.config import load_schema
+from sfsr.model_options import GENERATOR_KWARGS, SUPPORTED_SCALES
+from sfsr.models import (GENERATOR_NAMES, GENERATORS, build_classifier, build_discriminator, build_generator,
                          classifier_features, count_parameters, generator_spec, load_generator,
                          save_generator)
+from sfsr.models.blocks import pixel_shuffle_upsampler, upsampling_factors
 from sfsr.models.classifier import vgg_layer_names
 
 TINY = {
@@ -349,3 +352,32 @@ def test_paper_bases_and_spec_records_the_base() -> None:
     assert generator_spec("msrresnet", 4)["kwargs"]["base"] == "bilinear"
     with pytest.raises(ValueError, match="unknown base 'lanczos'.*none, bilinear, bicubic"):
         build_generator("edsr", 4, base="lanczos")
+
+
+# ------------------------------------------------------------------------ the generators table
+def test_schema_arch_values_are_the_generators_table():
+    """config.schema.yaml's ``arch`` enum, the torch-free defaults and the models table name the
+    same generators, in the same order."""
+    arch = load_schema()["$defs"]["sr_model"]["properties"]["arch"]["enum"]
+    assert arch == list(GENERATORS) == list(GENERATOR_KWARGS) == list(GENERATOR_NAMES)
+    assert list(load_schema()["$defs"]["sr_model"]["properties"]["scale"]["enum"]) == list(SUPPORTED_SCALES)
+
+
+@pytest.mark.parametrize("name", GENERATOR_NAMES)
+def test_table_pairs_each_class_with_its_defaults(name):
+    cls, defaults = GENERATORS[name]
+    assert defaults is GENERATOR_KWARGS[name]
+    model = build_generator(name, 2, **TINY[name])
+    assert type(model) is cls
+    assert model.base.mode == defaults["base"]
+
+
+@pytest.mark.parametrize("scale", SUPPORTED_SCALES)
+def test_upsampling_blocks_reach_the_scale(scale):
+    factors = upsampling_factors(scale)
+    assert int(torch.tensor(factors).prod()) == scale
+    up = pixel_shuffle_upsampler(4, scale, nn.PReLU)
+    assert len(up) == 3 * len(factors)
+    assert up(torch.zeros(1, 4, 5, 5)).shape == (1, 4, 5 * scale, 5 * scale)
+    with pytest.raises(ValueError, match="supported scales"):
+        upsampling_factors(5)

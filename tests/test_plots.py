@@ -163,6 +163,22 @@ def test_model_colors_consistent_across_subsets():
     assert plots.model_colors(["bicubic", "srgan"])["bicubic"] == full["bicubic"]
 
 
+def test_families_passed_in_decide_the_order_not_the_names():
+    """The workflow passes each name's family (from the stage table); names need not say it."""
+    fams = {"hr": "hr", "bicubic": "bicubic", "zeta": "psnr", "alpha": "shared", "mid": "gan",
+            "mid_lr_head": "lr_head"}
+    given = plots.model_colors(list(fams), families=fams)
+    assert list(given) == ["hr", "bicubic", "mid_lr_head", "zeta", "mid", "alpha"]
+    guessed = plots.model_colors(list(fams))  # ad hoc: 'other' for all three, then by name
+    assert list(guessed) == ["hr", "bicubic", "mid_lr_head", "alpha", "mid", "zeta"]
+    assert plots.family_lookup(fams)("alpha") == "shared" and plots.family_lookup(fams)("x") == "other"
+    # figures and the summary table follow the families' order
+    summary = pd.DataFrame({"model": ["alpha", "zeta", "bicubic"], "dataset": "d", "scale": 2,
+                            "psnr_y": 1.0, "ssim_y": 0.5, "convention": "y"})
+    table = plots.summary_table(summary, families=fams)
+    assert table["model"].tolist() == ["bicubic", "zeta", "alpha"]
+
+
 def test_model_family():
     expected = {"bicubic": "bicubic", "srresnet": "psnr", "msrresnet": "psnr",
                 "edsr_baseline": "psnr",

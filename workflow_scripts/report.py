@@ -1,5 +1,6 @@
 """Entry point of the figures and summary rules (rules/report.smk). The work is done in
-``sfsr.plots``; every figure gets the same colour per model (``color_universe``)."""
+``sfsr.plots``; every figure gets the same colour per model (``color_universe``), ordered and marked
+by the family the workflow gives each name (``families``: from the stage table, never guessed)."""
 
 import json
 import sys
@@ -17,7 +18,7 @@ from sfsr.workflow import run_rule
 
 
 def _colors(smk):
-    return plots.model_colors(smk.params.universe)
+    return plots.model_colors(smk.params.universe, families=smk.params.families)
 
 
 def plot_training(smk):
@@ -34,7 +35,8 @@ def plot_metrics(smk):
 def plot_accuracy(smk):
     table = pd.read_csv(smk.input[0])
     plots.plot_accuracy(table, smk.output.accuracy, colors=_colors(smk))
-    plots.plot_tradeoff(table, smk.output.tradeoff, colors=_colors(smk))
+    plots.plot_tradeoff(table, smk.output.tradeoff, colors=_colors(smk),
+                        family=plots.family_lookup(smk.params.families))
 
 
 def plot_visual(smk):
@@ -66,7 +68,8 @@ def summary_table(smk):
         record = json.loads(Path(path).read_text())
         params[name] = record.get("parameters")
         train_time[name] = record.get("training_time_s")
-    table = plots.summary_table(summary, accuracy=accuracy, params=params, train_time=train_time)
+    table = plots.summary_table(summary, accuracy=accuracy, params=params, train_time=train_time,
+                                families=smk.params.families)
     if "acc_dataset" in table.columns:  # accuracy belongs to the classification set's rows only
         other = table["dataset"] != table["acc_dataset"]
         acc_cols = [c for c in ("acc_dataset", "top1", "top5", "gap_closed", "gap_closed_top5")

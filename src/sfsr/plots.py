@@ -34,7 +34,7 @@ from sfsr.evaluation import bootstrap_ci
 from sfsr.metrics import psnr, rgb_to_gray, rgb_to_y
 
 __all__ = [
-    "FAMILIES", "model_family", "model_colors",
+    "FAMILIES", "family_lookup", "model_family", "model_colors",
     "make_training_curves", "plot_training_curves",
     "make_metric_bars", "plot_metric_bars",
     "make_accuracy", "plot_accuracy",
@@ -109,27 +109,43 @@ def model_family(name: str) -> str:
     return "other"
 
 
-def _canonical_order(models: Sequence[str]) -> list[str]:
-    """Unique names sorted by (family order, name): the order of colours and legends."""
-    return sorted(dict.fromkeys(str(m) for m in models),
-                  key=lambda m: (FAMILIES.index(model_family(m)), m))
+def family_lookup(families: Mapping[str, str]) -> Callable[[str], str]:
+    """``name -> family`` from a mapping (the workflow passes each name's family: hr, bicubic,
+    lr_head or its training stage's); names it lacks are ``other``."""
+    return lambda name: families.get(str(name), "other")
 
 
-def model_colors(models: Sequence[str], universe: Sequence[str] | None = None) -> dict[str, str]:
-    """One colour per model, the same in every figure.
+def _canonical_order(models: Sequence[str], colors: Mapping[str, str] | None = None,
+                     family: Callable[[str], str] = model_family) -> list[str]:
+    """Unique names in display order (legends, bars): the order of ``colors`` when it covers them
+    (:func:`model_colors` returns its colours in display order), else by (family order, name)."""
+    names = list(dict.fromkeys(str(m) for m in models))
+    if colors is not None and all(m in colors for m in names):
+        rank = {m: i for i, m in enumerate(colors)}
+        return sorted(names, key=rank.__getitem__)
+    return sorted(names, key=lambda m: (FAMILIES.index(family(m)), m))
+
+
+def model_colors(models: Sequence[str], universe: Sequence[str] | None = None,
+                 families: Mapping[str, str] | None = None) -> dict[str, str]:
+    """One colour per model, the same in every figure, in display order.
 
     ``hr``/``bicubic``/``lr_head`` have fixed colours (:data:`FIXED_COLORS`). The other names of
     ``universe`` (default: ``models``) are put in canonical order (family, then name) and take the
-    palette's colours in that order; the result is restricted to ``models``. Pass the study's full
-    model list as ``universe`` and every subset gets the same colours (this is what the report
-    does). Deterministic; the palette (tab10 minus grey, then tab20/tab20b) cycles beyond 37
-    models.
+    palette's colours in that order; the result is restricted to ``models`` and listed in that
+    order. ``families``: each name's family (the workflow passes them, from the stage table);
+    without it the family is guessed from the name (:func:`model_family`, for ad-hoc use). Pass the
+    study's full model list as ``universe`` and every subset gets the same colours (this is what
+    the report does). Deterministic; the palette (tab10 minus grey, then tab20/tab20b) cycles
+    beyond 37 models.
     """
-    names = _canonical_order(list(universe or []) + list(models))
+    family = family_lookup(families) if families is not None else model_family
+    names = _canonical_order(list(universe or []) + list(models), family=family)
     free = [m for m in names if m not in FIXED_COLORS]
     colors = {m: _PALETTE[i % len(_PALETTE)] for i, m in enumerate(free)}
     colors.update({m: c for m, c in FIXED_COLORS.items() if m in names})
-    return {str(m): colors[str(m)] for m in models}
+    wanted = {str(m) for m in models}
+    return {m: colors[m] for m in names if m in wanted}
 
 
 def _colors_for(models: Sequence[str], colors: Mapping[str, str] | None) -> dict[str, str]:
@@ -322,7 +338,7 @@ def make_metric_bars(summary: pd.DataFrame, metric: str = "psnr_y",
     _check_columns(summary, ["model", "dataset", "scale", metric], "plot_metric_bars")
     lo_col, hi_col = f"{metric}_ci_low", f"{metric}_ci_high"
     has_ci = lo_col in summary.columns and hi_col in summary.columns
-    models = _canonical_order(summary["model"].astype(str).tolist())
+    models = _canonical_order(summary["model"].astype(str).tolist(), colors)
     cols = _colors_for(models, colors)
     datasets = sorted(summary["dataset"].astype(str).unique())
     scales = sorted(summary["scale"].unique())
@@ -395,7 +411,7 @@ def make_accuracy(acc: pd.DataFrame, colors: Mapping[str, str] | None = None) ->
     name = _name_column(acc, "plot_accuracy")
     _check_columns(acc, [name, "top1"], "plot_accuracy")
     has_top5 = "top5" in acc.columns and acc["top5"].notna().any()
-    inputs = _canonical_order(acc[name].astype(str).tolist())
+    inputs = _canonical_order(acc[name].astype(str).tolist(), colors)
     cols = _colors_for(inputs, colors)
     facets = _facets(acc)
     width = 0.4 if has_top5 else 0.7
@@ -448,7 +464,7 @@ def make_tradeoff(acc_with_metrics: pd.DataFrame, colors: Mapping[str, str] | No
     LR head's, when present) are drawn as horizontal reference lines, since they have no PSNR."""
     name = _name_column(acc_with_metrics, "plot_tradeoff")
     _check_columns(acc_with_metrics, [name, "top1", "psnr_y"], "plot_tradeoff")
-    inputs = _canonical_order(acc_with_metrics[name].astype(str).tolist())
+    inputs = _canonical_order(acc_with_metrics[name].astype(str).tolist(), colors, family)
     cols = _colors_for(inputs, colors)
     facets = _facets(acc_with_metrics)
     # reference lines (no PSNR): HR and LR heads (``lr_head`` or ``<model>_lr_head``); numbered
@@ -616,7 +632,7 @@ def make_visual_grid(hr_path: str | os.PathLike, sr_paths: Mapping[str, str | os
             raise DataError(f"visual grid: SR image of {name!r} ({source}) is "
                             f"{img.shape[1]}x{img.shape[0]} but modcrop(HR, {scale}) of {hr_path} is "
                             f"{hr.shape[1]}x{hr.shape[0]}")
-    models = _canonical_order(list(srs))
+    models = _canonical_order(list(srs), colors)
     cols = _colors_for(["hr", *models], colors)
     if crop is None:
         size = int(size or max(16, min(hr.shape[:2]) // 4))
@@ -699,7 +715,7 @@ def make_refsr(table: pd.DataFrame, colors: Mapping[str, str] | None = None,
     single-image baseline given with ``level`` NaN) are drawn as horizontal lines."""
     _check_columns(table, ["model", "level", "psnr_y"], "plot_refsr")
     df = table[np.isfinite(table["psnr_y"].astype(float))]
-    models = _canonical_order(df["model"].astype(str).tolist())
+    models = _canonical_order(df["model"].astype(str).tolist(), colors)
     cols = _colors_for(models, colors)
     levels = sorted(df["level"].dropna().unique(), key=_level_key)
     xpos = {lvl: i for i, lvl in enumerate(levels)}
@@ -769,7 +785,8 @@ def _per_model(value: Mapping[str, Any] | pd.DataFrame | None, column: str, what
 
 def summary_table(summary: pd.DataFrame, accuracy: pd.DataFrame | None = None,
                   params: Mapping[str, int] | pd.DataFrame | None = None,
-                  train_time: Mapping[str, float] | pd.DataFrame | None = None) -> pd.DataFrame:
+                  train_time: Mapping[str, float] | pd.DataFrame | None = None,
+                  families: Mapping[str, str] | None = None) -> pd.DataFrame:
     """One row per model x dataset x scale: PSNR-Y / SSIM-Y (/ PSNR-RGB) mean and 95% interval
     (from :func:`sfsr.evaluation.summarize`), classifier accuracy where available (``top1, top5,
     gap_closed, gap_closed_top5``, joined on model and — when the accuracy table has it — scale;
@@ -777,7 +794,8 @@ def summary_table(summary: pd.DataFrame, accuracy: pd.DataFrame | None = None,
     ``train_time_s`` and the metric ``convention``.
 
     ``params``/``train_time``: mapping ``model -> value`` or a DataFrame with ``model`` (and
-    optionally ``scale``). Render with :func:`sfsr.evaluation.summary_markdown`.
+    optionally ``scale``). ``families``: each model's family, for the row order (default: guessed
+    from the name, :func:`model_family`). Render with :func:`sfsr.evaluation.summary_markdown`.
     """
     _check_columns(summary, ["model", "dataset", "scale", "psnr_y", "ssim_y", "convention"],
                    "summary_table")
@@ -813,7 +831,8 @@ def summary_table(summary: pd.DataFrame, accuracy: pd.DataFrame | None = None,
         if extra is not None:
             keys = ["model"] + (["scale"] if "scale" in extra.columns else [])
             out = out.merge(extra, on=keys, how="left")
-    order = {m: i for i, m in enumerate(_canonical_order(out["model"].tolist()))}
+    family = family_lookup(families) if families is not None else model_family
+    order = {m: i for i, m in enumerate(_canonical_order(out["model"].tolist(), family=family))}
     out = out.sort_values(["dataset", "scale", "model"], key=lambda s: s.map(order)
                           if s.name == "model" else s).reset_index(drop=True)
     cols = [c for c in out.columns if c != "convention"] + ["convention"]

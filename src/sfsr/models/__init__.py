@@ -1,9 +1,10 @@
 """SR generators, discriminators, classifiers and generator checkpoints.
 
-Plain functions with explicit dispatch:
+Plain functions and one table:
 
-* :func:`build_generator` (``srresnet``, ``msrresnet``, ``edsr_baseline``, ``edsr``, ``rrdbnet``,
-  ``autoencoder``). Generators take float RGB NCHW in [0, 1] and return the SR image, approximately in
+* :data:`GENERATORS`: name -> (class, default kwargs) of every generator (``srresnet``,
+  ``msrresnet``, ``edsr_baseline``, ``edsr``, ``rrdbnet``, ``autoencoder``); the defaults are the
+  torch-free :data:`sfsr.model_options.GENERATOR_KWARGS`. :func:`build_generator` builds from it. Generators take float RGB NCHW in [0, 1] and return the SR image, approximately in
   [0, 1] (never clamped inside). Every generator has ``.encode(lr)`` (body features at LR size),
   ``.upsample(features)`` (the residual branch), ``.decode(features, lr)``, ``.num_features``,
   ``.scale`` and ``.base``; ``forward(lr) = decode(encode(lr), lr) = upsample(encode(lr)) + base(lr)``
@@ -23,7 +24,7 @@ from torch import nn
 
 from sfsr import io
 from sfsr.errors import DataError
-from sfsr.model_options import BASES, GENERATOR_NAMES, SUPPORTED_SCALES, generator_kwargs
+from sfsr.model_options import BASES, GENERATOR_KWARGS, GENERATOR_NAMES, SUPPORTED_SCALES, generator_kwargs
 from sfsr.models.autoencoder import ConvAutoencoderSR
 from sfsr.models.classifier import Classifier, build_classifier, classifier_features
 from sfsr.models.discriminators import PatchDiscriminator, VGGDiscriminator
@@ -32,10 +33,20 @@ from sfsr.models.residual import ResidualBase, SRGenerator, bicubic_upsample
 from sfsr.models.rrdbnet import RRDBNet
 from sfsr.models.srresnet import SRResNet
 
+#: name -> (class, default kwargs): every generator, built as ``cls(scale, **kwargs)``. The defaults
+#: live in the torch-free sfsr.model_options (the workflow checks a config's kwargs against them).
+GENERATORS: dict[str, tuple[type[SRGenerator], dict[str, Any]]] = {
+    "srresnet": (SRResNet, GENERATOR_KWARGS["srresnet"]),
+    "msrresnet": (SRResNet, GENERATOR_KWARGS["msrresnet"]),
+    "edsr_baseline": (EDSR, GENERATOR_KWARGS["edsr_baseline"]),
+    "edsr": (EDSR, GENERATOR_KWARGS["edsr"]),
+    "rrdbnet": (RRDBNet, GENERATOR_KWARGS["rrdbnet"]),
+    "autoencoder": (ConvAutoencoderSR, GENERATOR_KWARGS["autoencoder"]),
+}
 DISCRIMINATOR_NAMES = ("vgg", "patchgan")
 
 __all__ = [
-    "GENERATOR_NAMES", "DISCRIMINATOR_NAMES", "SUPPORTED_SCALES", "BASES",
+    "GENERATORS", "GENERATOR_NAMES", "DISCRIMINATOR_NAMES", "SUPPORTED_SCALES", "BASES",
     "ResidualBase", "SRGenerator", "bicubic_upsample",
     "build_generator", "build_discriminator", "build_classifier", "classifier_features",
     "generator_spec", "save_generator", "load_generator", "count_parameters",
@@ -54,16 +65,9 @@ def build_generator(name: str, scale: int, **kwargs: Any) -> nn.Module:
     configuration: num_blocks, num_features, use_bn (srresnet/msrresnet), res_scale (edsr*,
     rrdbnet), growth (rrdbnet), negative_slope (autoencoder), base (every generator: none / bilinear / bicubic, the upsampled
     input the output is added to; the residual branch's last layer then starts at zero). Unknown names/options raise ValueError listing the valid ones."""
-    kw = _generator_kwargs(name, scale, kwargs)
-    if name in ("srresnet", "msrresnet"):
-        return SRResNet(scale, **kw)
-    elif name in ("edsr_baseline", "edsr"):
-        return EDSR(scale, **kw)
-    elif name == "rrdbnet":
-        return RRDBNet(scale, **kw)
-    elif name == "autoencoder":
-        return ConvAutoencoderSR(scale, **kw)
-    raise AssertionError(name)  # unreachable: _generator_kwargs validated the name
+    kw = _generator_kwargs(name, scale, kwargs)  # validates the name, scale and options
+    cls, _ = GENERATORS[name]
+    return cls(scale, **kw)
 
 
 def build_discriminator(name: str, **kwargs: Any) -> nn.Module:

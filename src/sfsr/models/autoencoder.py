@@ -30,7 +30,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from sfsr.models.residual import SRGenerator
-from sfsr.models.srresnet import upsampling_factors
+from sfsr.models.blocks import upsampling_factors
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from sfsr.models.blocks import pixel_shuffle_upsampler, upsampling_factors
 from sfsr.models.residual import SRGenerator
-from sfsr.models.srresnet import upsampling_factors
 
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
 
@@ -42,17 +42,14 @@ class EDSR(SRGenerator):
                  res_scale: float = 1.0, rgb_mean: tuple[float, float, float] = DIV2K_RGB_MEAN,
                  base: str = "none") -> None:
         super().__init__()
-        factors = upsampling_factors(scale)
+        upsampling_factors(scale)  # validates the scale before building anything
         self.scale = scale
         self.num_features = num_features
         self.register_buffer("rgb_mean", torch.tensor(rgb_mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.head = nn.Conv2d(3, num_features, 3, padding=1)
         self.blocks = nn.Sequential(*[EDSRResidualBlock(num_features, res_scale) for _ in range(num_blocks)])
         self.body_tail = nn.Conv2d(num_features, num_features, 3, padding=1)
-        stages: list[nn.Module] = []
-        for f in factors:
-            stages += [nn.Conv2d(num_features, num_features * f * f, 3, padding=1), nn.PixelShuffle(f)]
-        self.upsampler = nn.Sequential(*stages)
+        self.upsampler = pixel_shuffle_upsampler(num_features, scale)
         self.tail = nn.Conv2d(num_features, 3, 3, padding=1)
         self._init_base(base, scale, self.tail)
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sfsr.models.residual import SRGenerator
-from sfsr.models.srresnet import scaled_kaiming_init, upsampling_factors
+from sfsr.models.blocks import scaled_kaiming_init, upsampling_factors
 
 
 class ResidualDenseBlock(nn.Module):

@@ -11,35 +11,10 @@ MSRResNet so that the un-normalised residual stack starts near identity).
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
-from sfsr.model_options import SUPPORTED_SCALES
+from sfsr.models.blocks import pixel_shuffle_upsampler, scaled_kaiming_init, upsampling_factors
 from sfsr.models.residual import SRGenerator
-
-
-def upsampling_factors(scale: int) -> list[int]:
-    """Per-stage factors for a supported scale: 2->[2], 3->[3], 4->[2, 2], 8->[2, 2, 2]."""
-    if scale == 3:
-        return [3]
-    if scale in (2, 4, 8):
-        return [2] * {2: 1, 4: 2, 8: 3}[scale]
-    raise ValueError(f"unsupported scale {scale!r}; supported scales are {list(SUPPORTED_SCALES)}")
-
-
-def scaled_kaiming_init(modules: list[nn.Module] | nn.Module, scale: float = 0.1) -> None:
-    """Kaiming-normal (fan_in) init multiplied by ``scale``, zero bias, for every Conv2d inside
-    ``modules`` (BasicSR's ``default_init_weights``, used by MSRResNet and ESRGAN's RRDBNet)."""
-    if isinstance(modules, nn.Module):
-        modules = [modules]
-    for module in modules:
-        for m in module.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, a=0, mode="fan_in")
-                with torch.no_grad():
-                    m.weight.mul_(scale)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
 
 
 class SRResidualBlock(nn.Module):
@@ -65,7 +40,7 @@ class SRResNet(SRGenerator):
     def __init__(self, scale: int = 4, num_features: int = 64, num_blocks: int = 16,
                  use_bn: bool = True, base: str = "none") -> None:
         super().__init__()
-        factors = upsampling_factors(scale)
+        upsampling_factors(scale)  # validates the scale before building anything
         self.scale = scale
         self.num_features = num_features
         self.head = nn.Sequential(nn.Conv2d(3, num_features, 9, padding=4), nn.PReLU())
@@ -74,11 +49,7 @@ class SRResNet(SRGenerator):
             nn.Conv2d(num_features, num_features, 3, padding=1),
             nn.BatchNorm2d(num_features) if use_bn else nn.Identity(),
         )
-        stages: list[nn.Module] = []
-        for f in factors:
-            stages += [nn.Conv2d(num_features, num_features * f * f, 3, padding=1),
-                       nn.PixelShuffle(f), nn.PReLU()]
-        self.upsampler = nn.Sequential(*stages)
+        self.upsampler = pixel_shuffle_upsampler(num_features, scale, nn.PReLU)
         self.tail = nn.Conv2d(num_features, 3, 9, padding=4)
         if not use_bn:
             scaled_kaiming_init(self.blocks, 0.1)
