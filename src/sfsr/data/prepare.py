@@ -39,7 +39,12 @@ CLASS_LAYOUTS = ("class_folders", "flowers102", "cub200", "builtin_classes")
 # Defaults of the keys read here; they mirror config.schema.yaml ($defs.dataset / $defs.split).
 _SPEC_DEFAULTS: dict[str, Any] = {"layout": "flat", "root": "", "images": [],
                                   "extensions": list(DEFAULT_EXTENSIONS), "hr_size": None,
-                                  "samples_per_class": 12, "on_bad_image": None, "split": {}}
+                                  "samples_per_class": 12, "groups_per_image": 4, "on_bad_image": None,
+                                  "split": {}}
+BUILTIN_LAYOUTS = ("flat", "builtin_classes", "builtin_refgroups")
+#: Per file of a builtin_refgroups set: how its reference was made (written as references.csv).
+REFERENCE_COLUMNS = ["stem", "group", "level", "photo", "top", "left", "shift", "angle", "zoom", "brightness",
+                     "contrast"]
 _SPLIT_DEFAULTS: dict[str, Any] = {"dirs": {}, "carve_val_from": "train", "carve_test_from": "train",
                                    "val_fraction": 0.1, "test_fraction": 0.1, "seed": 0}
 
@@ -263,6 +268,39 @@ def _collect_refgroups(name: str, spec: dict, root: Path) -> list[_Item]:
             for g, k, p in parsed]
 
 
+def _collect_refpairs(name: str, spec: dict, root: Path) -> list[_Item]:
+    """CUFED's training layout: ``input/<name>`` and its reference ``ref/<name>`` -> group
+    ``<name stem>`` with target ``<stem>_0`` and reference ``<stem>_1``."""
+    folders = {role: root / sub for role, sub in (("target", "input"), ("ref1", "ref"))}
+    for folder in folders.values():
+        if not folder.is_dir():
+            raise DataError(f"dataset {name}: layout refpairs needs the folders input/ and ref/ in {root}; "
+                            f"{folder.name}/ is missing (check the dataset's 'root')")
+    inputs = images_by_stem(folders["target"], spec["extensions"], "input")
+    refs = images_by_stem(folders["ref1"], spec["extensions"], "reference")
+    unpaired = sorted(set(inputs) ^ set(refs))
+    if unpaired:
+        raise DataError(f"dataset {name}: input/ and ref/ in {root} must hold the same names; unpaired: "
+                        f"{', '.join(unpaired[:10])}{' ...' if len(unpaired) > 10 else ''}")
+    items = []
+    for stem in sorted(inputs, key=_natural_key):
+        items.append(_file_item(inputs[stem], f"{stem}_0", group=stem, role="target"))
+        items.append(_file_item(refs[stem], f"{stem}_1", group=stem, role="ref1"))
+    return items
+
+
+def _collect_builtin_refgroups(name: str, spec: dict, seed: int) -> tuple[list[_Item], pd.DataFrame]:
+    from sfsr.data.refgroups import synthetic_groups
+
+    if spec["hr_size"] is None:
+        raise ConfigError(f"datasets.{name}.hr_size: layout builtin_refgroups needs hr_size (the crop size)")
+    rows = synthetic_groups(name, list(spec["images"]), int(spec["hr_size"]), int(spec["groups_per_image"]),
+                            seed=seed)
+    items = [_Item(stem=r["stem"], source=f"builtin:{r['photo']}", load=lambda im=r["image"]: im,
+                   group=r["group"], role=r["role"]) for r in rows]
+    return items, pd.DataFrame(rows, columns=REFERENCE_COLUMNS)
+
+
 def _grid_crops(photo: np.ndarray, size: int, count: int) -> list[tuple[int, int]]:
     """Top-left corners of ``count`` non-overlapping size x size crops on a centred grid,
     spread evenly over the grid cells (row-major)."""
@@ -353,16 +391,16 @@ def prepare_dataset(name: str, spec: dict, source_root: Path | None, out_dir: Pa
         raise ConfigError(f"on_bad_image must be 'fail' or 'skip', got {mode!r} (dataset {name})")
     min_side = max(int(min_size), int(max_scale))
     hr_size = spec["hr_size"]
-    if hr_size is not None and layout not in CLASS_LAYOUTS:
+    if hr_size is not None and layout not in (*CLASS_LAYOUTS, "builtin_refgroups"):
         raise ConfigError(f"datasets.{name}.hr_size: only classification layouts "
                           f"({', '.join(CLASS_LAYOUTS)}) use hr_size; remove it for layout {layout}")
     if hr_size is not None and hr_size < min_side:
         raise ConfigError(f"datasets.{name}.hr_size={hr_size} is smaller than the minimum image size "
                           f"{min_side} (min_image_size {min_size}, largest scale {max_scale})")
-    if (source == "builtin" and layout not in ("flat", "builtin_classes")) or \
-            (layout == "builtin_classes" and source != "builtin"):
+    if (source == "builtin" and layout not in BUILTIN_LAYOUTS) or \
+            (layout in BUILTIN_LAYOUTS and layout != "flat" and source != "builtin"):
         raise ConfigError(f"datasets.{name}: source {source!r} cannot use layout {layout!r} "
-                          f"(builtin sources use layout flat or builtin_classes)")
+                          f"(builtin sources use layout {', '.join(BUILTIN_LAYOUTS)})")
 
     root: Path | None = None
     if source != "builtin":
@@ -388,8 +426,12 @@ def prepare_dataset(name: str, spec: dict, source_root: Path | None, out_dir: Pa
         items, given = _collect_cub200(name, spec, root)
     elif layout == "refgroups":
         items = _collect_refgroups(name, spec, root)
+    elif layout == "refpairs":
+        items = _collect_refpairs(name, spec, root)
     elif layout == "builtin_classes":
         items = _collect_builtin_classes(name, spec)
+    elif layout == "builtin_refgroups":
+        items, references = _collect_builtin_refgroups(name, spec, seed)
     else:
         raise ConfigError(f"datasets.{name}.layout: unknown layout {layout!r}")
 
@@ -400,7 +442,7 @@ def prepare_dataset(name: str, spec: dict, source_root: Path | None, out_dir: Pa
                             f"{seen[item.stem]} and {item.source}; rename or remove one")
         seen[item.stem] = item.source
 
-    resize = hr_size is not None and layout != "builtin_classes"
+    resize = hr_size is not None and layout not in ("builtin_classes", "builtin_refgroups")  # cut to size
     rows: list[dict] = []
     skipped: list[dict] = []
     skipped_groups: set[str] = set()
@@ -436,7 +478,7 @@ def prepare_dataset(name: str, spec: dict, source_root: Path | None, out_dir: Pa
                          "class_id": item.class_id, "class_name": item.class_name,
                          "split": item.split, "group": item.group, "role": item.role,
                          "source_path": item.source})
-        if layout == "refgroups" and rows:
+        if layout in ("refgroups", "refpairs") and rows:
             rows = _drop_groups_without_refs(rows, skipped, tmp)
         if not rows:
             raise DataError(f"dataset {name}: no usable image left ({len(skipped)} skipped); see the "
@@ -451,6 +493,8 @@ def prepare_dataset(name: str, spec: dict, source_root: Path | None, out_dir: Pa
         io.write_csv(tmp / "manifest.csv", frame)
         if mode == "skip":
             io.write_csv(tmp / "skipped.csv", pd.DataFrame(skipped, columns=SKIPPED_COLUMNS))
+        if layout == "builtin_refgroups":
+            io.write_csv(tmp / "references.csv", references)
     return frame
 
 
