@@ -29,6 +29,7 @@ include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/classify.smk"
 include: "rules/report.smk"
+include: "rules/refsr.smk"
 
 
 rule all:
@@ -38,6 +39,7 @@ rule all:
         rules.evaluate.input,
         rules.classification.input,
         rules.figures.input,
+        rules.evaluate_refsr.input,
 
 
 # What exists of `all`: `snakemake --report results/report.html finished` reports a partial run

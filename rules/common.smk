@@ -102,9 +102,10 @@ def stage_checkpoint(model, stage):
 
 
 def stage_models(stage):
-    """Models of sr_models that train this stage (every model the warm-up; the optional stages
-    only where models.<m>.<stage> is not null)."""
-    return [m for m in MODELS if config["models"][m].get(stage, {}) is not None]
+    """Models that train this stage: of the stage's model list (sr_models, or refsr_models for the
+    reference-based stage), every model the stages without init, the optional stages only where
+    models.<m>.<stage> is not null."""
+    return [m for m in config[STAGES[stage].models] if config["models"][m].get(stage, {}) is not None]
 
 
 def perceptual_classifier(model, stage):
@@ -144,6 +145,9 @@ def training_inputs(stage):
         out = perceptual_classifier(wildcards.model, stage) if not st.classifier else {}
         if st.data == "classification":  # the classification set (its train/val splits)
             out |= {"train": [prepared_hr(semantic_dataset())], "valid": [prepared_hr(semantic_dataset())]}
+        elif st.data == "refsr":  # reference groups: targets with their references
+            out |= {"train": [prepared_hr(d) for d in config["refsr_train"]],
+                    "valid": [prepared_hr(d) for d in config["refsr_valid"]]}
         else:
             out |= {"train": train_inputs(wildcards), "valid": [prepared_hr(d) for d in config["valid"]]}
         if st.init is not None:
@@ -166,7 +170,7 @@ def trained_generators():
     """Evaluation name -> (stage, model) of every generator the study trains, in model then stage
     order; names from the stage table (warmup '<model>', gan '<model>_<loss preset>', ...)."""
     return {evaluation_name(stage, m, stage_settings(m, stage)): (stage, m)
-            for m in MODELS for stage in STAGES if m in stage_models(stage)}
+            for m in MODELS for stage in STAGES if m in stage_models(stage) and STAGES[stage].models == "sr_models"}
 
 
 def evaluated_generators():
@@ -286,3 +290,25 @@ def figure_targets():
     out += [f"{RESULTS}/figures/visual_{d}_x{s}_{r}.png" for d in config["test"]
             for s in visual_scales() for r in range(1, config["plots"]["visual_images"] + 1)]
     return out
+
+
+# ---------------------------------------------------------------- reference-based SR wiring
+def refsr_eval_models(scale):
+    """Bicubic and every model of refsr_models at ``scale``, evaluated on the refsr test sets."""
+    models = [m for m in stage_models("refsr") if config["models"][m]["scale"] == scale]
+    return ["bicubic", *models] if models else []
+
+
+def refsr_eval_inputs(wildcards):
+    """The test set's HR folder and, but for bicubic, the model's refsr generator."""
+    out = {"hr": prepared_hr(wildcards.dataset)}
+    if wildcards.model != "bicubic":
+        out["checkpoint"] = stage_checkpoint(wildcards.model, "refsr")
+    return out
+
+
+def refsr_targets():
+    """Summary table, markdown and figure of every refsr test set at every scale of refsr_models."""
+    scales = sorted({config["models"][m]["scale"] for m in stage_models("refsr")})
+    return [f"{RESULTS}/{kind}" for d in config["refsr"] for s in scales
+            for kind in (f"refsr/{d}_x{s}.csv", f"refsr/{d}_x{s}.md", f"figures/refsr_{d}_x{s}.png")]

@@ -24,7 +24,7 @@ def _cfg(**overrides):
 
 
 def test_table_constants_follow_the_table():
-    assert stages.STAGE_NAMES == ("warmup", "gan", "semantic", "shared")
+    assert stages.STAGE_NAMES == ("warmup", "gan", "semantic", "shared", "refsr")
     assert stages.INIT_STAGES == ("gan", "semantic", "shared")
     assert stages.CLASSIFIER_STAGES == ("semantic", "shared")
     for name, st in stages.STAGES.items():
@@ -32,7 +32,8 @@ def test_table_constants_follow_the_table():
         assert st.init is None or st.init in stages.STAGES
         assert set(st.default_weights) <= set(st.terms) <= set(stages.LOSS_TERMS)
         assert st.family in ("psnr", "gan", "semantic", "shared", "refsr")
-        assert st.data in ("sr", "classification")
+        assert st.data in ("sr", "classification", "refsr")
+        assert st.models == ("refsr_models" if st.data == "refsr" else "sr_models")
 
 
 def test_schema_has_one_section_per_stage():
@@ -48,7 +49,8 @@ def test_schema_has_one_section_per_stage():
 def test_evaluation_names_follow_the_table():
     cfg = {"loss_preset": "srgan"}
     names = {s: stages.evaluation_name(s, "m", cfg) for s in stages.STAGES}
-    assert names == {"warmup": "m", "gan": "m_srgan", "semantic": "m_semantic", "shared": "m_shared"}
+    assert names == {"warmup": "m", "gan": "m_srgan", "semantic": "m_semantic", "shared": "m_shared",
+                     "refsr": "m"}
 
 
 def test_stage_weights_per_stage():

@@ -24,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SCHEMA = REPO_ROOT / "config.schema.yaml"
 
 #: Top-level keys that list dataset names.
-DATASET_LISTS = ("train", "valid", "test", "classification", "refsr")
+DATASET_LISTS = ("train", "valid", "test", "classification", "refsr", "refsr_train", "refsr_valid")
 
 
 def _location(path) -> str:
@@ -98,11 +98,12 @@ def check_references(config: dict) -> None:
             if unknown:
                 raise ConfigError(f"config key 'datasets.{name}.images' has unknown builtin photo(s) "
                                   f"{unknown}; available: {', '.join(sorted(BUILTIN_IMAGES))}.")
-            if spec.get("layout", "flat") not in ("flat", "builtin_classes"):
+            if spec.get("layout", "flat") not in ("flat", "builtin_classes", "builtin_refgroups"):
                 raise ConfigError(f"config key 'datasets.{name}.layout' is {spec['layout']!r}, but a "
-                                  "builtin source only supports 'flat' or 'builtin_classes'.")
-        elif spec.get("layout") == "builtin_classes":
-            raise ConfigError(f"config key 'datasets.{name}.layout' is 'builtin_classes', which "
+                                  "builtin source only supports 'flat', 'builtin_classes' or "
+                                  "'builtin_refgroups'.")
+        elif spec.get("layout") in ("builtin_classes", "builtin_refgroups"):
+            raise ConfigError(f"config key 'datasets.{name}.layout' is {spec['layout']!r}, which "
                               "needs 'source: builtin'.")
     seen: dict[str, tuple[str, dict]] = {}
     for name, spec in datasets.items():
@@ -126,10 +127,23 @@ def check_references(config: dict) -> None:
                                   f"{datasets[name].get('layout', 'flat')!r}; classification sets need "
                                   "class_folders, flowers102, cub200 or builtin_classes.")
     models = config.get("models", {})
-    for i, name in enumerate(config.get("sr_models", [])):
-        if name not in models:
-            raise ConfigError(f"config key 'sr_models[{i}]' names model {name!r}, which is not defined "
-                              f"under 'models' (defined: {', '.join(sorted(models)) or 'none'}).")
+    from sfsr.model_options import REFERENCE_GENERATORS, generator_kwargs  # torch-free
+    for key in ("sr_models", "refsr_models"):
+        for i, name in enumerate(config.get(key, [])):
+            if name not in models:
+                raise ConfigError(f"config key '{key}[{i}]' names model {name!r}, which is not defined "
+                                  f"under 'models' (defined: {', '.join(sorted(models)) or 'none'}).")
+            if (models[name]["arch"] in REFERENCE_GENERATORS) != (key == "refsr_models"):
+                raise ConfigError(f"config key '{key}[{i}]' names model {name!r} (arch "
+                                  f"{models[name]['arch']!r}); reference-based generators "
+                                  f"({', '.join(REFERENCE_GENERATORS)}) go under 'refsr_models', the others "
+                                  "under 'sr_models'.")
+    if config.get("refsr_models"):
+        for key in ("refsr_train", "refsr_valid", "refsr"):
+            if not config.get(key):
+                raise ConfigError(f"config key 'refsr_models' lists models but '{key}' is empty; list the "
+                                  "reference-based SR training, validation and test sets (e.g. "
+                                  "builtin_refgroups_train / _valid / _test).")
     for name in config.get("sr_models", []):
         stages = [st for st in CLASSIFIER_STAGES if models[name].get(st) is not None]
         gan = models[name].get("gan") or {}
@@ -139,14 +153,13 @@ def check_references(config: dict) -> None:
             raise ConfigError(f"config key 'models.{name}.{stages[0]}' needs a classification set "
                               "(the frozen classifier and its training images): list one under "
                               f"'classification', or set models.{name}.{stages[0]}: null.")
-    for name in config.get("sr_models", []):  # catalogue entries not selected are not built
+    for name in [*config.get("sr_models", []), *config.get("refsr_models", [])]:  # selected ones only
         model = models[name]
         if model["scale"] not in config.get("scales", []):
             raise ConfigError(f"config key 'models.{name}.scale' is {model['scale']}, which is not in "
                               f"'scales' {config.get('scales')}; add it there (LR images and the "
                               "evaluation are built for those scales).")
-    from sfsr.model_options import generator_kwargs  # torch-free
-    for name in config.get("sr_models", []):
+    for name in [*config.get("sr_models", []), *config.get("refsr_models", [])]:
         model = models[name]
         try:
             generator_kwargs(model["arch"], model["scale"], dict(model.get("kwargs") or {}))
@@ -162,10 +175,14 @@ def check_references(config: dict) -> None:
                     raise ConfigError(f"config key 'datasets.{name}.{key}' must be a positive integer for "
                                       f"layout 'builtin_classes' (the crops cut from each photo), got "
                                       f"{value!r}; e.g. hr_size: 64, samples_per_class: 14.")
-    for name in config.get("refsr", []):
-        if datasets[name].get("layout") != "refgroups":
-            raise ConfigError(f"config key 'refsr' names dataset {name!r}, whose layout is not "
-                              "'refgroups'.")
+    for key, layouts in (("refsr", ("refgroups", "builtin_refgroups")),
+                         ("refsr_valid", ("refgroups", "builtin_refgroups", "refpairs")),
+                         ("refsr_train", ("refgroups", "builtin_refgroups", "refpairs"))):
+        for name in config.get(key, []):
+            if datasets[name].get("layout") not in layouts:
+                raise ConfigError(f"config key '{key}' names dataset {name!r}, whose layout is "
+                                  f"{datasets[name].get('layout', 'flat')!r}; it needs one of "
+                                  f"{', '.join(layouts)}.")
 
 
 def validate(config: dict, schema_path: str | Path = DEFAULT_SCHEMA, source: str = "config") -> dict:
@@ -194,9 +211,11 @@ def check_training(config: dict) -> None:
     from sfsr.training.settings import resolve_config, stage_config  # torch-free
     from sfsr.training.stages import STAGES
 
-    for name in config.get("sr_models", []):
+    for name in [*config.get("sr_models", []), *config.get("refsr_models", [])]:
         model = config["models"][name]
         for stage, st in STAGES.items():
+            if st.models != ("refsr_models" if name in config.get("refsr_models", []) else "sr_models"):
+                continue
             if st.init is not None and model.get(stage) is None:  # an optional stage not trained
                 continue
             try:

@@ -19,7 +19,13 @@ GENERATOR_KWARGS: dict[str, dict[str, Any]] = {
     "edsr": {"num_blocks": 32, "num_features": 256, "res_scale": 0.1, "base": "none"},
     "rrdbnet": {"num_blocks": 23, "num_features": 64, "growth": 32, "res_scale": 0.2, "base": "none"},
     "autoencoder": {"num_blocks": 2, "num_features": 64, "negative_slope": 0.2, "base": "none"},
+    # reference-based SR (refsr_models, stage refsr): EDSR-baseline trunk + SSEN alignment (paper: 3
+    # deformable layers, non-local offset estimator); use_reference false: the no-reference control
+    "ssen": {"num_blocks": 16, "num_features": 64, "extract_blocks": 5, "num_deform": 3, "non_local": True,
+             "offset_features": 64, "use_reference": True, "base": "none"},
 }
+#: Generators that take a reference image: forward(lr, ref).
+REFERENCE_GENERATORS = ("ssen",)
 GENERATOR_NAMES = tuple(GENERATOR_KWARGS)
 
 
@@ -37,7 +43,7 @@ def generator_kwargs(name: str, scale: int, kwargs: dict[str, Any]) -> dict[str,
     full = {**allowed, **kwargs}
     if full["base"] not in BASES:
         raise ValueError(f"unknown base {full['base']!r} for generator {name!r}; valid: {', '.join(BASES)}")
-    for key in ("num_blocks", "num_features", "growth"):
+    for key in ("num_blocks", "num_features", "growth", "extract_blocks", "num_deform", "offset_features"):
         if key in full and (isinstance(full[key], bool) or not isinstance(full[key], int) or full[key] < 1):
             raise ValueError(f"option {key!r} of generator {name!r} must be a positive integer, "
                              f"got {full[key]!r}")

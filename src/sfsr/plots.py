@@ -708,7 +708,7 @@ def _level_key(level: Any) -> tuple[int, int, str]:
 
 
 def make_refsr(table: pd.DataFrame, colors: Mapping[str, str] | None = None,
-               n_boot: int = 2000, seed: int = 0) -> Figure:
+               n_boot: int = 2000, seed: int = 0, ylabel: str = "PSNR-Y (dB)") -> Figure:
     """PSNR-Y (dB) per reference-similarity level, one line per model (columns ``model, level,
     psnr_y``). With several rows per (model, level) — per-image values — the mean is drawn with a
     95% bootstrap CI band (:func:`sfsr.evaluation.bootstrap_ci`). Models without levels (e.g. a
@@ -743,7 +743,7 @@ def make_refsr(table: pd.DataFrame, colors: Mapping[str, str] | None = None,
                 banded = True
                 ax.fill_between(x, lo, hi, color=cols[m], alpha=0.18, linewidth=0)
         ax.set_xticks(range(len(levels)), [str(v) for v in levels])
-        ax.set(xlabel="reference similarity level (most → least similar)", ylabel="PSNR-Y (dB)",
+        ax.set(xlabel="reference similarity level (most → least similar)", ylabel=ylabel,
                title="RefSR: quality vs reference similarity"
                + ("  (bands: 95% bootstrap CI)" if banded else ""))
         no_level = {m for m in models if df[df["model"].astype(str) == m]["level"].isna().all()}
@@ -754,9 +754,9 @@ def make_refsr(table: pd.DataFrame, colors: Mapping[str, str] | None = None,
 
 
 def plot_refsr(table: pd.DataFrame, out_png: str | os.PathLike,
-               colors: Mapping[str, str] | None = None) -> list[Path]:
+               colors: Mapping[str, str] | None = None, ylabel: str = "PSNR-Y (dB)") -> list[Path]:
     """Save :func:`make_refsr` as PNG + PDF; returns the two paths."""
-    return _save_and_close(make_refsr(table, colors), out_png)
+    return _save_and_close(make_refsr(table, colors, ylabel=ylabel), out_png)
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Plain functions and one table:
 
 * :data:`GENERATORS`: name -> (class, default kwargs) of every generator (``srresnet``,
-  ``msrresnet``, ``edsr_baseline``, ``edsr``, ``rrdbnet``, ``autoencoder``); the defaults are the
+  ``msrresnet``, ``edsr_baseline``, ``edsr``, ``rrdbnet``, ``autoencoder``, and the reference-based
+  ``ssen`` whose forward is ``forward(lr, ref)``); the defaults are the
   torch-free :data:`sfsr.model_options.GENERATOR_KWARGS`. :func:`build_generator` builds from it. Generators take float RGB NCHW in [0, 1] and return the SR image, approximately in
   [0, 1] (never clamped inside). Every generator has ``.encode(lr)`` (body features at LR size),
   ``.upsample(features)`` (the residual branch), ``.decode(features, lr)``, ``.num_features``,
@@ -32,6 +33,7 @@ from sfsr.models.edsr import EDSR
 from sfsr.models.residual import ResidualBase, SRGenerator, bicubic_upsample
 from sfsr.models.rrdbnet import RRDBNet
 from sfsr.models.srresnet import SRResNet
+from sfsr.models.ssen import SSEN
 
 #: name -> (class, default kwargs): every generator, built as ``cls(scale, **kwargs)``. The defaults
 #: live in the torch-free sfsr.model_options (the workflow checks a config's kwargs against them).
@@ -42,6 +44,7 @@ GENERATORS: dict[str, tuple[type[SRGenerator], dict[str, Any]]] = {
     "edsr": (EDSR, GENERATOR_KWARGS["edsr"]),
     "rrdbnet": (RRDBNet, GENERATOR_KWARGS["rrdbnet"]),
     "autoencoder": (ConvAutoencoderSR, GENERATOR_KWARGS["autoencoder"]),
+    "ssen": (SSEN, GENERATOR_KWARGS["ssen"]),
 }
 DISCRIMINATOR_NAMES = ("vgg", "patchgan")
 
@@ -50,7 +53,7 @@ __all__ = [
     "ResidualBase", "SRGenerator", "bicubic_upsample",
     "build_generator", "build_discriminator", "build_classifier", "classifier_features",
     "generator_spec", "save_generator", "load_generator", "count_parameters",
-    "Classifier", "ConvAutoencoderSR", "EDSR", "PatchDiscriminator", "RRDBNet", "SRResNet",
+    "Classifier", "ConvAutoencoderSR", "EDSR", "PatchDiscriminator", "RRDBNet", "SRResNet", "SSEN",
     "VGGDiscriminator",
 ]
 

@@ -148,6 +148,7 @@ class SSEN(SRGenerator):
         if not 1 <= int(num_deform) <= MAX_DEFORM:
             raise ValueError(f"num_deform must be 1..{MAX_DEFORM} (the paper uses 3), got {num_deform}")
         self.scale = scale
+        self.num_features = num_features
         self.use_reference = bool(use_reference)
         self.lr_head = nn.Conv2d(3, num_features, 1)
         self.extractor = nn.Sequential(*[ResidualBlock(num_features) for _ in range(extract_blocks)])

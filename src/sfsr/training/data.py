@@ -8,6 +8,9 @@
   of uint8 HR patches with the MATLAB-exact bicubic (:func:`make_lr_batch`).
 * :func:`make_loader`: a DataLoader over samples ``[start_iteration * batch, iterations * batch)``.
 * :func:`load_validation_set`: whole validation images (HR cropped to a multiple of the scale, LR).
+* Reference-based SR: :class:`RefPairDataset` (a target patch with the same window of one of its
+  references), :func:`reference_groups` and :func:`load_reference_validation` (each target with its
+  most similar reference).
 * Manifest splits and labels of prepared classification sets: :func:`select_training_images`,
   :class:`ManifestPatchDataset` (patches of the selected images, with labels),
   :func:`load_validation_items` (validation images of one split, with labels),
@@ -182,11 +185,13 @@ def make_loader(dataset: PatchDataset, batch_size: int, *, start_iteration: int 
 
 @dataclass
 class ValidationImage:
-    """One validation image: ``hr`` uint8 HxWx3 (modcropped), ``lr`` uint8 HxWx3, ``gray`` source."""
+    """One validation image: ``hr`` uint8 HxWx3 (modcropped), ``lr`` uint8 HxWx3, ``gray`` source;
+    ``ref``: the HR reference (uint8 HxWx3, any size) for a reference-based generator."""
     name: str
     hr: np.ndarray
     lr: np.ndarray
     gray: bool
+    ref: np.ndarray | None = None
 
 
 def load_validation_set(hr_dirs: Sequence[str | os.PathLike], scale: int,
@@ -344,3 +349,92 @@ def load_validation_items(valid_hr_dirs: Sequence[str | os.PathLike], scale: int
             images.append(item)
             labels.append(by_stem.get(stem) if by_stem else None)
     return images, labels
+
+
+# ------------------------------------------------------------------ reference-based SR
+def reference_groups(hr_dir: str | os.PathLike) -> list[tuple[str, Path, list[Path]]]:
+    """``(group, target, [references, most similar first])`` of a prepared reference set, from its
+    manifest (roles ``target`` and ``ref<k>``)."""
+    frame = _read_manifest(hr_dir)
+    if frame is None or "role" not in frame.columns or not frame["role"].notna().any():
+        raise DataError(f"{hr_dir} is not a prepared reference set: {manifest_path(hr_dir)} has no roles "
+                        "(layouts refgroups, refpairs, builtin_refgroups make them)")
+    out = []
+    for group, rows in frame.groupby("group", sort=False):
+        roles = dict(zip(rows["role"].astype(str), rows["stem"].astype(str)))
+        refs = sorted((r for r in roles if r.startswith("ref")), key=lambda r: int(r[3:]))
+        if "target" not in roles or not refs:
+            raise DataError(f"group {group!r} of {manifest_path(hr_dir)} lacks its target or references")
+        out.append((str(group), Path(hr_dir) / f"{roles['target']}.png",
+                    [Path(hr_dir) / f"{roles[r]}.png" for r in refs]))
+    return out
+
+
+def fit_reference(ref: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A reference resized (bicubic) to ``shape`` (h, w) when its size differs; RGB uint8."""
+    ref = to_rgb(ref)
+    if ref.shape[:2] == tuple(shape):
+        return ref
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(ref).resize((shape[1], shape[0]), Image.BICUBIC))
+
+
+class RefPairDataset(Dataset):
+    """Training samples of reference-based SR: item ``k`` (deterministic given ``(seed, k)``) draws
+    a group, one of its references, an HR window of ``lr_patch * scale`` pixels of the target and
+    the same window of the reference (resized to the target's size first when it differs), and
+    one dihedral augmentation for both. Items: ``hr`` and ``ref`` uint8 CHW tensors."""
+
+    def __init__(self, hr_dirs: Sequence[str | os.PathLike], scale: int, lr_patch: int, *, length: int,
+                 seed: int = 0, augment: bool = True) -> None:
+        if not hr_dirs:
+            raise ConfigError("no reference-based training sets given; list them under 'refsr_train'")
+        self.scale, self.lr_patch, self.hr_patch = int(scale), int(lr_patch), int(lr_patch) * int(scale)
+        self.length, self.seed, self.augment = int(length), int(seed), augment
+        self.groups: list[tuple[np.ndarray, list[np.ndarray]]] = []
+        too_small = []
+        for folder in hr_dirs:
+            for group, target_path, ref_paths in reference_groups(folder):
+                target = to_rgb(modcrop(read_image(target_path), self.scale))
+                if min(target.shape[:2]) < self.hr_patch:
+                    too_small.append(group)
+                    continue
+                refs = [fit_reference(read_image(r), target.shape[:2]) for r in ref_paths]
+                self.groups.append((np.ascontiguousarray(target), refs))
+        if too_small:
+            log.warning("left out %d reference group(s) whose target is smaller than the %d px HR patch: %s",
+                        len(too_small), self.hr_patch, ", ".join(too_small[:10]))
+        if not self.groups:
+            raise DataError(f"no reference group in {', '.join(map(str, hr_dirs))} has a target of at least "
+                            f"{self.hr_patch} px (lr_patch {lr_patch} x scale {scale}); lower lr_patch")
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, int(k)])
+        target, refs = self.groups[int(rng.integers(len(self.groups)))]
+        ref = refs[int(rng.integers(len(refs)))]
+        s, p = self.scale, self.lr_patch
+        y = int(rng.integers(target.shape[0] // s - p + 1)) * s
+        x = int(rng.integers(target.shape[1] // s - p + 1)) * s
+        patches = [target[y:y + p * s, x:x + p * s], ref[y:y + p * s, x:x + p * s]]
+        if self.augment:
+            hflip, vflip, rot = rng.integers(2, size=3)
+            patches = [augment_patch(a, bool(hflip), bool(vflip), bool(rot)) for a in patches]
+        return {key: torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
+                for key, a in zip(("hr", "ref"), patches)}
+
+
+def load_reference_validation(hr_dirs: Sequence[str | os.PathLike], scale: int) -> list[ValidationImage]:
+    """Each target of the reference sets (HR modcropped, its MATLAB-exact bicubic LR) with its most
+    similar reference (``ref1``) at HR."""
+    out = []
+    for folder in hr_dirs:
+        for group, target_path, ref_paths in reference_groups(folder):
+            raw = modcrop(read_image(target_path), scale)
+            out.append(ValidationImage(f"{Path(folder).name}/{group}", to_rgb(raw),
+                                       to_rgb(imresize(raw, scale=1.0 / scale)), raw.ndim == 2,
+                                       ref=to_rgb(read_image(ref_paths[0]))))
+    return out

@@ -40,14 +40,15 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from sfsr import io, provenance
 from sfsr.errors import ConfigError, SfsrError
 from sfsr.models import count_parameters, generator_spec, save_generator
-from sfsr.training.data import (ManifestPatchDataset, PatchDataset, ValidationImage, load_validation_items,
-                                make_loader, make_lr_batch, select_training_images, to_float,
-                                whole_image_lr_patch)
+from sfsr.training.data import (ManifestPatchDataset, PatchDataset, RefPairDataset, ValidationImage,
+                                load_reference_validation, load_validation_items, make_loader, make_lr_batch,
+                                select_training_images, to_float, whole_image_lr_patch)
 from sfsr.training.lr_head import save_lr_head, validate_head
 from sfsr.training.parts import (FrozenClassifier, Parts, build_generator_part, build_parts,
                                  frozen_classifier, pick_device, speed_flags)
@@ -61,6 +62,9 @@ from sfsr.training.validation import bicubic_reference, validate
 log = logging.getLogger("sfsr.training")
 
 STATE_FORMAT = 1
+#: Mean absolute offset (LR-feature pixels) of a reference-based generator's deformable layers above
+#: which the log warns: alignment offsets that large usually mean the training is diverging.
+OFFSET_WARN_PX = 10
 
 
 def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
@@ -136,9 +140,12 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
         lr_patch = whole_image_lr_patch(train_hr_dirs, scale, keep)
         log.info("lr_patch null: LR patches of %d px (HR %d px)", lr_patch, lr_patch * scale)
     if start < stop:
-        loader = _training_batches(cfg, train_hr_dirs, scale, lr_patch, keep, labels, total, start, seed, dev)
-    valid, valid_labels = load_validation_items(valid_hr_dirs, scale, cfg["valid_split"],
-                                                class_to_index if st.lr_head else None)
+        loader = _training_batches(cfg, st, train_hr_dirs, scale, lr_patch, keep, labels, total, start, seed, dev)
+    if st.data == "refsr":  # each target with its most similar reference
+        valid, valid_labels = load_reference_validation(valid_hr_dirs, scale), []
+    else:
+        valid, valid_labels = load_validation_items(valid_hr_dirs, scale, cfg["valid_split"],
+                                                    class_to_index if st.lr_head else None)
     if not valid:
         log.info("no validation images: best.pt is not written")
     bicubic = bicubic_reference(valid, scale) if valid else None
@@ -163,9 +170,10 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
             hr_u8 = batch["hr"].to(dev, non_blocking=True)
             lr_u8 = batch["lr"].to(dev, non_blocking=True) if "lr" in batch else make_lr_batch(hr_u8, scale)
             label = batch["label"].to(dev, non_blocking=True) if "label" in batch else None
+            ref = to_float(batch["ref"], dev, flags["channels_last"]) if "ref" in batch else None
             lr_now = parts.opt_g.param_groups[0]["lr"]
             losses = train_step(parts, to_float(lr_u8, dev, flags["channels_last"]),
-                                to_float(hr_u8, dev, flags["channels_last"]), label)
+                                to_float(hr_u8, dev, flags["channels_last"]), label, ref)
             book.add(losses, lr_now, wait)
             bar.update(1)
             val_now = iteration % cfg["val_every"] == 0 or iteration == total
@@ -248,6 +256,10 @@ class TrainLog:
                "val_psnr_y": math.nan, "val_ssim_y": math.nan, **{k: math.nan for k in self.val_extra},
                "elapsed_s": self.elapsed + now - self.t0}
         self.rows.append(rec)
+        if rec.get("offset", 0.0) > OFFSET_WARN_PX:
+            log.warning("%s: mean |offset| of the deformable layers is %.1f LR-feature pixels at iteration %d "
+                        "(over %d: deformable alignment may be diverging; lower lr or set grad_clip)",
+                        self.stage, rec["offset"], iteration, OFFSET_WARN_PX)
         self.bar.set_postfix({k: f"{rec[k]:.4g}" for k in self.columns} | {
             "lr": f"{rec['lr']:.2e}", "wait": f"{rec['data_wait_fraction']:.0%}"}, refresh=False)
         if self.writer is not None:
@@ -292,13 +304,15 @@ def _resumable_state(state_path: Path, stage: str, fingerprint: str) -> dict | N
     return state
 
 
-def _training_batches(cfg: dict, train_hr_dirs, scale: int, lr_patch: int, keep, labels, total: int,
-                      start: int, seed: int, dev: torch.device):
+def _training_batches(cfg: dict, st: Stage, train_hr_dirs, scale: int, lr_patch: int, keep, labels,
+                      total: int, start: int, seed: int, dev: torch.device):
     """Iterator over the batches of iterations ``start + 1 ... total`` (deterministic per sample)."""
     data_kw = dict(length=total * cfg["batch_size"], seed=seed, lr_source=cfg["lr_source"],
                    cache_mb=cfg["cache_mb"])
-    if keep is None and labels is None:
-        dataset: PatchDataset = PatchDataset(train_hr_dirs, scale, lr_patch, **data_kw)
+    if st.data == "refsr":  # target patches with the same window of a reference (LR made on the fly)
+        dataset: Dataset = RefPairDataset(train_hr_dirs, scale, lr_patch, length=data_kw["length"], seed=seed)
+    elif keep is None and labels is None:
+        dataset = PatchDataset(train_hr_dirs, scale, lr_patch, **data_kw)
     else:
         dataset = ManifestPatchDataset(train_hr_dirs, scale, lr_patch, keep=keep, labels=labels, **data_kw)
     return iter(make_loader(dataset, cfg["batch_size"], start_iteration=start,

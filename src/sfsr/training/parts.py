@@ -237,6 +237,8 @@ def build_parts(st: Stage, cfg: dict, weights: dict[str, float], generator: nn.M
                     "it trains like the gan stage", st.name)
     columns = [*weights] if st.pixel_only else \
         [*weights, "g_total"] + (["d_loss"] if disc is not None else [])
+    if hasattr(generator, "offset_magnitudes") and getattr(generator, "use_reference", False):
+        columns.append("offset")  # mean |offset| of the deformable layers (LR-feature pixels), logged
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if flags["bf16"] \
         else contextlib.nullcontext
     return Parts(generator=generator, head=head, trainable=trainable, ema=ema, opt_g=opt_g,

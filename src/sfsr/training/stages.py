@@ -34,6 +34,10 @@ class Stage:
     ``eval_name``: the evaluation name of its generator, a format string of ``model`` and the
     stage's settings (e.g. ``{model}_{loss_preset}``).
     ``family``: the family of its generator in figures (psnr, gan, semantic, shared, refsr).
+    ``models``: the config list of the models that train it (``sr_models``; ``refsr_models`` for
+    the reference-based stage, whose generators take ``forward(lr, ref)``).
+    ``data`` ``"refsr"``: trains on ``refsr_train`` (a target and a reference per sample),
+    validates on ``refsr_valid`` (each target with its most similar reference).
     """
 
     name: str
@@ -49,6 +53,7 @@ class Stage:
     discriminator: bool = False
     lr_head: bool = False
     outputs: dict[str, str] = field(default_factory=dict)
+    models: str = "sr_models"
 
 
 SR_TERMS = ("pixel", "perceptual", "adversarial")
@@ -71,6 +76,8 @@ STAGES: dict[str, Stage] = {
                     classifier=True, data="classification", terms=LOSS_TERMS,
                     default_weights={"pixel": 1.0, "shared_cls": 0.1}, lr_head=True,
                     outputs={"head": "lr_head.pt"}),
+    "refsr": Stage("refsr", family="refsr", eval_name="{model}", data="refsr", pixel_only=True,
+                   terms=SR_TERMS, default_weights={"pixel": 1.0}, models="refsr_models"),
 }
 STAGE_NAMES = tuple(STAGES)
 #: Stages that start from another stage's generator.pt (``init_checkpoint``).

@@ -17,12 +17,15 @@ def _clip(module: nn.Module, grad_clip: float | None) -> None:
         torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
 
 
-def generator_terms(p: Parts, lr: torch.Tensor, hr: torch.Tensor,
-                    label: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """SR output and the generator's loss terms (only those with a weight)."""
+def generator_terms(p: Parts, lr: torch.Tensor, hr: torch.Tensor, label: torch.Tensor | None,
+                    ref: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """SR output and the generator's loss terms (only those with a weight). ``ref``: the HR
+    reference of a reference-based generator (``forward(lr, ref)``)."""
     w = p.weights
     if p.head is not None:
         sr, logits = p.g_fwd(lr)
+    elif ref is not None:
+        sr = p.g_fwd(lr, ref)
     else:
         sr = p.g_fwd(lr)
     terms = {}
@@ -43,13 +46,18 @@ def generator_terms(p: Parts, lr: torch.Tensor, hr: torch.Tensor,
     return sr, terms
 
 
-def train_step(p: Parts, lr: torch.Tensor, hr: torch.Tensor, label: torch.Tensor | None) -> torch.Tensor:
-    """One optimisation step; returns the detached loss terms in ``p.columns`` order."""
+def train_step(p: Parts, lr: torch.Tensor, hr: torch.Tensor, label: torch.Tensor | None,
+               ref: torch.Tensor | None = None) -> torch.Tensor:
+    """One optimisation step; returns the detached loss terms in ``p.columns`` order (and, for a
+    reference-based generator, the mean absolute offset of its deformable layers)."""
     if p.disc is not None:
         p.disc.requires_grad_(False)
     with p.autocast():
-        sr, terms = generator_terms(p, lr, hr, label)
+        sr, terms = generator_terms(p, lr, hr, label, ref)
         g_loss = total_loss(terms, p.weights)
+    if "offset" in p.columns:  # logged, not a loss term
+        terms["offset"] = torch.tensor(float(sum(p.generator.offset_magnitudes)
+                                             / max(1, len(p.generator.offset_magnitudes))))
     p.opt_g.zero_grad(set_to_none=True)
     g_loss.backward()
     _clip(p.trainable, p.grad_clip)

@@ -28,9 +28,13 @@ def _mean_metrics(images: Sequence[ValidationImage], scale: int, upscale) -> dic
 def validate(model: nn.Module, images: Sequence[ValidationImage], scale: int,
              device: torch.device) -> dict[str, float]:
     """Mean PSNR-Y / SSIM-Y of ``model`` on whole images (float32, outputs quantised to uint8)."""
+    def tensor(image: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].to(device).float().div_(255.0)
+
     def upscale(item: ValidationImage) -> np.ndarray:
-        lr = torch.from_numpy(np.array(item.lr)).permute(2, 0, 1)[None].to(device).float().div_(255.0)
-        return to_uint8(model(lr)[0])
+        if item.ref is not None:  # a reference-based generator: forward(lr, ref)
+            return to_uint8(model(tensor(item.lr), tensor(item.ref))[0])
+        return to_uint8(model(tensor(item.lr))[0])
 
     was_training = model.training
     model.eval()

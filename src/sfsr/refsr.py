@@ -1,0 +1,147 @@
+"""Evaluation of reference-based SR by reference similarity level (docs/refsr.md).
+
+For every group of a prepared reference test set (CUFED5: a target and references 1..5 from most
+to least similar; offline ``builtin_refgroups``: four known levels of difficulty) the target's HR
+image is cropped to a multiple of the scale and its LR made with the project's MATLAB-exact bicubic;
+then, with the project's one metric implementation (:func:`sfsr.metrics.image_metrics`):
+
+* a reference-based generator is run once per reference (``input`` ``ref<k>``, ``level`` k) and
+  once with a **random reference**: the most similar reference of a group cut from another photo
+  (``input`` ``random``; :func:`sfsr.data.refgroups.random_reference_group`);
+* a generator without a reference branch (the no-reference control) and bicubic are run once
+  (``input`` ``none`` / ``bicubic``, no level).
+
+:func:`reference_table` gives one row per (group, input); :func:`reference_summary` the means with
+bootstrap confidence intervals per (model, input).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sfsr.data.bicubic import imresize, modcrop
+from sfsr.data.images import read_image
+from sfsr.data.refgroups import random_reference_group
+from sfsr.errors import DataError
+from sfsr.evaluation import summarize
+from sfsr.metrics import image_metrics
+
+TABLE_COLUMNS = ["model", "dataset", "scale", "group", "input", "level", "psnr_y", "ssim_y", "psnr_rgb",
+                 "convention"]
+
+
+def _photos(hr_dir: Path, groups: list[str]) -> dict[str, str]:
+    """Group -> the photo it was cut from (``references.csv`` of builtin groups); each group is its
+    own scene otherwise (CUFED5)."""
+    table = hr_dir.parent / "references.csv"
+    if table.is_file():
+        frame = pd.read_csv(table, dtype={"group": str, "photo": str})
+        photos = dict(zip(frame["group"], frame["photo"]))
+        return {g: photos.get(g, g) for g in groups}
+    return {g: g for g in groups}
+
+
+def reference_table(hr_dir: str | os.PathLike, scale: int, *, model_name: str, dataset: str,
+                    checkpoint: str | os.PathLike | None = None, device: str = "cpu") -> pd.DataFrame:
+    """Per-group metrics of ``model_name`` on the reference set ``hr_dir`` (a prepared ``HR``
+    folder); ``checkpoint`` None: bicubic. Columns :data:`TABLE_COLUMNS`."""
+    from sfsr.training.data import reference_groups
+
+    hr_dir = Path(hr_dir)
+    groups = reference_groups(hr_dir)
+    names = [g for g, _, _ in groups]
+    photos = _photos(hr_dir, names)
+    first_ref = {g: refs[0] for g, _, refs in groups}
+    model, upscale = None, None
+    if checkpoint is not None:
+        upscale, model = _upscaler(checkpoint, scale, device)
+    rows: list[dict[str, Any]] = []
+    for group, target_path, ref_paths in groups:
+        hr = modcrop(read_image(target_path), scale)
+        lr = imresize(hr, scale=1.0 / scale)
+        if model is None:
+            runs = [("bicubic", np.nan, imresize(lr, scale=scale))]
+        elif not getattr(model, "use_reference", False):
+            runs = [("none", np.nan, upscale(lr, None))]
+        else:
+            runs = [(f"ref{k}", float(k), upscale(lr, read_image(p))) for k, p in enumerate(ref_paths, start=1)]
+            other = random_reference_group(names, photos, group)
+            runs.append(("random", np.nan, upscale(lr, read_image(first_ref[other]))))
+        for name, level, sr in runs:
+            m = image_metrics(hr, sr, scale)
+            rows.append({"model": model_name, "dataset": dataset, "scale": int(scale), "group": group,
+                         "input": name, "level": level, **{k: m[k] for k in ("psnr_y", "ssim_y", "psnr_rgb")},
+                         "convention": m["convention"]})
+    if not rows:
+        raise DataError(f"no reference group in {hr_dir}")
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def _upscaler(checkpoint: str | os.PathLike, scale: int, device: str):
+    import torch
+
+    from sfsr.inference import resolve_device
+    from sfsr.metrics import to_uint8
+    from sfsr.models import load_generator
+
+    device = resolve_device(device)
+    model, ckpt_scale = load_generator(checkpoint, device)
+    if int(ckpt_scale) != int(scale):
+        raise DataError(f"{checkpoint} is a x{ckpt_scale} generator, evaluated at x{scale}; fix the model's scale")
+
+    def tensor(image: np.ndarray) -> torch.Tensor:
+        rgb = np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image
+        return torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float().div(255.0).to(device)
+
+    @torch.inference_mode()
+    def upscale(lr: np.ndarray, ref: np.ndarray | None) -> np.ndarray:
+        out = model(tensor(lr)) if ref is None else model(tensor(lr), tensor(ref))
+        return to_uint8(out[0])
+
+    return upscale, model
+
+
+def reference_summary(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Means and 95% bootstrap intervals per (model, dataset, scale, input), with the level."""
+    summary = summarize(table, by=("model", "dataset", "scale", "input"), n_boot=n_boot, seed=seed)
+    levels = table.drop_duplicates("input").set_index("input")["level"]
+    summary.insert(4, "level", summary["input"].map(levels))
+    return summary.sort_values(["dataset", "scale", "model", "level", "input"], na_position="last",
+                               kind="stable").reset_index(drop=True)
+
+
+def summary_markdown(summary: pd.DataFrame) -> str:
+    """PSNR-Y / SSIM-Y by model (rows) and input (columns: ref1.., random, none, bicubic)."""
+    inputs = sorted(summary["input"].unique(), key=lambda s: (not s.startswith("ref"), len(s), s))
+    lines = []
+    for (dataset, scale), block in summary.groupby(["dataset", "scale"], sort=True):
+        lines += [f"### {dataset} x{scale}", "", "| model | " + " | ".join(inputs) + " |",
+                  "|---|" + "---|" * len(inputs)]
+        for model, rows in block.groupby("model", sort=False):
+            cells = []
+            for name in inputs:
+                hit = rows[rows["input"] == name]
+                cells.append(f"{hit['psnr_y'].iloc[0]:.2f} / {hit['ssim_y'].iloc[0]:.4f}" if len(hit) else "")
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def gain_over_bicubic(table: pd.DataFrame) -> pd.DataFrame:
+    """Per group and input, PSNR-Y minus bicubic's PSNR-Y on the same group (paired: the spread
+    between images cancels, so confidence bands show the uncertainty of the gain). The rows of the
+    reference-based models' random-reference runs are renamed ``<model> (random)``; bicubic is 0."""
+    base = table[table["input"] == "bicubic"].set_index(["dataset", "scale", "group"])["psnr_y"]
+    if base.empty:
+        raise DataError("gain_over_bicubic: the table has no bicubic rows")
+    out = table.copy()
+    key = list(zip(out["dataset"], out["scale"], out["group"]))
+    out["psnr_y"] = out["psnr_y"].to_numpy() - base.reindex(key).to_numpy()
+    out["model"] = [f"{m} (random)" if i == "random" else m for m, i in zip(out["model"], out["input"])]
+    out["level"] = [f"ref{int(v)}" if pd.notna(v) else None for v in out["level"]]
+    return out
