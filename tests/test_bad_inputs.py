@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import os
-import pickle
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from sfsr.data.images import DEFAULT_MAX_IMAGE_PIXELS, read_image, set_max_image
 from sfsr.data.prepare import prepare_dataset
 from sfsr.errors import CLI, WORKFLOW, ConfigError, DataError, ImageError
 from sfsr.evaluation import PSNR_CAP_DB, mean_metrics, summarize
+from test_faults import _corrupt
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 1_000_000  # the pixel limit of these tests: the good images are far below it
@@ -138,11 +138,6 @@ def test_prepare_skips_and_lists_the_bad_image_or_fails_naming_it(tmp_path, case
 
 
 # ------------------------------------------------------------------------------------ checkpoints
-class _Evil:
-    def __reduce__(self):
-        return (os.system, ("touch /tmp/sfsr_bad_inputs_pwned",))
-
-
 @pytest.mark.parametrize("case", ["truncated", "empty", "garbage", "unsafe_pickle", "not_a_generator"])
 def test_cli_upscale_refuses_a_bad_checkpoint_by_name(tmp_path, case, capsys):
     from sfsr.models import build_generator, save_generator
@@ -151,23 +146,16 @@ def test_cli_upscale_refuses_a_bad_checkpoint_by_name(tmp_path, case, capsys):
     ckpt = tmp_path / "generator.pt"
     save_generator(ckpt, build_generator("edsr_baseline", 2, num_blocks=1, num_features=8),
                    {"arch": "edsr_baseline", "scale": 2, "kwargs": {"num_blocks": 1, "num_features": 8}})
-    raw = ckpt.read_bytes()
-    if case == "truncated":
-        ckpt.write_bytes(raw[: len(raw) // 2])
-    elif case == "empty":
-        ckpt.write_bytes(b"")
-    elif case == "garbage":
-        ckpt.write_bytes(np.random.default_rng(0).bytes(4096))
-    elif case == "unsafe_pickle":
-        ckpt.write_bytes(pickle.dumps({"evil": _Evil()}))
-    else:
+    if case == "not_a_generator":
         torch.save({"weights": torch.zeros(3)}, ckpt)
+    else:
+        _corrupt(ckpt, case)  # the corruptions of training states (tests/test_faults.py)
     rc = main(["upscale", "--checkpoint", str(ckpt), "--device", "cpu", "--quiet",
                str(tmp_path / "in"), str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert rc == 2 and str(ckpt) in err and "Traceback" not in err
     assert _leftovers(tmp_path, "out") == []
-    assert not Path("/tmp/sfsr_bad_inputs_pwned").exists()
+    assert not Path("/tmp/sfsr_pwned").exists()
 
 
 # ------------------------------------------------------------------------------------------ paths

@@ -26,14 +26,20 @@ TINY = {
     "sr_models": ["srresnet_x4"], "scales": [4],
     "train": ["builtin_valid"], "valid": ["builtin_valid"], "test": ["builtin_valid"],
     "classification": ["builtin_demo_cls"],
-    "datasets": {"builtin_demo_cls": {"images": ["brick", "grass", "gravel", "coins"],
-                                      "samples_per_class": 8, "hr_size": 32}},
     "classifier": {"input_size": 32, "epochs": 2, "batch_size": 8},
     "training": {"batch_size": 2, "lr_patch": 8, "val_every": 4, "checkpoint_every": 4, "log_every": 2},
     "models": {"srresnet_x4": {"kwargs": {"num_blocks": 1, "num_features": 8},
                                "warmup": {"iterations": 6}, "gan": {"iterations": 4},
                                "semantic": {"iterations": 4, "batch_size": 4},
-                               "shared": {"iterations": 4, "batch_size": 4}}},
+                               "shared": {"iterations": 4, "batch_size": 4}},
+               "ssen_x4": {"kwargs": {"num_blocks": 1, "num_features": 8, "offset_features": 8},
+                           "refsr": {"iterations": 4, "batch_size": 2, "val_every": 2}},
+               "ssen_x4_noref": {"kwargs": {"num_blocks": 1, "num_features": 8},
+                                 "refsr": {"iterations": 4, "batch_size": 2, "val_every": 2}}},
+    "datasets": {"builtin_demo_cls": {"images": ["brick", "grass", "gravel", "coins"],
+                                      "samples_per_class": 8, "hr_size": 32},
+                 "builtin_refgroups_train": {"groups_per_image": 1},
+                 "builtin_refgroups_test": {"groups_per_image": 1}},
     "plots": {"visual_images": 1},
 }
 MODELS = ["bicubic", "srresnet_x4", "srresnet_x4_srgan", "srresnet_x4_semantic", "srresnet_x4_shared"]
@@ -66,6 +72,19 @@ def test_every_stage_produced_its_outputs(study):
     assert "shared_cls" in pd.read_csv(res / "models" / "srresnet_x4" / "shared" / "train_log.csv")
     assert (res / "models" / "srresnet_x4" / "shared" / "lr_head.pt").is_file()
     assert (res / "classifier" / "builtin_demo_cls" / "classifier.pt").is_file()
+
+
+def test_reference_based_sr_is_trained_and_evaluated_per_level(study):
+    _, res = study
+    log = pd.read_csv(res / "models" / "ssen_x4" / "refsr" / "train_log.csv")
+    assert log["iteration"].max() == 4 and "offset" in log.columns
+    summary = pd.read_csv(res / "refsr" / "builtin_refgroups_test_x4.csv")
+    inputs = {(m, i) for m, i in zip(summary["model"], summary["input"])}
+    assert inputs == {("bicubic", "bicubic"), ("ssen_x4_noref", "none"), ("ssen_x4", "random"),
+                      *{("ssen_x4", f"ref{k}") for k in range(1, 5)}}
+    assert (res / "figures" / "refsr_builtin_refgroups_test_x4.png").stat().st_size > 10_000
+    # reference-based models are not evaluated as single-image models
+    assert "ssen_x4" not in set(pd.read_csv(res / "summary.csv")["model"])
 
 
 def test_summary_has_one_row_per_model_dataset_scale(study):

@@ -130,3 +130,20 @@ def torch_save(path: str | os.PathLike, obj: Any) -> None:
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def torch_load(path: str | os.PathLike, what: str, missing: str, unreadable: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU (a pickle that would run code is refused
+    like a corrupt file). A missing file raises :class:`DataError` ``"<what> '<path>' not found;
+    <missing>"``, an unreadable one ``"... cannot be read (<reason>); <unreadable>"``."""
+    import torch
+
+    from sfsr.errors import DataError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} {str(path)!r} not found; {missing}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(f"{what} {str(path)!r} cannot be read ({type(exc).__name__}: {exc}); {unreadable}") from exc

@@ -108,13 +108,8 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") 
 
     A missing, corrupt or mismatching file raises :class:`DataError` naming the path."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"generator checkpoint {str(path)!r} not found; train the model first or fix the path")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DataError(f"generator checkpoint {str(path)!r} cannot be read ({type(exc).__name__}: {exc}); "
-                        "it is corrupt or not a torch file - delete it and re-run training") from exc
+    ckpt = io.torch_load(path, "generator checkpoint", "train the model first or fix the path",
+                         "it is corrupt or not a torch file - delete it and re-run training")
     try:
         arch = ckpt["arch"]
         model = build_generator(arch["name"], arch["scale"], **arch.get("kwargs", {}))

@@ -182,6 +182,11 @@ class SSEN(SRGenerator):
         if self.use_reference:
             if ref is None:
                 raise ValueError("SSEN needs a reference image: forward(lr, ref)")
+            if ref.ndim != 4 or ref.shape[1] != 3:
+                raise ValueError(f"the reference must be an RGB batch (N, 3, H, W), got shape {tuple(ref.shape)}; "
+                                 "replicate a gray reference to three channels")
+            if ref.shape[0] != lr.shape[0]:
+                raise ValueError(f"one reference per LR image: {ref.shape[0]} references for {lr.shape[0]} images")
             aligned = self.reference_features(ref.to(lr.dtype), lr.shape[-2:])
             magnitudes = []
             for layer in self.align:

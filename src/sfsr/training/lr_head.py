@@ -101,13 +101,8 @@ def load_lr_classifier(generator_ckpt: str | os.PathLike, head_ckpt: str | os.Pa
     frozen, in eval mode on ``device``. A missing or mismatching file raises DataError naming it."""
     generator, scale = load_generator(generator_ckpt, "cpu")
     head_ckpt = Path(head_ckpt)
-    if not head_ckpt.is_file():
-        raise DataError(f"LR head checkpoint {str(head_ckpt)!r} not found; train the shared stage first")
-    try:
-        ckpt = torch.load(head_ckpt, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DataError(f"LR head checkpoint {str(head_ckpt)!r} cannot be read ({type(exc).__name__}: "
-                        f"{exc}); delete it and re-run the shared stage") from exc
+    ckpt = io.torch_load(head_ckpt, "LR head checkpoint", "train the shared stage first",
+                         "delete it and re-run the shared stage")
     if not isinstance(ckpt, dict) or ckpt.get("kind") != HEAD_KIND:
         raise DataError(f"{str(head_ckpt)!r} is not an LR head checkpoint of the shared stage (lr_head.pt)")
     if int(ckpt["in_features"]) != int(generator.num_features) or int(ckpt["scale"]) != scale:

@@ -1,0 +1,119 @@
+"""The reference-based SR stage and its evaluation: SSEN trains through the stage table (with
+resume, the offset log and its reference batches), and is evaluated per reference level, with a
+random reference from another photo, against its no-reference control and bicubic."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sfsr.data.prepare import prepare_dataset
+from sfsr.errors import DataError
+from sfsr.models import load_generator
+from sfsr.refsr import gain_over_bicubic, reference_summary, reference_table, summary_markdown
+from sfsr.training.data import RefPairDataset, load_reference_validation, reference_groups
+from sfsr.training.loop import train
+
+TINY = dict(num_features=8, num_blocks=1, extract_blocks=1, offset_features=8, base="bicubic")
+
+
+@pytest.fixture(scope="module")
+def groups(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("refgroups")
+    out = {}
+    for name, photos in (("train", ["astronaut", "coffee"]), ("test", ["chelsea", "stereo_motorcycle"])):
+        prepare_dataset(name, {"source": "builtin", "layout": "builtin_refgroups", "images": photos,
+                               "hr_size": 48, "groups_per_image": 2}, None, root / name)
+        out[name] = root / name / "HR"
+    return out
+
+
+def _cfg(**kw) -> dict:
+    return dict(arch="ssen", scale=4, kwargs=dict(TINY, **kw), iterations=6, batch_size=2, lr_patch=8,
+                lr=1e-3, log_every=2, val_every=3, checkpoint_every=3, num_workers=0, device="cpu")
+
+
+def test_pairs_share_the_window_and_the_augmentation(groups):
+    data = RefPairDataset([groups["train"]], 4, 8, length=8, seed=0, augment=False)
+    item = data[0]
+    assert item["hr"].shape == item["ref"].shape == (3, 32, 32) and item["hr"].dtype == torch.uint8
+    assert torch.equal(data[3]["ref"], data[3]["ref"])  # deterministic per (seed, k)
+    # the reference window is the same window of a similar view: much closer than another sample's
+    same = np.mean([(data[k]["hr"].float() - data[k]["ref"].float()).abs().mean().item() for k in range(8)])
+    other = np.mean([(data[k]["hr"].float() - data[(k + 3) % 8]["ref"].float()).abs().mean().item()
+                     for k in range(8)])
+    assert same < other
+    valid = load_reference_validation([groups["test"]], 4)
+    assert len(valid) == 4 and all(v.ref is not None and v.lr.shape[0] * 4 == v.hr.shape[0] for v in valid)
+
+
+def test_the_refsr_stage_trains_logs_offsets_and_resumes(groups, tmp_path, caplog):
+    kw = dict(train_hr_dirs=[groups["train"]], valid_hr_dirs=[groups["test"]], seed=0)
+    train("refsr", _cfg(), out_dir=tmp_path / "a", max_iterations=3, **kw)
+    with caplog.at_level(logging.INFO, logger="sfsr.training"):
+        out = train("refsr", _cfg(), out_dir=tmp_path / "a", **kw)
+    assert "resuming refsr training" in caplog.text
+    log = pd.read_csv(tmp_path / "a" / "train_log.csv")
+    assert log["iteration"].tolist() == [0, 2, 3, 4, 6] and "offset" in log.columns
+    assert (log["offset"].dropna() >= 0).all() and log["offset"].dropna().iloc[-1] > 0
+    train("refsr", _cfg(), out_dir=tmp_path / "b", **kw)  # uninterrupted
+    a, b = (torch.load(p / "generator.pt", weights_only=True)["state_dict"] for p in (tmp_path / "a", tmp_path / "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    model, scale = load_generator(out)
+    assert scale == 4 and model.use_reference and len(model.align) == 3
+    # the no-reference control trains through the same stage, without an offset column
+    train("refsr", _cfg(use_reference=False), out_dir=tmp_path / "c", **kw)
+    assert "offset" not in pd.read_csv(tmp_path / "c" / "train_log.csv").columns
+
+
+def test_evaluation_per_level_with_a_random_reference_and_the_controls(groups, tmp_path):
+    kw = dict(train_hr_dirs=[groups["train"]], valid_hr_dirs=[groups["test"]], seed=0)
+    ssen = train("refsr", _cfg(), out_dir=tmp_path / "ssen", **kw)
+    noref = train("refsr", _cfg(use_reference=False), out_dir=tmp_path / "noref", **kw)
+    tables = [reference_table(groups["test"], 4, model_name=name, dataset="test", checkpoint=ckpt)
+              for name, ckpt in (("ssen", ssen), ("noref", noref), ("bicubic", None))]
+    table = pd.concat(tables, ignore_index=True)
+    n_groups = len(reference_groups(groups["test"]))
+    counts = table.groupby(["model", "input"]).size()
+    assert counts["ssen"].to_dict() == {"ref1": n_groups, "ref2": n_groups, "ref3": n_groups,
+                                        "ref4": n_groups, "random": n_groups}
+    assert counts["noref"].to_dict() == {"none": n_groups} and counts["bicubic"].to_dict() == {"bicubic": n_groups}
+    assert np.isfinite(table["psnr_y"]).all()
+    # an untrained-at-the-start residual model stays close to bicubic at this budget
+    assert abs(table.loc[table.model == "ssen", "psnr_y"].mean()
+               - table.loc[table.model == "bicubic", "psnr_y"].mean()) < 1.0
+    gains = gain_over_bicubic(table)
+    assert (gains.loc[gains.model == "bicubic", "psnr_y"] == 0).all()
+    assert set(gains["model"]) == {"ssen", "ssen (random)", "noref", "bicubic"}
+    summary = reference_summary(table, n_boot=50)
+    assert list(summary.loc[summary.model == "ssen", "input"]) == ["ref1", "ref2", "ref3", "ref4", "random"]
+    assert "| ssen |" in summary_markdown(summary)
+
+
+def test_bad_references_get_clear_errors(groups, tmp_path):
+    from sfsr.models.ssen import SSEN
+
+    model = SSEN(4, **TINY)
+    with pytest.raises(ValueError, match="needs a reference"):
+        model(torch.rand(1, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"reference must be an RGB batch \(N, 3, H, W\)"):
+        model(torch.rand(1, 3, 8, 8), torch.rand(1, 1, 32, 32))
+    with pytest.raises(ValueError, match="one reference per LR image"):
+        model(torch.rand(2, 3, 8, 8), torch.rand(1, 3, 32, 32))
+    # a reference file listed in the manifest but gone: the file is named
+    folder = tmp_path / "broken"
+    prepare_dataset("broken", {"source": "builtin", "layout": "builtin_refgroups", "images": ["coffee", "chelsea"],
+                               "hr_size": 48, "groups_per_image": 1}, None, folder)
+    (folder / "HR" / "coffee00_2.png").unlink()
+    with pytest.raises(DataError, match="coffee00_2.png"):
+        RefPairDataset([folder / "HR"], 4, 8, length=4)
+    # a folder that is not a reference set
+    plain = tmp_path / "plain"
+    prepare_dataset("plain", {"source": "builtin", "images": ["coffee"]}, None, plain)
+    with pytest.raises(DataError, match="not a prepared reference set"):
+        reference_groups(plain / "HR")
