@@ -14,11 +14,12 @@ import pandas as pd
 
 from sfsr import io, provenance
 from sfsr.evaluation import evaluate_folders, summarize as summarize_table, summary_markdown
-from sfsr.inference import upscale_path
 from sfsr.workflow import run_rule
 
 
 def upscale(smk):
+    from sfsr.inference import upscale_path  # torch: only where a model runs
+
     checkpoint = smk.input.checkpoint if smk.wildcards.model != "bicubic" else None
     upscale_path(smk.input.lr, smk.output[0], scale=int(smk.wildcards.scale), method="bicubic",
                  checkpoint=checkpoint, device=smk.params.device, tile=smk.params.tile,

@@ -13,7 +13,6 @@ import pandas as pd
 
 from sfsr import io, plots
 from sfsr.evaluation import summary_markdown
-from sfsr.inference import upscale_path
 from sfsr.workflow import run_rule
 
 
@@ -40,6 +39,8 @@ def plot_accuracy(smk):
 
 
 def plot_visual(smk):
+    from sfsr.inference import upscale_path  # torch: only where a model runs
+
     w = smk.wildcards
     per_image = pd.concat([pd.read_csv(p) for p in smk.input.metrics], ignore_index=True)
     chosen = plots.pick_images(per_image, n=int(w.rank))

@@ -15,20 +15,20 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import nn
-from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 from sfsr.data.images import DEFAULT_EXTENSIONS as IMAGE_EXTENSIONS
 from sfsr.data.images import images_by_stem, read_image
 from sfsr.errors import DataError, path_problem
 from sfsr.metrics import image_metrics, topk_accuracy
-from sfsr.models.classifier import Classifier
+
+if TYPE_CHECKING:  # torch, torchvision and the classifier are imported where a model runs, so the
+    import torch    # per-image metrics and summaries (light jobs) do not pay for them
+    from torch import nn
 
 METRIC_COLUMNS = ("psnr_y", "ssim_y", "psnr_rgb")
 PSNR_COLUMNS = ("psnr_y", "psnr_rgb")
@@ -200,6 +200,9 @@ def _preprocess(image: np.ndarray, input_size: int, resize_size: int,
                 mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 HxW[x3] -> float 3 x input_size x input_size (resize short side, centre crop, then
     ``(x / 255 - mean) / std``)."""
+    import torch
+    from torchvision.transforms.v2 import functional as TF
+
     image = np.asarray(image)
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
@@ -275,6 +278,10 @@ def classification_accuracy(
     RGB. The classifier is moved to ``device`` and run in eval mode (its mode is restored).
     Returns ``{"top1", "top5", "n"}``.
     """
+    import torch
+
+    from sfsr.models.classifier import Classifier
+
     if isinstance(images, (str, os.PathLike)):
         if manifest is None:
             raise DataError(f"classification_accuracy on the folder {images} needs a manifest "

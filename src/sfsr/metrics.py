@@ -19,15 +19,17 @@ EDSR...), computed in MATLAB:
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+import sys
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
-import torch
 from scipy import ndimage
-from sklearn.metrics import confusion_matrix as _sk_confusion_matrix
 
 from sfsr.data.bicubic import modcrop
 from sfsr.errors import DataError
+
+if TYPE_CHECKING:  # torch is imported only where a tensor is handled (light jobs stay torch-free)
+    import torch
 
 CONVENTION = "y-bt601-matlab;gray-own;shave=scale;modcrop;ssim=gauss11-1.5-valid;uint8-round;v1"
 """Versioned name of the metric convention; stored in every result row. Bump ``v1`` on any change."""
@@ -48,6 +50,12 @@ CONVENTION_INFO: dict[str, Any] = {
     "psnr_rgb": "PSNR over the three shaved RGB channels together (gray HR replicated to RGB)",
 }
 
+def _is_tensor(x: Any) -> bool:
+    """Whether ``x`` is a torch tensor, without importing torch (a tensor implies torch is loaded)."""
+    torch_mod = sys.modules.get("torch")
+    return torch_mod is not None and isinstance(x, torch_mod.Tensor)
+
+
 _Y_WEIGHTS = np.array([65.481, 128.553, 24.966]) / 255.0
 _LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
 _SSIM_SIGMA = 1.5
@@ -61,8 +69,8 @@ def to_uint8(x: torch.Tensor | np.ndarray) -> np.ndarray:
     or ``HW``. Values are computed in float64: clamp to [0, 1], multiply by 255, round half away
     from zero. Returns a uint8 numpy ``HxWxC`` array (``HxW`` for a single channel).
     """
-    if isinstance(x, torch.Tensor):
-        t = x.detach().to("cpu", torch.float64)
+    if _is_tensor(x):
+        t = x.detach().cpu().double()
         if t.ndim == 4:
             if t.shape[0] != 1:
                 raise ValueError(f"to_uint8 takes one image, got a batch of shape {tuple(t.shape)}")
@@ -224,7 +232,18 @@ def image_metrics(hr: np.ndarray, sr: np.ndarray, scale: int) -> dict[str, Any]:
 
 
 def _to_tensor(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    import torch
+
     return x.detach().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if not _is_tensor(x):
+        return np.asarray(x)
+    t = x.detach().cpu()
+    if t.dtype == sys.modules["torch"].bfloat16:  # numpy has no bfloat16; float32 keeps the order
+        t = t.float()
+    return t.numpy()
 
 
 def topk_accuracy(logits: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray | Iterable[int],
@@ -233,6 +252,7 @@ def topk_accuracy(logits: torch.Tensor | np.ndarray, labels: torch.Tensor | np.n
 
     ``logits`` is ``N x num_classes``; ``labels`` holds ``N`` class indices. ``k`` larger than the
     number of classes counts every sample as correct. Returns ``{k: accuracy in [0, 1]}``.
+    (Imports torch: it runs next to a classifier.)
     """
     logits_t = _to_tensor(logits).float()
     labels_t = _to_tensor(labels if not isinstance(labels, (list, tuple)) else np.asarray(labels)).long()
@@ -253,9 +273,17 @@ def confusion_matrix(logits_or_preds: torch.Tensor | np.ndarray, labels: torch.T
                      num_classes: int) -> np.ndarray:
     """``num_classes x num_classes`` counts; rows are true labels, columns predictions.
 
-    Accepts ``N x C`` logits (argmax taken) or ``N`` predicted indices."""
-    pred = _to_tensor(logits_or_preds)
+    Accepts ``N x C`` logits (argmax taken, first maximum on ties) or ``N`` predicted indices.
+    Pairs whose label or prediction is outside ``0..num_classes-1`` are not counted (as
+    scikit-learn's ``confusion_matrix(..., labels=range(num_classes))``). Plain numpy."""
+    pred = _to_numpy(logits_or_preds)
     if pred.ndim == 2:
-        pred = pred.argmax(dim=1)
-    return _sk_confusion_matrix(_to_tensor(labels).numpy(), pred.numpy(),
-                                labels=np.arange(num_classes))
+        pred = pred.argmax(axis=1)
+    true = _to_numpy(labels).ravel().astype(np.int64)
+    pred = pred.ravel().astype(np.int64)
+    if true.shape != pred.shape:
+        raise ValueError(f"confusion_matrix: {true.size} labels but {pred.size} predictions")
+    n = int(num_classes)
+    ok = (true >= 0) & (true < n) & (pred >= 0) & (pred < n)
+    counts = np.bincount(true[ok] * n + pred[ok], minlength=n * n)
+    return counts.reshape(n, n).astype(np.int64)
