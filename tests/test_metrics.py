@@ -251,3 +251,35 @@ def test_topk_more_than_classes_counts_all():
 def test_confusion_matrix_rows_true_columns_pred():
     cm = confusion_matrix(np.array([[0.1, 0.9, 0], [1, 0, 0], [0, 0, 1]]), np.array([0, 0, 2]), 3)
     assert cm.tolist() == [[1, 1, 0], [0, 0, 0], [0, 0, 1]]
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_ssim_bit_identical_to_whole_image_ndimage_filter(monkeypatch, threads):
+    """The banded numpy SSIM equals, bit for bit, filtering the whole images with
+    scipy.ndimage.correlate1d (the definition kept in sfsr.metrics._filter_valid)."""
+    from sfsr import metrics
+
+    monkeypatch.setenv("SFSR_METRIC_THREADS", threads)
+    rng = np.random.default_rng(7)
+    w = metrics._gaussian_window_1d()
+    for shape in [(11, 11), (12, 40), (97, 13), (300, 257)]:
+        a = 16 + rng.random(shape) * 219
+        b = np.clip(a + rng.normal(0, 8, shape), 0, 255)
+        mu_a, mu_b = metrics._filter_valid(a, w), metrics._filter_valid(b, w)
+        var_a = metrics._filter_valid(a * a, w) - mu_a**2
+        var_b = metrics._filter_valid(b * b, w) - mu_b**2
+        cov = metrics._filter_valid(a * b, w) - mu_a * mu_b
+        ref = np.mean((2 * mu_a * mu_b + 6.5025) * (2 * cov + 58.5225)
+                      / ((mu_a**2 + mu_b**2 + 6.5025) * (var_a + var_b + 58.5225)))
+        assert ssim(a, b) == float(ref)
+
+
+def test_psnr_rgb_integer_path_equals_float_psnr():
+    from sfsr.metrics import _psnr_uint8
+
+    rng = np.random.default_rng(8)
+    for shape in [(5, 7, 3), (64, 33, 3), (300, 200, 3)]:
+        a = rng.integers(0, 256, shape, dtype=np.uint8)
+        b = rng.integers(0, 256, shape, dtype=np.uint8)
+        assert _psnr_uint8(a, b) == psnr(a, b)
+    assert _psnr_uint8(a, a) == float("inf")

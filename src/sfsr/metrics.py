@@ -19,11 +19,11 @@ EDSR...), computed in MATLAB:
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
-from scipy import ndimage
 
 from sfsr.data.bicubic import modcrop
 from sfsr.errors import DataError
@@ -127,6 +127,20 @@ def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
     return float(10.0 * np.log10(data_range**2 / mse))
 
 
+def _psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
+    """:func:`psnr` of two uint8 arrays, the same float: the squared errors are integers, so their
+    sum is exact in int64 as in float64 (every partial sum is below 2**53) and the MSE is that sum
+    over the count, as ``np.mean`` computes it."""
+    d = a.astype(np.int16) - b.astype(np.int16)
+    sq = d.astype(np.int32)
+    sq *= sq
+    total = int(sq.sum(dtype=np.int64))
+    if total == 0:
+        return float("inf")
+    mse = np.float64(total) / np.float64(sq.size)
+    return float(10.0 * np.log10(255.0**2 / mse))
+
+
 def _gaussian_window_1d(sigma: float = _SSIM_SIGMA, radius: int = _SSIM_RADIUS) -> np.ndarray:
     x = np.arange(-radius, radius + 1, dtype=np.float64)
     w = np.exp(-(x**2) / (2.0 * sigma**2))
@@ -134,11 +148,75 @@ def _gaussian_window_1d(sigma: float = _SSIM_SIGMA, radius: int = _SSIM_RADIUS) 
 
 
 def _filter_valid(img: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """MATLAB ``filter2(w' * w, img, 'valid')`` for a symmetric separable window."""
+    """MATLAB ``filter2(w' * w, img, 'valid')`` for a symmetric separable window, with
+    ``scipy.ndimage`` (the definition :func:`ssim` reproduces bit for bit; kept for the tests)."""
+    from scipy import ndimage
+
     r = (len(w) - 1) // 2
     out = ndimage.correlate1d(img, w, axis=0, mode="constant")
     out = ndimage.correlate1d(out, w, axis=1, mode="constant")
     return out[r:-r, r:-r]
+
+
+def _valid_pass(x: np.ndarray, w: np.ndarray, axis: int, tmp: np.ndarray) -> np.ndarray:
+    """Valid 1-D correlation of ``x`` along ``axis`` (1 or 2 of a stack of maps) with a symmetric
+    window, in the exact floating-point order of ``scipy.ndimage.correlate1d`` (centre tap, then
+    the outer pairs first: ``acc = x[c] w[r]; acc += (x[c-j] + x[c+j]) w[r-j]`` for ``j = r..1``),
+    so the result is bit-identical to it. ``tmp`` is scratch of the output's shape."""
+    r = (len(w) - 1) // 2
+    n = x.shape[axis] - 2 * r
+
+    def tap(k: int) -> np.ndarray:
+        return x[:, k:k + n] if axis == 1 else x[:, :, k:k + n]
+
+    acc = np.multiply(tap(r), w[r])
+    for j in range(r, 0, -1):
+        np.add(tap(r - j), tap(r + j), out=tmp)
+        tmp *= w[r - j]
+        acc += tmp
+    return acc
+
+
+_SSIM_WINDOW = _gaussian_window_1d()
+_SSIM_BLOCK_VALUES = 1 << 13  # values per map and band: the band's temporaries stay in cache
+
+
+def _ssim_map_rows(a: np.ndarray, b: np.ndarray, out: np.ndarray, r0: int, r1: int,
+                   c1: float, c2: float) -> None:
+    """Rows ``r0:r1`` of the valid SSIM map of ``a`` and ``b`` into ``out``: the same arithmetic
+    as filtering the whole images, one cache-sized band of rows at a time."""
+    w = _SSIM_WINDOW
+    pad = 2 * _SSIM_RADIUS
+    ab = a[r0:r1 + pad]
+    bb = b[r0:r1 + pad]
+    maps = np.empty((5,) + ab.shape)
+    maps[0] = ab
+    maps[1] = bb
+    np.multiply(ab, ab, out=maps[2])
+    np.multiply(bb, bb, out=maps[3])
+    np.multiply(ab, bb, out=maps[4])
+    rows = _valid_pass(maps, w, 1, np.empty((5, r1 - r0, ab.shape[1])))
+    mu_a, mu_b, f_aa, f_bb, f_ab = _valid_pass(rows, w, 2, np.empty((5, r1 - r0, ab.shape[1] - pad)))
+    var_a = f_aa - mu_a**2
+    var_b = f_bb - mu_b**2
+    cov = f_ab - mu_a * mu_b
+    num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
+    den = (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
+    np.divide(num, den, out=out[r0:r1])
+
+
+def _threads() -> int:
+    """Worker threads for SSIM bands: the CPUs this process may use, at most 2 (numpy releases the
+    GIL inside each operation; more threads only add contention on a shared machine). Override
+    with ``SFSR_METRIC_THREADS``."""
+    env = os.environ.get("SFSR_METRIC_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        n = os.cpu_count() or 1
+    return max(1, min(2, n))
 
 
 def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
@@ -147,6 +225,10 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
     11x11 Gaussian window (sigma 1.5), ``K1 = 0.01``, ``K2 = 0.03``, ``L = data_range``; local
     statistics use the biased (population) covariance; the mean is taken over the valid region
     (pixels whose whole window lies inside the image), so images must be at least 11x11.
+
+    The separable filter runs in bands of rows that fit in the CPU cache (on up to two threads)
+    with the floating-point order of ``scipy.ndimage.correlate1d``: the value is bit-identical to
+    filtering the whole images with it (:func:`_filter_valid`).
     """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
@@ -156,15 +238,21 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
         raise ValueError(f"ssim needs images of at least 11x11 pixels, got {a.shape}")
     c1 = (0.01 * data_range) ** 2
     c2 = (0.03 * data_range) ** 2
-    w = _gaussian_window_1d()
-    mu_a = _filter_valid(a, w)
-    mu_b = _filter_valid(b, w)
-    var_a = _filter_valid(a * a, w) - mu_a**2
-    var_b = _filter_valid(b * b, w) - mu_b**2
-    cov = _filter_valid(a * b, w) - mu_a * mu_b
-    num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
-    den = (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
-    return float(np.mean(num / den))
+    pad = 2 * _SSIM_RADIUS
+    h, w = a.shape[0] - pad, a.shape[1] - pad
+    out = np.empty((h, w), dtype=np.float64)
+    band = max(8, _SSIM_BLOCK_VALUES // a.shape[1])
+    starts = list(range(0, h, band))
+    threads = min(_threads(), len(starts))
+    if threads > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda r0: _ssim_map_rows(a, b, out, r0, min(h, r0 + band), c1, c2), starts))
+    else:
+        for r0 in starts:
+            _ssim_map_rows(a, b, out, r0, min(h, r0 + band), c1, c2)
+    return float(np.mean(out))
 
 
 def _split_channels(img: np.ndarray, what: str) -> np.ndarray:
@@ -210,6 +298,7 @@ def image_metrics(hr: np.ndarray, sr: np.ndarray, scale: int) -> dict[str, Any]:
     if min(hr.shape[:2]) - 2 * s < 2 * _SSIM_RADIUS + 1:
         raise DataError(f"image of {hr.shape[1]}x{hr.shape[0]} is too small to evaluate at x{scale} "
                         f"(needs at least {2 * s + 11} pixels per side)")
+    hr, sr = hr[s:-s, s:-s], sr[s:-s, s:-s]  # shave first: every channel value is per pixel
     hr_rgb = np.repeat(hr[:, :, None], 3, axis=2) if hr.ndim == 2 else hr
     sr_rgb = np.repeat(sr[:, :, None], 3, axis=2) if sr.ndim == 2 else sr
     if hr.ndim == 2:
@@ -220,11 +309,10 @@ def image_metrics(hr: np.ndarray, sr: np.ndarray, scale: int) -> dict[str, Any]:
         channel = "y"
         hr_c = rgb_to_y(hr_rgb)
         sr_c = rgb_to_y(sr_rgb)
-    hr_c, sr_c = hr_c[s:-s, s:-s], sr_c[s:-s, s:-s]
     return {
         "psnr_y": psnr(hr_c, sr_c),
         "ssim_y": ssim(hr_c, sr_c),
-        "psnr_rgb": psnr(hr_rgb[s:-s, s:-s], sr_rgb[s:-s, s:-s]),
+        "psnr_rgb": _psnr_uint8(hr_rgb, sr_rgb),
         "channel": channel,
         "crop_border": s,
         "convention": CONVENTION,
