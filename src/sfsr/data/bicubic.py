@@ -15,15 +15,22 @@ images, which is how the SR benchmarks' LR images were made:
   zero, saturate to 0..255) before the next pass; float input is never rounded;
 * output size ``ceil(in * scale)`` when a scale is given.
 
-The per-dimension weights and indices are precomputed once; each pass is a gather + weighted sum
-over the (few) kernel taps, vectorised over all pixels. Torch tensors stay on their device so LR
-patches can be made on the GPU during training.
+The per-dimension weights and indices are precomputed once (and cached). When they are the same
+for every output pixel -- integer downscaling factors, bit for bit -- a pass is a strided 1-D filter
+over the symmetric-padded axis (``_strided_plan``), computed in cache-sized bands on up to two
+threads (:func:`resize_threads`, ``SFSR_RESIZE_THREADS``); otherwise (upscaling, non-integer
+factors) a gather + weighted sum over the (few) kernel taps. Both forms do the same floating-point
+operations in the same order (``acc = x_0 w_0; acc += x_k w_k``), so every path gives identical
+bits. CPU tensors outside autograd and ``torch.compile`` run on the numpy kernels in their own
+dtype (no oversubscribed intra-op pool); other tensors stay on their device (LR patches made on the
+GPU during training).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import os
 import sys
 from typing import Any
 
@@ -41,10 +48,11 @@ def _cubic(x: np.ndarray) -> np.ndarray:
             + (-0.5 * absx3 + 2.5 * absx2 - 4.0 * absx + 2.0) * ((absx > 1) & (absx <= 2)))
 
 
-def contributions(in_length: int, out_length: int, scale: float,
-                  antialiasing: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Weights (out_length x P, float64) and 0-based input indices (out_length x P) of one
-    dimension, as MATLAB's ``contributions`` computes them."""
+def _raw_contributions(in_length: int, out_length: int, scale: float,
+                       antialiasing: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Weights (out_length x P, float64) and 0-based input indices *before mirroring* (may lie
+    outside ``0..in_length-1``) of one dimension, with the taps that are zero for every output
+    pixel dropped: MATLAB's ``contributions`` up to the symmetric padding."""
     if in_length < 1 or out_length < 1:
         raise ValueError(f"imresize: lengths must be >= 1, got in={in_length}, out={out_length}")
     kernel_width = KERNEL_WIDTH
@@ -61,10 +69,60 @@ def contributions(in_length: int, out_length: int, scale: float,
     indices = left[:, None] + np.arange(taps, dtype=np.float64)[None, :]  # 1-based, may be out of range
     weights = kernel(u[:, None] - indices)
     weights = weights / np.sum(weights, axis=1, keepdims=True)
-    mirror = np.concatenate([np.arange(in_length), np.arange(in_length - 1, -1, -1)])
-    indices = mirror[np.mod(indices.astype(np.int64) - 1, mirror.size)]
     keep = np.any(weights != 0, axis=0)
-    return np.ascontiguousarray(weights[:, keep]), np.ascontiguousarray(indices[:, keep])
+    raw = indices.astype(np.int64) - 1
+    return np.ascontiguousarray(weights[:, keep]), np.ascontiguousarray(raw[:, keep])
+
+
+def _mirror(raw: np.ndarray, in_length: int) -> np.ndarray:
+    """MATLAB's symmetric padding of 0-based indices: ``[0..n-1, n-1..0]`` repeated."""
+    mirror = np.concatenate([np.arange(in_length), np.arange(in_length - 1, -1, -1)])
+    return mirror[np.mod(raw, mirror.size)]
+
+
+def contributions(in_length: int, out_length: int, scale: float,
+                  antialiasing: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Weights (out_length x P, float64) and 0-based input indices (out_length x P) of one
+    dimension, as MATLAB's ``contributions`` computes them."""
+    weights, raw = _raw_contributions(in_length, out_length, scale, antialiasing)
+    return weights, np.ascontiguousarray(_mirror(raw, in_length))
+
+
+class _Strided:
+    """One pass whose weights are the same for every output pixel (integer downscaling factors):
+    output ``i`` is ``sum_k w[k] * padded[start + step * i + offsets[k]]`` over the
+    symmetric-padded input, a strided 1-D filter (``offsets``: the kept taps, increasing; MATLAB
+    drops taps whose weight is zero everywhere, also inside the kernel, e.g. at distance 1/scale).
+    ``pad_index`` gathers the padded axis (``None``: no padding needed)."""
+
+    __slots__ = ("weights", "offsets", "start", "step", "pad_index")
+
+    def __init__(self, weights: np.ndarray, offsets: tuple[int, ...], start: int, step: int,
+                 pad_index: np.ndarray | None):
+        self.weights, self.offsets, self.start = weights, offsets, start
+        self.step, self.pad_index = step, pad_index
+
+
+@functools.lru_cache(maxsize=256)
+def _strided_plan(in_length: int, out_length: int, scale: float) -> _Strided | None:
+    """The strided form of a pass when MATLAB's weights are identical (bit for bit) for every
+    output pixel and the taps advance by a constant integer step; else ``None`` (general gather).
+    Shared: nothing may write to its arrays."""
+    weights, raw = _raw_contributions(in_length, out_length, scale)
+    if not np.all(weights == weights[0]):
+        return None
+    steps = np.diff(raw[:, 0])
+    step = int(steps[0]) if steps.size else 1
+    if step < 1 or not np.all(steps == step):
+        return None
+    offsets = raw[0] - raw[0, 0]
+    if not np.all(raw - raw[:, :1] == offsets):
+        return None
+    lo = max(0, -int(raw[0, 0]))
+    hi = max(0, int(raw[-1, -1]) - (in_length - 1))
+    pad_index = _mirror(np.arange(-lo, in_length + hi), in_length) if (lo or hi) else None
+    return _Strided(np.ascontiguousarray(weights[0]), tuple(int(o) for o in offsets),
+                    int(raw[0, 0]) + lo, step, pad_index)
 
 
 @functools.lru_cache(maxsize=256)
@@ -102,6 +160,125 @@ def _round_uint8_np(x: np.ndarray) -> np.ndarray:
     return np.clip(r, 0, 255)
 
 
+#: float64 values of one band's accumulator (256 KiB): a band's temporaries stay in the L2 cache.
+_BAND_VALUES = 1 << 15
+#: below this many output values a pass runs on the calling thread (patches, small images).
+_THREADED_MIN_VALUES = 1 << 17
+_POOL: Any = None
+_POOL_KEY: tuple[int, int] | None = None
+
+
+def resize_threads() -> int:
+    """Threads of one numpy resize pass: ``SFSR_RESIZE_THREADS`` if set, else the CPUs this
+    process may use, at most 2. Bands are handed out one at a time, so a thread on a core that
+    another process keeps busy just takes fewer bands (no collapse, unlike a static split)."""
+    env = os.environ.get("SFSR_RESIZE_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        n = os.cpu_count() or 1
+    return max(1, min(2, n))
+
+
+def _pool(threads: int) -> Any:
+    """A thread pool per process (re-made after a fork: a forked child has no worker threads)."""
+    global _POOL, _POOL_KEY
+    key = (os.getpid(), threads)
+    if _POOL_KEY != key:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(threads, thread_name_prefix="sfsr-imresize")
+        _POOL_KEY = key
+    return _POOL
+
+
+def _run_bands(work: Any, starts: range, out_values: int) -> None:
+    threads = resize_threads() if out_values >= _THREADED_MIN_VALUES else 1
+    if threads > 1 and len(starts) > 1:
+        list(_pool(threads).map(work, starts))
+    else:
+        for r0 in starts:
+            work(r0)
+
+
+def _strided_pass_np(x: np.ndarray, dim: int, plan: _Strided, out_len: int, is_uint8: bool,
+                     work_dtype: Any) -> np.ndarray:
+    """One pass as a strided filter, in bands of output (``dim`` 0) or of rows (``dim`` 1), with the
+    arithmetic of the gather path: ``acc = x_0 w_0``, then ``acc += x_k w_k`` in tap order, in
+    ``work_dtype``; uint8: MATLAB's rounding, stored as uint8 (exact: the values are integers)."""
+    xp = np.take(x, plan.pad_index, axis=dim) if plan.pad_index is not None else x
+    w = plan.weights.astype(work_dtype)
+    offs, step, start = plan.offsets, plan.step, plan.start
+    reach = offs[-1] + 1  # input positions one output's taps span
+    shape = list(x.shape)
+    shape[dim] = out_len
+    out = np.empty(shape, dtype=np.uint8 if is_uint8 else work_dtype)
+    if dim == 0:
+        band = max(1, _BAND_VALUES // max(1, int(np.prod(shape[1:]))))
+        starts = range(0, out_len, band)
+    else:
+        band = max(1, _BAND_VALUES // max(1, int(np.prod(shape[1:]))))
+        starts = range(0, shape[0], band)
+
+    def work(r0: int) -> None:
+        if dim == 0:
+            r1 = min(out_len, r0 + band)
+            span = step * (r1 - r0 - 1) + 1
+            src = xp[start + step * r0: start + step * r0 + span + reach - 1].astype(work_dtype)
+
+            def tap(k: int) -> np.ndarray:
+                return src[offs[k]:offs[k] + span:step]
+        else:
+            r1 = min(shape[0], r0 + band)
+            span = step * (out_len - 1) + 1
+            src = xp[r0:r1, start:start + span + reach - 1].astype(work_dtype)
+
+            def tap(k: int) -> np.ndarray:
+                return src[:, offs[k]:offs[k] + span:step]
+        acc = np.multiply(tap(0), w[0])
+        tmp = np.empty_like(acc)
+        for k in range(1, len(offs)):
+            np.multiply(tap(k), w[k], out=tmp)
+            acc += tmp
+        out[r0:r1] = _round_uint8_np(acc) if is_uint8 else acc
+
+    _run_bands(work, starts, out.size)
+    return out
+
+
+def _gather_pass_np(x: np.ndarray, dim: int, weights: np.ndarray, indices: np.ndarray,
+                    is_uint8: bool, work_dtype: Any) -> np.ndarray:
+    """One pass in the general form (weights that vary per output pixel): a gather + weighted sum
+    over the (few) kernel taps, vectorised over all pixels."""
+    moved = np.moveaxis(x, dim, 0)
+    w = weights.astype(work_dtype)
+    wshape = (w.shape[0],) + (1,) * (moved.ndim - 1)
+    acc = w[:, 0].reshape(wshape) * moved[indices[:, 0]].astype(work_dtype)
+    for k in range(1, w.shape[1]):  # loop over kernel taps only (<= 34)
+        acc += w[:, k].reshape(wshape) * moved[indices[:, k]].astype(work_dtype)
+    if is_uint8:
+        acc = _round_uint8_np(acc).astype(np.uint8)
+    return np.moveaxis(acc, 0, dim)
+
+
+def _resize_np_core(image: np.ndarray, out_shape: tuple[int, int], scales: tuple[float, float],
+                    order: list[int], work_dtype: Any) -> np.ndarray:
+    """Both passes on an ``HxW[xC...]`` array (uint8: rounded after each pass, else never)."""
+    is_uint8 = image.dtype == np.uint8
+    x = image
+    for dim in order:
+        in_len = x.shape[dim]
+        plan = _strided_plan(in_len, out_shape[dim], scales[dim])
+        if plan is not None:
+            x = _strided_pass_np(x, dim, plan, out_shape[dim], is_uint8, work_dtype)
+        else:
+            weights, indices = _cached_contributions(in_len, out_shape[dim], scales[dim])
+            x = _gather_pass_np(x, dim, weights, indices, is_uint8, work_dtype)
+    return x
+
+
 def _resize_numpy(image: np.ndarray, scale: float | None,
                   output_shape: tuple[int, int] | None) -> np.ndarray:
     if image.ndim not in (2, 3):
@@ -110,23 +287,28 @@ def _resize_numpy(image: np.ndarray, scale: float | None,
     if not (is_uint8 or np.issubdtype(image.dtype, np.floating)):
         raise TypeError(f"imresize: numpy input must be uint8 or floating point, got {image.dtype}")
     out_shape, scales, order = _plan(image.shape[:2], scale, output_shape)
-    x = image.astype(np.float64)
-    for dim in order:
-        weights, indices = contributions(x.shape[dim], out_shape[dim], scales[dim])
-        moved = np.moveaxis(x, dim, 0)
-        wshape = (weights.shape[0],) + (1,) * (moved.ndim - 1)
-        acc = weights[:, 0].reshape(wshape) * moved[indices[:, 0]]
-        for k in range(1, weights.shape[1]):  # loop over kernel taps only (<= 34)
-            acc += weights[:, k].reshape(wshape) * moved[indices[:, k]]
-        if is_uint8:
-            acc = _round_uint8_np(acc)
-        x = np.moveaxis(acc, 0, dim)
+    x = _resize_np_core(image, out_shape, scales, order, np.float64)
     if is_uint8:
-        return x.astype(np.uint8)
+        return x
     return x.astype(image.dtype, copy=False)
 
 
-def _resize_torch(image: Any, scale: float | None, output_shape: tuple[int, int] | None) -> Any:
+def _torch_on_numpy(image: Any) -> bool:
+    """Whether a torch tensor is resized by the numpy kernels: CPU tensors outside autograd and
+    outside ``torch.compile`` tracing. They then run on at most :func:`resize_threads` threads
+    instead of torch's intra-op pool, with the same arithmetic (same dtype, same order)."""
+    import torch
+
+    if image.device.type != "cpu" or image.requires_grad:
+        return False
+    compiler = getattr(torch, "compiler", None)
+    return not (compiler is not None and compiler.is_compiling())
+
+
+def _resize_torch(image: Any, scale: float | None, output_shape: tuple[int, int] | None,
+                  native: bool | None = None) -> Any:
+    """``native=None``: CPU tensors go through the numpy kernels (:func:`_torch_on_numpy`);
+    ``True`` forces the torch kernels (GPU, autograd, compile; benchmarks compare both)."""
     import torch
 
     if image.ndim < 2:
@@ -141,17 +323,46 @@ def _resize_torch(image: Any, scale: float | None, output_shape: tuple[int, int]
     else:
         raise TypeError(f"imresize: torch input must be uint8 or floating point, got {image.dtype}")
     out_shape, scales, order = _plan(tuple(image.shape[-2:]), scale, output_shape)
+    if native is None:
+        native = not _torch_on_numpy(image)
+    if not native:
+        lead = tuple(image.shape[:-2])
+        h, w = image.shape[-2:]
+        src = image.detach().reshape(-1, h, w)
+        if src.dtype in (torch.float16, torch.bfloat16):
+            src = src.float()
+        arr = src.numpy().transpose(1, 2, 0)  # H x W x N view: the passes run on the two first axes
+        np_work = np.float64 if work_dtype == torch.float64 else np.float32
+        out = _resize_np_core(arr, out_shape, scales, order, np_work)
+        res = torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
+        return res.reshape(*lead, *out_shape).to(image.dtype)
     x = image.to(work_dtype)
     for dim in order:
         axis = x.ndim - 2 + dim
-        weights, indices = _cached_contributions(x.shape[axis], out_shape[dim], scales[dim])
-        w = torch.as_tensor(weights, dtype=work_dtype, device=x.device)
-        idx = torch.as_tensor(indices, dtype=torch.long, device=x.device)
-        wshape = [1] * x.ndim
-        wshape[axis] = -1
-        acc = x.index_select(axis, idx[:, 0]) * w[:, 0].view(wshape)
-        for k in range(1, w.shape[1]):  # loop over kernel taps only (<= 34)
-            acc = acc + x.index_select(axis, idx[:, k]) * w[:, k].view(wshape)
+        plan = _strided_plan(x.shape[axis], out_shape[dim], scales[dim])
+        if plan is not None:
+            if plan.pad_index is not None:
+                x = x.index_select(axis, torch.as_tensor(plan.pad_index, dtype=torch.long,
+                                                         device=x.device))
+            w = torch.as_tensor(plan.weights, dtype=work_dtype, device=x.device)
+            span = plan.step * (out_shape[dim] - 1) + 1
+
+            def tap(k: int) -> Any:
+                return x.narrow(axis, plan.start + plan.offsets[k], span)[(slice(None),) * axis
+                                                            + (slice(None, None, plan.step),)]
+
+            acc = tap(0) * w[0]
+            for k in range(1, w.shape[0]):
+                acc = acc + tap(k) * w[k]
+        else:
+            weights, indices = _cached_contributions(x.shape[axis], out_shape[dim], scales[dim])
+            w = torch.as_tensor(weights, dtype=work_dtype, device=x.device)
+            idx = torch.as_tensor(indices, dtype=torch.long, device=x.device)
+            wshape = [1] * x.ndim
+            wshape[axis] = -1
+            acc = x.index_select(axis, idx[:, 0]) * w[:, 0].view(wshape)
+            for k in range(1, w.shape[1]):  # loop over kernel taps only (<= 34)
+                acc = acc + x.index_select(axis, idx[:, k]) * w[:, k].view(wshape)
         if is_uint8:
             r = torch.floor(acc)
             acc = torch.clamp(r + ((acc - r) >= 0.5).to(work_dtype), 0, 255)
