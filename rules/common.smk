@@ -104,8 +104,12 @@ def stage_checkpoint(model, stage):
 def stage_models(stage):
     """Models that train this stage: of the stage's model list (sr_models, or refsr_models for the
     reference-based stage), every model the stages without init, the optional stages only where
-    models.<m>.<stage> is not null."""
-    return [m for m in config[STAGES[stage].models] if config["models"][m].get(stage, {}) is not None]
+    models.<m>.<stage> is not null; a control stage: the models of the stage it controls (when the
+    config key 'controls' is on)."""
+    st = STAGES[stage]
+    if st.control_of is not None:  # budget-matched controls of the models that train the stage
+        return stage_models(st.control_of) if config["controls"] else []
+    return [m for m in config[st.models] if config["models"][m].get(stage, {}) is not None]
 
 
 def perceptual_classifier(model, stage):

@@ -117,3 +117,14 @@ def test_bad_references_get_clear_errors(groups, tmp_path):
     prepare_dataset("plain", {"source": "builtin", "images": ["coffee"]}, None, plain)
     with pytest.raises(DataError, match="not a prepared reference set"):
         reference_groups(plain / "HR")
+
+
+def test_reference_levels_restrict_what_training_draws(groups):
+    everything = RefPairDataset([groups["train"]], 4, 8, length=4, seed=0)
+    similar = RefPairDataset([groups["train"]], 4, 8, length=4, seed=0, levels=[1])
+    assert all(len(refs) == 4 for _, refs in everything.groups) and all(len(refs) == 1 for _, refs in similar.groups)
+    from sfsr.errors import ConfigError
+    from sfsr.training.settings import resolve_config
+    assert resolve_config({**_cfg(), "reference_levels": [1, 2]})["reference_levels"] == [1, 2]
+    with pytest.raises(ConfigError, match="reference_levels"):
+        resolve_config({**_cfg(), "reference_levels": [0]})

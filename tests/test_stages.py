@@ -24,9 +24,10 @@ def _cfg(**overrides):
 
 
 def test_table_constants_follow_the_table():
-    assert stages.STAGE_NAMES == ("warmup", "gan", "semantic", "shared", "refsr")
-    assert stages.INIT_STAGES == ("gan", "semantic", "shared")
-    assert stages.CLASSIFIER_STAGES == ("semantic", "shared")
+    assert stages.STAGE_NAMES == ("warmup", "gan", "semantic", "shared", "refsr", "semantic_control",
+                                  "shared_control")
+    assert stages.INIT_STAGES == ("gan", "semantic", "shared", "semantic_control", "shared_control")
+    assert stages.CLASSIFIER_STAGES == ("semantic", "shared", "semantic_control", "shared_control")
     for name, st in stages.STAGES.items():
         assert st.name == name
         assert st.init is None or st.init in stages.STAGES
@@ -41,8 +42,9 @@ def test_schema_has_one_section_per_stage():
     stage defaults to {} (always trained), the others to null (optional)."""
     model = load_schema()["$defs"]["sr_model"]["properties"]
     stage_keys = [k for k in model if k not in ("arch", "scale", "kwargs")]
-    assert stage_keys == list(stages.STAGES)
-    for name, st in stages.STAGES.items():
+    trained = {n: st for n, st in stages.STAGES.items() if st.control_of is None}  # controls reuse
+    assert stage_keys == list(trained)
+    for name, st in trained.items():
         assert model[name]["default"] == ({} if st.init is None else None), name
 
 
@@ -50,7 +52,8 @@ def test_evaluation_names_follow_the_table():
     cfg = {"loss_preset": "srgan"}
     names = {s: stages.evaluation_name(s, "m", cfg) for s in stages.STAGES}
     assert names == {"warmup": "m", "gan": "m_srgan", "semantic": "m_semantic", "shared": "m_shared",
-                     "refsr": "m"}
+                     "refsr": "m", "semantic_control": "m_semantic_control",
+                     "shared_control": "m_shared_control"}
 
 
 def test_stage_weights_per_stage():
@@ -102,3 +105,24 @@ def test_experiment_files_name_only_known_stages():
         for name, model in (cfg.get("models") or {}).items():
             extra = set(model) - {"arch", "scale", "kwargs"} - set(stages.STAGES)
             assert not extra, f"{path.name}: models.{name} has {extra}"
+
+
+def test_a_control_differs_from_its_stage_only_in_the_zeroed_weights():
+    """The budget-matched controls: the controlled stage's section, initialisation and data, its
+    prior / head weight 0, and nothing else."""
+    from sfsr.training.settings import stage_config
+
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    model = config["sr_models"][0]
+    for control, stage in (("semantic_control", "semantic"), ("shared_control", "shared")):
+        st, ct = stages.STAGES[stage], stages.STAGES[control]
+        assert (ct.init, ct.data, ct.classifier, ct.family) == (st.init, st.data, st.classifier, st.family)
+        a, b = stage_config(config, model, stage), stage_config(config, model, control)
+        assert {k for k in a if a[k] != b[k]} == {"loss_weights"}
+        assert {t: w for t, w in b["loss_weights"].items() if a["loss_weights"].get(t) != w} == \
+            {t: 0.0 for t in ct.zero_terms}
+        weights = stage_weights(control, resolve_config(b))
+        assert not set(weights) & set(ct.zero_terms)
+        assert {t: w for t, w in stage_weights(stage, resolve_config(a)).items()
+                if t not in ct.zero_terms} == weights
+    assert not stages.STAGES["shared_control"].lr_head and stages.STAGES["shared"].lr_head

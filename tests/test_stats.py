@@ -54,3 +54,20 @@ def test_paired_table_against_a_reference():
     assert not math.isnan(table.loc["sr", "gap_low"])
     with pytest.raises(DataError, match="no predictions for the reference"):
         paired_table(correct, "control")
+
+
+def test_accuracy_table_gains_paired_columns_against_bicubic_and_the_control():
+    import pandas as pd
+
+    from sfsr.stats import add_paired_columns
+
+    correct = {"hr": [1, 1, 1, 1, 1, 1], "bicubic": [0, 1, 0, 0, 1, 0], "m_semantic": [1, 1, 1, 0, 1, 0],
+               "m_semantic_control": [1, 1, 0, 0, 1, 0], "m_lr_head": [0, 0, 0, 0, 1, 0]}
+    table = pd.DataFrame({"input": ["hr", "bicubic", "m_semantic", "m_semantic_control", "m_lr_head", "x"]})
+    out = add_paired_columns(table, correct, n_boot=100).set_index("input")
+    assert out.loc["m_semantic", ["fixed_vs_bicubic", "broken_vs_bicubic"]].tolist() == [2, 0]
+    assert out.loc["m_semantic", "control"] == "m_semantic_control"
+    assert out.loc["m_semantic", ["fixed_vs_control", "broken_vs_control"]].tolist() == [1, 0]
+    assert out.loc["m_semantic", "p_vs_control"] == pytest.approx(1.0)  # one discordant image
+    assert pd.isna(out.loc["m_semantic_control", "control"]) and np.isnan(out.loc["x", "p_vs_bicubic"])
+    assert out.loc["m_lr_head", ["fixed_vs_bicubic", "broken_vs_bicubic"]].tolist() == [0, 1]

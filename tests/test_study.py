@@ -42,8 +42,9 @@ TINY = {
                  "builtin_refgroups_test": {"groups_per_image": 1}},
     "plots": {"visual_images": 1},
 }
-MODELS = ["bicubic", "srresnet_x4", "srresnet_x4_srgan", "srresnet_x4_semantic", "srresnet_x4_shared"]
-STAGES = {"warmup": 6, "gan": 4, "semantic": 4, "shared": 4}
+MODELS = ["bicubic", "srresnet_x4", "srresnet_x4_srgan", "srresnet_x4_semantic", "srresnet_x4_shared",
+          "srresnet_x4_semantic_control", "srresnet_x4_shared_control"]
+STAGES = {"warmup": 6, "gan": 4, "semantic": 4, "shared": 4, "semantic_control": 4, "shared_control": 4}
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +75,19 @@ def test_every_stage_produced_its_outputs(study):
     assert (res / "classifier" / "builtin_demo_cls" / "classifier.pt").is_file()
 
 
+def test_controls_train_like_their_stage_without_the_prior_or_head(study):
+    _, res = study
+    folder = res / "models" / "srresnet_x4"
+    for stage, gone in (("semantic", "semantic_kl"), ("shared", "shared_cls")):
+        main = json.loads((folder / stage / "provenance.json").read_text())
+        control = json.loads((folder / f"{stage}_control" / "provenance.json").read_text())
+        assert gone in main["loss_weights"] and gone not in control["loss_weights"]
+        assert {k: v for k, v in main["loss_weights"].items() if k != gone} == control["loss_weights"]
+        assert main["init_checkpoint"] == control["init_checkpoint"]
+        assert main["train_hr_dirs"] == control["train_hr_dirs"] and main["iterations"] == control["iterations"]
+    assert not (folder / "shared_control" / "lr_head.pt").exists()
+
+
 def test_reference_based_sr_is_trained_and_evaluated_per_level(study):
     _, res = study
     log = pd.read_csv(res / "models" / "ssen_x4" / "refsr" / "train_log.csv")
@@ -97,7 +111,7 @@ def test_summary_has_one_row_per_model_dataset_scale(study):
     assert (trained["params"] > 0).all() and (trained["train_time_s"] > 0).all()
     assert summary["convention"].nunique() == 1
     assert (res / "summary.md").read_text().count("srresnet_x4_srgan") == 2
-    assert (res / "summary.md").read_text().count("srresnet_x4_semantic") == 2
+    assert len(re.findall(r"srresnet_x4_semantic\s*\|", (res / "summary.md").read_text())) == 2
 
 
 def test_accuracy_table_joins_hr_bicubic_and_models(study):
@@ -111,6 +125,15 @@ def test_accuracy_table_joins_hr_bicubic_and_models(study):
     assert (acc.n == (manifest.split == "test").sum()).all()
     assert np.isnan(row.loc["hr", "psnr_y"]) and np.isfinite(row.loc["srresnet_x4", "psnr_y"])
     assert np.isnan(row.loc["srresnet_x4_lr_head", "psnr_y"])  # classifies LR, makes no image
+    # paired statistics on the same test images: vs bicubic, and each model vs its control
+    assert row.loc["srresnet_x4_semantic", "control"] == "srresnet_x4_semantic_control"
+    assert row.loc["srresnet_x4_shared", "control"] == "srresnet_x4_shared_control"
+    for name in ("srresnet_x4_semantic", "srresnet_x4_shared"):
+        assert 0 <= row.loc[name, "p_vs_control"] <= 1 and 0 <= row.loc[name, "p_vs_bicubic"] <= 1
+        assert row.loc[name, "diff_vs_control_low"] <= row.loc[name, "diff_vs_control_high"]
+        fixed, broken = row.loc[name, ["fixed_vs_bicubic", "broken_vs_bicubic"]]
+        n = row.loc[name, "n"]
+        assert row.loc[name, "top1"] - row.loc["bicubic", "top1"] == pytest.approx((fixed - broken) / n)
 
 
 def test_figures_exist_and_are_not_blank(study):

@@ -11,7 +11,9 @@ import pandas as pd
 
 from sfsr import io
 from sfsr.evaluation import accuracy_table as make_accuracy_table
+from sfsr.errors import DataError
 from sfsr.evaluation import mean_metrics, split_accuracy
+from sfsr.stats import add_paired_columns
 from sfsr.training.classifier import train_classifier
 from sfsr.training.lr_head import load_lr_classifier
 from sfsr.workflow import run_rule
@@ -49,12 +51,23 @@ def accuracy_table(smk):
         per_image = per_image[per_image["image"].isin(test_stems)]
         metrics[per_image["model"].iloc[0]] = mean_metrics(per_image)
     table = make_accuracy_table(accuracies, metrics)
+    # paired statistics on the same test images: vs bicubic and vs each model's budget-matched control
+    order = {name: rec.get("images") for name, rec in accuracies.items() if "correct_top1" in rec}
+    reference = next(iter(order.values()), None)
+    mismatched = sorted(n for n, images in order.items() if images != reference)
+    if mismatched:
+        raise DataError(f"classification records {mismatched} list other test images than the rest; "
+                        "re-run the classify jobs of this set")
+    table = add_paired_columns(table, {n: accuracies[n]["correct_top1"] for n in order})
     table.insert(0, "scale", int(smk.wildcards.scale))
     table.insert(0, "dataset", smk.wildcards.dataset)
     io.write_csv(smk.output.csv, table)
     io.write_text(smk.output.md, table.to_markdown(index=False, floatfmt=".4f") + "\n\n"
                   "top1/top5 on the test split; gap_closed = (acc - acc_bicubic) / "
-                  "(acc_hr - acc_bicubic); PSNR/SSIM on the same images (Y channel).\n")
+                  "(acc_hr - acc_bicubic); PSNR/SSIM on the same images (Y channel). Paired on the "
+                  "same images: fixed/broken = images right/wrong that bicubic (or the model's "
+                  "budget-matched control) gets wrong/right, p = exact McNemar, *_low/*_high = 95% "
+                  "paired-bootstrap intervals of the top-1 difference and of gap_closed.\n")
 
 
 run_rule(snakemake, {"pretrain_classifier": pretrain_classifier, "classify": classify,  # noqa: F821

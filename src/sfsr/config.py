@@ -216,7 +216,9 @@ def check_training(config: dict) -> None:
         for stage, st in STAGES.items():
             if st.models != ("refsr_models" if name in config.get("refsr_models", []) else "sr_models"):
                 continue
-            if st.init is not None and model.get(stage) is None:  # an optional stage not trained
+            if st.init is not None and model.get(st.control_of or stage) is None:  # not trained
+                continue
+            if st.control_of and not config.get("controls", True):
                 continue
             try:
                 resolve_config(stage_config(config, name, stage))

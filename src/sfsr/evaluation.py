@@ -276,7 +276,8 @@ def classification_accuracy(
     (default) normalises unless the classifier is a :class:`sfsr.models.classifier.Classifier`,
     which normalises inside its ``forward`` and takes [0, 1] RGB. Gray images are replicated to
     RGB. The classifier is moved to ``device`` and run in eval mode (its mode is restored).
-    Returns ``{"top1", "top5", "n"}``.
+    Returns ``{"top1", "top5", "n", "correct_top1", "images"}``: the per-image top-1 correctness
+    (in image order) and the image names (stems), for paired statistics (:mod:`sfsr.stats`).
     """
     import torch
 
@@ -315,7 +316,10 @@ def classification_accuracy(
     finally:
         classifier.train(was_training)
     acc = topk_accuracy(torch.cat(logits), torch.tensor(labels), ks=(1, 5))
-    return {"top1": acc[1], "top5": acc[5], "n": len(items)}
+    all_logits = torch.cat(logits)
+    correct = (all_logits.topk(1, dim=1).indices[:, 0] == torch.tensor(labels)).tolist()  # as top1, per image
+    names = [x.stem if isinstance(x, Path) else str(i) for i, x in enumerate(items)]
+    return {"top1": acc[1], "top5": acc[5], "n": len(items), "correct_top1": correct, "images": names}
 
 
 def accuracy_table(accuracies: Mapping[str, Mapping[str, Any]],

@@ -93,3 +93,35 @@ def paired_table(correct: Mapping[str, Sequence[bool]], reference: str, *, hr: s
                      "diff_low": boot["diff_low"], "diff_high": boot["diff_high"],
                      "gap_low": boot.get("gap_low", np.nan), "gap_high": boot.get("gap_high", np.nan)})
     return pd.DataFrame(rows)
+
+
+def add_paired_columns(table: pd.DataFrame, correct: Mapping[str, Sequence[bool]], *, hr: str = "hr",
+                       bicubic: str = "bicubic", control_suffix: str = "_control", n_boot: int = 2000,
+                       seed: int = 0) -> pd.DataFrame:
+    """The accuracy table (one row per ``input``) with paired statistics against bicubic
+    (``fixed_vs_bicubic``, ``broken_vs_bicubic``, ``p_vs_bicubic``, ``top1_diff_low/high``,
+    ``gap_closed_low/high``) and, for an input whose ``<input>_control`` was also classified,
+    against that budget-matched control (``control``, ``fixed_vs_control``, ``broken_vs_control``,
+    ``p_vs_control``, ``diff_vs_control_low/high``). Inputs without per-image predictions get NaN."""
+    out = table.copy()
+    names = [n for n in out["input"] if n in correct]
+    vs_bic = paired_table({n: correct[n] for n in names}, bicubic, hr=hr, bicubic=bicubic, n_boot=n_boot,
+                          seed=seed).set_index("input") if bicubic in correct else pd.DataFrame()
+    cols = {"fixed_vs_bicubic": "fixed", "broken_vs_bicubic": "broken", "p_vs_bicubic": "mcnemar_p",
+            "top1_diff_low": "diff_low", "top1_diff_high": "diff_high", "gap_closed_low": "gap_low",
+            "gap_closed_high": "gap_high"}
+    for new, old in cols.items():
+        out[new] = [vs_bic.loc[n, old] if n in vs_bic.index else np.nan for n in out["input"]]
+    controls = {n: f"{n}{control_suffix}" for n in names if f"{n}{control_suffix}" in correct}
+    out["control"] = [controls.get(n) for n in out["input"]]
+    for col in ("fixed_vs_control", "broken_vs_control", "p_vs_control", "diff_vs_control_low",
+                "diff_vs_control_high"):
+        out[col] = np.nan
+    for name, control in controls.items():
+        row = paired_table({name: correct[name], control: correct[control]}, control, n_boot=n_boot,
+                           seed=seed).iloc[0]
+        at = out["input"] == name
+        out.loc[at, ["fixed_vs_control", "broken_vs_control", "p_vs_control", "diff_vs_control_low",
+                     "diff_vs_control_high"]] = [row["fixed"], row["broken"], row["mcnemar_p"],
+                                                 row["diff_low"], row["diff_high"]]
+    return out

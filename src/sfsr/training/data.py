@@ -384,10 +384,11 @@ class RefPairDataset(Dataset):
     """Training samples of reference-based SR: item ``k`` (deterministic given ``(seed, k)``) draws
     a group, one of its references, an HR window of ``lr_patch * scale`` pixels of the target and
     the same window of the reference (resized to the target's size first when it differs), and
-    one dihedral augmentation for both. Items: ``hr`` and ``ref`` uint8 CHW tensors."""
+    one dihedral augmentation for both. ``levels``: draw only references of these levels (1 = the
+    most similar; groups without one are left out). Items: ``hr`` and ``ref`` uint8 CHW tensors."""
 
     def __init__(self, hr_dirs: Sequence[str | os.PathLike], scale: int, lr_patch: int, *, length: int,
-                 seed: int = 0, augment: bool = True) -> None:
+                 seed: int = 0, augment: bool = True, levels: Sequence[int] | None = None) -> None:
         if not hr_dirs:
             raise ConfigError("no reference-based training sets given; list them under 'refsr_train'")
         self.scale, self.lr_patch, self.hr_patch = int(scale), int(lr_patch), int(lr_patch) * int(scale)
@@ -400,6 +401,10 @@ class RefPairDataset(Dataset):
                 if min(target.shape[:2]) < self.hr_patch:
                     too_small.append(group)
                     continue
+                if levels is not None:  # references of these levels only (1 = most similar)
+                    ref_paths = [r for k, r in enumerate(ref_paths, start=1) if k in set(levels)]
+                    if not ref_paths:
+                        continue
                 refs = [fit_reference(read_image(r), target.shape[:2]) for r in ref_paths]
                 self.groups.append((np.ascontiguousarray(target), refs))
         if too_small:

@@ -310,7 +310,8 @@ def _training_batches(cfg: dict, st: Stage, train_hr_dirs, scale: int, lr_patch:
     data_kw = dict(length=total * cfg["batch_size"], seed=seed, lr_source=cfg["lr_source"],
                    cache_mb=cfg["cache_mb"])
     if st.data == "refsr":  # target patches with the same window of a reference (LR made on the fly)
-        dataset: Dataset = RefPairDataset(train_hr_dirs, scale, lr_patch, length=data_kw["length"], seed=seed)
+        dataset: Dataset = RefPairDataset(train_hr_dirs, scale, lr_patch, length=data_kw["length"], seed=seed,
+                                          levels=cfg["reference_levels"])
     elif keep is None and labels is None:
         dataset = PatchDataset(train_hr_dirs, scale, lr_patch, **data_kw)
     else:

@@ -232,7 +232,7 @@ def build_parts(st: Stage, cfg: dict, weights: dict[str, float], generator: nn.M
                                             input_size=classifier.size if classifier else None)
             except ValueError as exc:
                 raise ConfigError(f"training setting 'semantic': {exc}") from None
-    if prior is None and any(t in st.default_weights for t in SEMANTIC_TERMS):
+    if prior is None and st.control_of is None and any(t in st.default_weights for t in SEMANTIC_TERMS):
         log.warning("%s stage with no semantic term (loss_weights.semantic_kl and semantic_feat are 0): "
                     "it trains like the gan stage", st.name)
     columns = [*weights] if st.pixel_only else \

@@ -45,6 +45,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "num_workers": 4,
     "lr_source": "on_the_fly",
     "cache_mb": 4096,
+    "reference_levels": None,
     "pixel_loss": "l1",
     "loss_preset": "esrgan",
     "loss_weights": {},
@@ -90,12 +91,16 @@ def stage_config(config: dict, model: str, stage: str) -> dict:
         raise ConfigError(f"model {model!r} is not defined under 'models' (defined: "
                           f"{', '.join(sorted(models)) or 'none'})")
     entry = models[model]
+    st = STAGES[stage]
+    key = st.control_of or stage  # a control trains with the settings of the stage it controls
     # the stage trained from scratch (warmup) is every model's; the others are null when not wanted
-    section = entry.get(stage, {} if STAGES[stage].init is None else None)
+    section = entry.get(key, {} if st.init is None else None)
     if section is None:
-        raise ConfigError(f"config key 'models.{model}.{stage}' is null: this model has no {stage} "
+        raise ConfigError(f"config key 'models.{model}.{key}' is null: this model has no {key} "
                           "stage; give it a mapping (possibly {}) to train it")
     cfg = _merge(_merge(TRAINING_DEFAULTS, config.get("training")), section)
+    if st.zero_terms:
+        cfg["loss_weights"] = {**cfg["loss_weights"], **{t: 0.0 for t in st.zero_terms}}
     cfg.update(arch=entry["arch"], scale=int(entry["scale"]), kwargs=dict(entry.get("kwargs") or {}))
     return cfg
 
@@ -145,6 +150,11 @@ def resolve_config(cfg: dict) -> dict:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ConfigError(f"training setting 'loss_weights.{term}' must be a number >= 0, got {value!r}")
     _check_semantic(out["semantic"], out["shared"])
+    levels = out["reference_levels"]
+    if levels is not None and (not isinstance(levels, list) or not levels
+                               or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in levels)):
+        raise ConfigError(f"training setting 'reference_levels' must be null (every reference) or a list of "
+                          f"reference levels >= 1 (1 = most similar), got {levels!r}")
     if out["ema_decay"] is not None and not 0 <= out["ema_decay"] < 1:
         raise ConfigError(f"training setting 'ema_decay' must be in [0, 1) or null, got {out['ema_decay']}")
     return out

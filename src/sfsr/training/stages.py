@@ -10,7 +10,7 @@ Everything that differs between stages is a field of :class:`Stage`; the trainin
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,10 @@ class Stage:
     the reference-based stage, whose generators take ``forward(lr, ref)``).
     ``data`` ``"refsr"``: trains on ``refsr_train`` (a target and a reference per sample),
     validates on ``refsr_valid`` (each target with its most similar reference).
+    ``control_of``: a budget-matched control of that stage: the same settings (the controlled
+    stage's section of each model), initialisation, images, iterations and losses, except the
+    ``zero_terms`` weighted 0 (and no LR head). Trained for every model that trains the controlled
+    stage when the config key ``controls`` is on.
     """
 
     name: str
@@ -54,6 +58,8 @@ class Stage:
     lr_head: bool = False
     outputs: dict[str, str] = field(default_factory=dict)
     models: str = "sr_models"
+    control_of: str | None = None
+    zero_terms: tuple[str, ...] = ()
 
 
 SR_TERMS = ("pixel", "perceptual", "adversarial")
@@ -79,6 +85,12 @@ STAGES: dict[str, Stage] = {
     "refsr": Stage("refsr", family="refsr", eval_name="{model}", data="refsr", pixel_only=True,
                    terms=SR_TERMS, default_weights={"pixel": 1.0}, models="refsr_models"),
 }
+# Budget-matched controls: the semantic stage without its prior, the shared stage without its head.
+STAGES["semantic_control"] = replace(STAGES["semantic"], name="semantic_control",
+                                     eval_name="{model}_semantic_control", control_of="semantic",
+                                     zero_terms=SEMANTIC_TERMS)
+STAGES["shared_control"] = replace(STAGES["shared"], name="shared_control", eval_name="{model}_shared_control",
+                                   control_of="shared", zero_terms=("shared_cls",), lr_head=False, outputs={})
 STAGE_NAMES = tuple(STAGES)
 #: Stages that start from another stage's generator.pt (``init_checkpoint``).
 INIT_STAGES = tuple(s.name for s in STAGES.values() if s.init is not None)
