@@ -312,7 +312,9 @@ def refsr_eval_inputs(wildcards):
 
 
 def refsr_targets():
-    """Summary table, markdown and figure of every refsr test set at every scale of refsr_models."""
+    """Summary table, markdown and figure of every refsr test set at every scale of refsr_models,
+    and the learning curves of the refsr stage."""
     scales = sorted({config["models"][m]["scale"] for m in stage_models("refsr")})
-    return [f"{RESULTS}/{kind}" for d in config["refsr"] for s in scales
-            for kind in (f"refsr/{d}_x{s}.csv", f"refsr/{d}_x{s}.md", f"figures/refsr_{d}_x{s}.png")]
+    curves = [f"{RESULTS}/figures/training_refsr.png"] if scales else []
+    return curves + [f"{RESULTS}/{kind}" for d in config["refsr"] for s in scales
+                     for kind in (f"refsr/{d}_x{s}.csv", f"refsr/{d}_x{s}.md", f"figures/refsr_{d}_x{s}.png")]

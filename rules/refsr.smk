@@ -37,6 +37,7 @@ rule refsr_summary:
     output:
         csv=f"{RESULTS}/refsr/{{dataset}}_x{{scale}}.csv",
         md=f"{RESULTS}/refsr/{{dataset}}_x{{scale}}.md",
+        paired=f"{RESULTS}/refsr/{{dataset}}_x{{scale}}_vs_control.csv",
         png=report(f"{RESULTS}/figures/refsr_{{dataset}}_x{{scale}}.png", caption="../report/refsr.rst",
                    category="Reference-based SR"),
     log:

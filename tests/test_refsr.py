@@ -128,3 +128,20 @@ def test_reference_levels_restrict_what_training_draws(groups):
     assert resolve_config({**_cfg(), "reference_levels": [1, 2]})["reference_levels"] == [1, 2]
     with pytest.raises(ConfigError, match="reference_levels"):
         resolve_config({**_cfg(), "reference_levels": [0]})
+
+
+def test_paired_comparison_with_the_control_by_hand():
+    from sfsr.refsr import paired_against_controls, paired_markdown
+
+    rows = []
+    for g, (ref1, rnd, none) in enumerate([(31.0, 30.0, 30.5), (32.0, 31.0, 31.0), (30.0, 29.5, 30.5)]):
+        for model, name, level, value in (("s", "ref1", 1.0, ref1), ("s", "random", np.nan, rnd),
+                                          ("c", "none", np.nan, none)):
+            rows.append({"model": model, "dataset": "d", "scale": 4, "group": f"g{g}", "input": name,
+                         "level": level, "psnr_y": value})
+    paired = paired_against_controls(pd.DataFrame(rows), n_boot=200).set_index("input")
+    assert list(paired.index) == ["ref1", "random"] and set(paired["control"]) == {"c"}
+    assert paired.loc["ref1", "diff_psnr_y"] == pytest.approx((0.5 + 1.0 - 0.5) / 3)
+    assert paired.loc["ref1", "wins"] == 2 and paired.loc["random", "wins"] == 0
+    assert paired.loc["random", "diff_low"] <= paired.loc["random", "diff_psnr_y"] <= paired.loc["random", "diff_high"]
+    assert "| s | ref1 | c | +0.333 |" in paired_markdown(paired.reset_index())

@@ -25,12 +25,15 @@ def refsr_metrics(smk):
 
 def refsr_summary(smk):
     from sfsr.plots import plot_refsr
-    from sfsr.refsr import gain_over_bicubic, reference_summary, summary_markdown
+    from sfsr.refsr import (gain_over_bicubic, paired_against_controls, paired_markdown, reference_summary,
+                            summary_markdown)
 
     table = pd.concat([pd.read_csv(p) for p in smk.input.tables], ignore_index=True)
     summary = reference_summary(table)
     io.write_csv(smk.output.csv, summary)
-    io.write_text(smk.output.md, summary_markdown(summary))
+    paired = paired_against_controls(table)  # each reference-based run vs the no-reference control
+    io.write_csv(smk.output.paired, paired)
+    io.write_text(smk.output.md, summary_markdown(summary) + "\n" + paired_markdown(paired))
     # the figure: the gain over bicubic on the same group, per reference level; the random
     # reference, the no-reference control and bicubic (0) as horizontal lines
     plot_refsr(gain_over_bicubic(table), smk.output.png, ylabel="PSNR-Y gain over bicubic (dB)")
