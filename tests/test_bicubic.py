@@ -278,3 +278,14 @@ def test_torch_cpu_path_keeps_autograd():
     y = imresize(x, 1 / 4)
     y.sum().backward()
     assert x.grad is not None and x.grad.shape == x.shape
+
+
+def test_matrix_form_only_where_sums_are_exact():
+    """x1/2, x1/4, x1/8 have dyadic weights (exact sums: the matrix form is used); x1/3 does not
+    (the tap-by-tap form keeps the reference's order)."""
+    from sfsr.data.bicubic import _strided_plan
+
+    for s in (2, 4, 8):
+        assert _strided_plan(96, 96 // s, 1 / s).exact_uint8
+    assert not _strided_plan(96, 32, 1 / 3).exact_uint8
+    assert _strided_plan(20, 40, 2.0) is None  # upscaling: weights vary per output pixel

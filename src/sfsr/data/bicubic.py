@@ -95,12 +95,26 @@ class _Strided:
     drops taps whose weight is zero everywhere, also inside the kernel, e.g. at distance 1/scale).
     ``pad_index`` gathers the padded axis (``None``: no padding needed)."""
 
-    __slots__ = ("weights", "offsets", "start", "step", "pad_index")
+    __slots__ = ("weights", "offsets", "start", "step", "pad_index", "exact_uint8")
 
     def __init__(self, weights: np.ndarray, offsets: tuple[int, ...], start: int, step: int,
                  pad_index: np.ndarray | None):
         self.weights, self.offsets, self.start = weights, offsets, start
         self.step, self.pad_index = step, pad_index
+        self.exact_uint8 = _exact_on_uint8(weights)
+
+
+def _exact_on_uint8(weights: np.ndarray) -> bool:
+    """Whether ``sum_k w_k x_k`` is computed *exactly* in float64 for any uint8 ``x_k``, in any
+    order of the additions (also with fused multiply-adds): true when every weight is a multiple of
+    ``2**-e`` (dyadic, as for the factors 1/2, 1/4, 1/8) and ``255 * sum|w| * 2**e < 2**53``, so
+    that every product and partial sum is an integer multiple of ``2**-e`` that float64 holds
+    exactly. Then a matrix product gives the very bits of the tap-by-tap sum."""
+    for e in range(0, 48):
+        scaled = weights * (2.0 ** e)  # exact: a power of two
+        if np.all(scaled == np.floor(scaled)):
+            return bool(255.0 * np.sum(np.abs(weights)) * 2.0 ** e < 2.0 ** 52)
+    return False
 
 
 @functools.lru_cache(maxsize=256)
@@ -194,7 +208,7 @@ def _pool(threads: int) -> Any:
     return _POOL
 
 
-def _run_bands(work: Any, starts: range, out_values: int) -> None:
+def _run_bands(work: Any, starts: Any, out_values: int) -> None:
     threads = resize_threads() if out_values >= _THREADED_MIN_VALUES else 1
     if threads > 1 and len(starts) > 1:
         list(_pool(threads).map(work, starts))
@@ -203,11 +217,70 @@ def _run_bands(work: Any, starts: range, out_values: int) -> None:
             work(r0)
 
 
+_MM_BLOCK = 4  # outputs per block of the matrix form (a 4 x (4 step + reach) band matrix)
+_MM_MNK = 200_000  # M*N*K of one product: OpenBLAS stays single-threaded below 262144 (its default)
+
+
+def _round_into(acc: np.ndarray, out: np.ndarray) -> None:
+    """``out[...] = _round_uint8_np(acc)``, in place (``acc`` is overwritten)."""
+    r = np.floor(acc)
+    acc -= r  # the fraction: exact
+    r += acc >= 0.5
+    np.clip(r, 0, 255, out=r)
+    out[...] = r
+
+
+def _matrix_pass_uint8(x: np.ndarray, dim: int, plan: _Strided, out_len: int) -> np.ndarray:
+    """A strided pass on uint8 data whose sums are exact in float64 (:func:`_exact_on_uint8`), as
+    matrix products: blocks of ``_MM_BLOCK`` outputs are one small band matrix times a window of
+    input rows (a strided view, no copy), in bands of rows converted to float64 in cache, on up to
+    two threads. Exact sums make the result bit-identical to the tap-by-tap form."""
+    from numpy.lib.stride_tricks import as_strided
+
+    xs = np.swapaxes(x, 0, 1) if dim == 1 else x
+    xp = np.take(xs, plan.pad_index, axis=0) if plan.pad_index is not None else xs
+    rest = xp.shape[1:]
+    n = int(np.prod(rest))
+    xp2 = xp.reshape(xp.shape[0], n)
+    m, step, offs = _MM_BLOCK, plan.step, plan.offsets
+    reach = offs[-1] + 1
+    k_rows = step * (m - 1) + reach
+    t = np.zeros((m, k_rows))
+    for i in range(m):
+        t[i, [step * i + o for o in offs]] = plan.weights
+    cols = max(64, _MM_MNK // (m * k_rows))  # columns per product (the pool threads, not BLAS's)
+    blocks = -(-out_len // m)
+    per_band = max(1, (4 * _BAND_VALUES // max(1, min(n, cols))) // (step * m))
+    out = np.empty((blocks * m, n), dtype=np.uint8)
+    tasks = [(b0, c0) for b0 in range(0, blocks, per_band) for c0 in range(0, n, cols)]
+
+    def work(task: tuple[int, int]) -> None:
+        b0, c0 = task
+        b1 = min(blocks, b0 + per_band)
+        c1 = min(n, c0 + cols)
+        first = plan.start + step * m * b0
+        rows = step * (m * (b1 - b0) - 1) + reach
+        band = np.zeros((rows, c1 - c0))
+        have = xp2[first:first + rows, c0:c1]  # the last block may run past the end: zeros there
+        band[:have.shape[0]] = have
+        win = as_strided(band, shape=(b1 - b0, k_rows, c1 - c0),
+                         strides=(band.strides[0] * step * m, band.strides[0], band.strides[1]),
+                         writeable=False)
+        acc = np.matmul(t, win).reshape((b1 - b0) * m, c1 - c0)
+        _round_into(acc, out[b0 * m:b1 * m, c0:c1])
+
+    _run_bands(work, tasks, out.size)
+    res = out[:out_len].reshape((out_len,) + rest)
+    return np.ascontiguousarray(np.swapaxes(res, 0, 1)) if dim == 1 else res
+
+
 def _strided_pass_np(x: np.ndarray, dim: int, plan: _Strided, out_len: int, is_uint8: bool,
                      work_dtype: Any) -> np.ndarray:
     """One pass as a strided filter, in bands of output (``dim`` 0) or of rows (``dim`` 1), with the
     arithmetic of the gather path: ``acc = x_0 w_0``, then ``acc += x_k w_k`` in tap order, in
     ``work_dtype``; uint8: MATLAB's rounding, stored as uint8 (exact: the values are integers)."""
+    if is_uint8 and plan.exact_uint8:
+        return _matrix_pass_uint8(x, dim, plan, out_len)
     xp = np.take(x, plan.pad_index, axis=dim) if plan.pad_index is not None else x
     w = plan.weights.astype(work_dtype)
     offs, step, start = plan.offsets, plan.step, plan.start
@@ -242,7 +315,10 @@ def _strided_pass_np(x: np.ndarray, dim: int, plan: _Strided, out_len: int, is_u
         for k in range(1, len(offs)):
             np.multiply(tap(k), w[k], out=tmp)
             acc += tmp
-        out[r0:r1] = _round_uint8_np(acc) if is_uint8 else acc
+        if is_uint8:
+            _round_into(acc, out[r0:r1])
+        else:
+            out[r0:r1] = acc
 
     _run_bands(work, starts, out.size)
     return out
