@@ -15,10 +15,11 @@ from sfsr.models.ssen import SSEN, DeformableAlignment, NonLocalBlock
 TINY = dict(num_features=8, num_blocks=1, extract_blocks=1, offset_features=8)
 
 
+@pytest.mark.parametrize("ref_downsample", ["conv", "unshuffle"])
 @pytest.mark.parametrize("scale", [2, 3, 4])
-def test_output_shapes_and_a_reference_of_another_size(scale):
+def test_output_shapes_and_a_reference_of_another_size(scale, ref_downsample):
     torch.manual_seed(0)
-    model = SSEN(scale, **TINY)
+    model = SSEN(scale, ref_downsample=ref_downsample, **TINY)
     lr = torch.rand(2, 3, 12, 10)
     assert model(lr, torch.rand(2, 3, 12 * scale, 10 * scale)).shape == (2, 3, 12 * scale, 10 * scale)
     # a reference of another size (CUFED5 references are) is resized to the target's HR size
@@ -39,6 +40,9 @@ def test_deformable_layers_and_the_non_local_switch_are_honoured(num_deform, non
     for bad in (0, 6):
         with pytest.raises(ValueError, match="num_deform must be 1..5"):
             SSEN(4, num_deform=bad, **TINY)
+    from sfsr.models import build_generator
+    with pytest.raises(ValueError, match="'ref_downsample'.*'conv' or 'unshuffle'"):
+        build_generator("ssen", 4, ref_downsample="stride")
 
 
 def test_offsets_start_at_zero_so_a_fresh_layer_is_a_plain_convolution():

@@ -22,7 +22,7 @@ GENERATOR_KWARGS: dict[str, dict[str, Any]] = {
     # reference-based SR (refsr_models, stage refsr): EDSR-baseline trunk + SSEN alignment (paper: 3
     # deformable layers, non-local offset estimator); use_reference false: the no-reference control
     "ssen": {"num_blocks": 16, "num_features": 64, "extract_blocks": 5, "num_deform": 3, "non_local": True,
-             "offset_features": 64, "use_reference": True, "base": "none"},
+             "offset_features": 64, "use_reference": True, "ref_downsample": "conv", "base": "none"},
 }
 #: Generators that take a reference image: forward(lr, ref).
 REFERENCE_GENERATORS = ("ssen",)
@@ -41,6 +41,9 @@ def generator_kwargs(name: str, scale: int, kwargs: dict[str, Any]) -> dict[str,
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for generator {name!r}; valid: {sorted(allowed)}")
     full = {**allowed, **kwargs}
+    if full.get("ref_downsample", "conv") not in ("conv", "unshuffle"):
+        raise ValueError(f"option 'ref_downsample' of generator {name!r} must be 'conv' or 'unshuffle', "
+                         f"got {full['ref_downsample']!r}")
     if full["base"] not in BASES:
         raise ValueError(f"unknown base {full['base']!r} for generator {name!r}; valid: {', '.join(BASES)}")
     for key in ("num_blocks", "num_features", "growth", "extract_blocks", "num_deform", "offset_features"):

@@ -4,8 +4,10 @@
 Graph (``forward(lr, ref)``; ``lr`` (N,3,h,w), ``ref`` the HR reference (N,3,H,W), both in [0,1]):
 
 1. **Features.** The LR image: 1x1 conv 3->F. The HR reference: brought to the LR grid inside the
-   model — resized (bicubic, antialiased) to ``(h*s, w*s)`` when its size differs, then log2(s)
-   stride-2 3x3 convs (x3: one stride-3 conv). Both go through one shared extractor of
+   model — resized (bicubic, antialiased) to ``(h*s, w*s)`` when its size differs, then
+   (``ref_downsample``) log2(s) stride-2 3x3 convs (x3: one stride-3 conv; ``conv``, as the
+   reference implementation) or a lossless space-to-depth (``nn.PixelUnshuffle(s)``, 3*s*s channels
+   per LR pixel) and a 3x3 conv (``unshuffle``). Both go through one shared extractor of
    ``extract_blocks`` residual blocks (conv-ReLU-conv, no batch norm).
 2. **Alignment (SSEN).** ``num_deform`` (1-5, paper: 3) stacked deformable 3x3 convolutions
    (``torchvision.ops.deform_conv2d``); each samples the current reference features at offsets
@@ -142,7 +144,8 @@ class SSEN(SRGenerator):
 
     def __init__(self, scale: int = 4, num_features: int = 64, num_blocks: int = 16,
                  extract_blocks: int = 5, num_deform: int = 3, non_local: bool = True,
-                 offset_features: int = 64, use_reference: bool = True, base: str = "none") -> None:
+                 offset_features: int = 64, use_reference: bool = True, ref_downsample: str = "conv",
+                 base: str = "none") -> None:
         super().__init__()
         factors = upsampling_factors(scale)
         if not 1 <= int(num_deform) <= MAX_DEFORM:
@@ -152,12 +155,17 @@ class SSEN(SRGenerator):
         self.use_reference = bool(use_reference)
         self.lr_head = nn.Conv2d(3, num_features, 1)
         self.extractor = nn.Sequential(*[ResidualBlock(num_features) for _ in range(extract_blocks)])
+        if ref_downsample not in ("conv", "unshuffle"):
+            raise ValueError(f"ref_downsample must be 'conv' or 'unshuffle', got {ref_downsample!r}")
         if self.use_reference:
             ref_layers: list[nn.Module] = []
-            channels = 3
-            for f in factors:
-                ref_layers.append(nn.Conv2d(channels, num_features, 3, stride=f, padding=1))
-                channels = num_features
+            if ref_downsample == "unshuffle":
+                ref_layers = [nn.PixelUnshuffle(scale), nn.Conv2d(3 * scale * scale, num_features, 3, padding=1)]
+            else:
+                channels = 3
+                for f in factors:
+                    ref_layers.append(nn.Conv2d(channels, num_features, 3, stride=f, padding=1))
+                    channels = num_features
             self.ref_head = nn.Sequential(*ref_layers)
             self.align = nn.ModuleList(DeformableAlignment(num_features, offset_features, non_local)
                                        for _ in range(num_deform))
