@@ -197,11 +197,16 @@ def _ssim_map_rows(a: np.ndarray, b: np.ndarray, out: np.ndarray, r0: int, r1: i
     np.multiply(ab, bb, out=maps[4])
     rows = _valid_pass(maps, w, 1, np.empty((5, r1 - r0, ab.shape[1])))
     mu_a, mu_b, f_aa, f_bb, f_ab = _valid_pass(rows, w, 2, np.empty((5, r1 - r0, ab.shape[1] - pad)))
-    var_a = f_aa - mu_a**2
-    var_b = f_bb - mu_b**2
-    cov = f_ab - mu_a * mu_b
-    num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
-    den = (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
+    # The expressions of the whole-image form, with equal subterms computed once (``2 * mu_a *
+    # mu_b`` is ``(2 * mu_a) * mu_b``, which equals ``2 * (mu_a * mu_b)`` exactly: doubling is exact).
+    mu_aa = mu_a**2
+    mu_bb = mu_b**2
+    mu_ab = mu_a * mu_b
+    var_a = f_aa - mu_aa
+    var_b = f_bb - mu_bb
+    cov = f_ab - mu_ab
+    num = (2 * mu_ab + c1) * (2 * cov + c2)
+    den = (mu_aa + mu_bb + c1) * (var_a + var_b + c2)
     np.divide(num, den, out=out[r0:r1])
 
 
