@@ -19,13 +19,12 @@ EDSR...), computed in MATLAB:
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
-from sfsr.data.bicubic import modcrop
+from sfsr.data.bicubic import default_threads, modcrop
 from sfsr.errors import DataError
 
 if TYPE_CHECKING:  # torch is imported only where a tensor is handled (light jobs stay torch-free)
@@ -211,17 +210,9 @@ def _ssim_map_rows(a: np.ndarray, b: np.ndarray, out: np.ndarray, r0: int, r1: i
 
 
 def _threads() -> int:
-    """Worker threads for SSIM bands: the CPUs this process may use, at most 2 (numpy releases the
-    GIL inside each operation; more threads only add contention on a shared machine). Override
-    with ``SFSR_METRIC_THREADS``."""
-    env = os.environ.get("SFSR_METRIC_THREADS")
-    if env:
-        return max(1, int(env))
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        n = os.cpu_count() or 1
-    return max(1, min(2, n))
+    """Worker threads for SSIM bands (``SFSR_METRIC_THREADS``; else at most 2, 1 on an
+    oversubscribed machine: :func:`sfsr.data.bicubic.default_threads`)."""
+    return default_threads("SFSR_METRIC_THREADS")
 
 
 def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:

@@ -182,18 +182,32 @@ _POOL: Any = None
 _POOL_KEY: tuple[int, int] | None = None
 
 
-def resize_threads() -> int:
-    """Threads of one numpy resize pass: ``SFSR_RESIZE_THREADS`` if set, else the CPUs this
-    process may use, at most 2. Bands are handed out one at a time, so a thread on a core that
-    another process keeps busy just takes fewer bands (no collapse, unlike a static split)."""
-    env = os.environ.get("SFSR_RESIZE_THREADS")
+def default_threads(env_var: str) -> int:
+    """Threads for sfsr's numpy kernels (bicubic bands, SSIM bands): ``env_var`` if set, else the
+    CPUs this process may use, at most 2, and 1 when the machine is oversubscribed (1-minute load
+    average at or above CPUs + 0.5): then a second thread only adds GIL hand-offs between threads
+    that the scheduler keeps preempting. Bands are handed out one at a time, so with one core
+    busy the other thread simply takes more bands (no collapse, unlike a static split)."""
+    env = os.environ.get(env_var)
     if env:
         return max(1, int(env))
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         n = os.cpu_count() or 1
-    return max(1, min(2, n))
+    n = max(1, min(2, n))
+    if n > 1:
+        try:
+            if os.getloadavg()[0] >= n + 0.5:
+                return 1
+        except OSError:
+            pass
+    return n
+
+
+def resize_threads() -> int:
+    """Threads of one numpy resize pass (``SFSR_RESIZE_THREADS``; see :func:`default_threads`)."""
+    return default_threads("SFSR_RESIZE_THREADS")
 
 
 def _pool(threads: int) -> Any:
