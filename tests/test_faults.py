@@ -145,6 +145,7 @@ def _signal_config(work: Path) -> dict:
     return {"data_dir": str(work / "data"), "results_dir": str(work / "results"), "scales": [2],
             "train": ["builtin_valid"], "valid": ["builtin_valid"], "test": ["builtin_valid"],
             "classification": [], "sr_models": models,
+            "refsr_models": [], "refsr_train": [], "refsr_valid": [], "refsr": [],
             "models": {m: copy.deepcopy(SIGNAL_MODEL) for m in models}}
 
 

@@ -23,6 +23,8 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+#: Config overrides of a study without the default offline reference-based SR.
+NO_REFSR = {"refsr_models": [], "refsr_train": [], "refsr_valid": [], "refsr": []}
 
 
 def run_snakemake(workdir: Path, *args: str, config: dict | None = None, check: bool = True,
@@ -61,13 +63,16 @@ def test_dry_run_lists_the_data_and_evaluation_jobs(tmp_path):
         if len(parts) == 2 and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    used = {d for key in ("train", "valid", "test", "classification", "refsr") for d in cfg[key]}
+    from sfsr.config import DATASET_LISTS
+    used = {d for key in DATASET_LISTS for d in cfg[key]}
     n_sets = len(used)
     scales = cfg["scales"]
     assert counts["prepare"] == n_sets
     assert counts["make_lr"] == n_sets * len(scales)
     assert counts["upscale"] >= len(scales)  # bicubic at every scale, plus trained models
     assert counts["summarize"] == 1
+    assert counts["train_refsr"] == len(cfg["refsr_models"]) and counts["refsr_summary"] == len(cfg["refsr"])
+    assert counts["train_semantic_control"] == counts["train_semantic"]  # a control beside each model
 
 
 def test_dry_run_does_not_import_torch(tmp_path):
@@ -97,7 +102,7 @@ def test_bad_config_fails_before_any_job_naming_the_key(tmp_path):
 
 def test_data_stage_on_builtin_source(tmp_path):
     only_test = {"scales": [2, 4], "train": [], "valid": [], "test": ["builtin_test"],
-                 "classification": [], "sr_models": []}
+                 "classification": [], "sr_models": [], **NO_REFSR}
     run_snakemake(tmp_path, "data", config=only_test)
     prepared = tmp_path / "data" / "prepared" / "builtin_test"
     manifest = pd.read_csv(prepared / "manifest.csv")
@@ -130,7 +135,7 @@ def test_local_source_used_in_place_and_evaluation_matches_the_papers(tmp_path, 
     extra.write_text(yaml.safe_dump({"datasets": {"set5": {"source": "local", "path": str(set5), "root": ""}}}))
     run_snakemake(tmp_path, "evaluate", configfile=extra,
                   config={"scales": [2], "train": [], "valid": [], "test": ["set5"],
-                          "classification": [], "sr_models": []})
+                          "classification": [], "sr_models": [], **NO_REFSR})
     assert {p.name: p.stat().st_mtime_ns for p in set5.iterdir()} == before
     assert not (tmp_path / "data" / "raw" / "set5").exists()  # used in place, not copied
     lr_dir = tmp_path / "data" / "prepared" / "set5" / "LR_bicubic" / "X2"
@@ -182,7 +187,7 @@ def test_url_source_downloads_verifies_extracts_and_prepares(tmp_path, http_root
     work = tmp_path / "work"
     work.mkdir()
     web_only = {"scales": [4], "train": [], "valid": [], "test": ["web"], "classification": [],
-                "sr_models": []}
+                "sr_models": [], **NO_REFSR}
     run_snakemake(work, "data", configfile=extra, config=web_only)
     assert (work / "data" / "downloads" / "photos.zip").read_bytes() == zpath.read_bytes()
     manifest = pd.read_csv(work / "data" / "prepared" / "web" / "manifest.csv")
