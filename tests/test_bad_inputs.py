@@ -158,6 +158,49 @@ def test_cli_upscale_refuses_a_bad_checkpoint_by_name(tmp_path, case, capsys):
     assert not Path("/tmp/sfsr_pwned").exists()
 
 
+# --------------------------------------------------------------------------------------- archives
+ARCHIVE_SAYS = {"truncated_tar_gz": "is truncated or corrupt", "zip_bad_crc": "truncated or corrupt (member",
+                "plain_file_named_zip": "is not an archive"}
+
+
+def _bad_archive(folder: Path, case: str) -> Path:
+    """One bad archive source as the data stage meets it (a local archive path)."""
+    import io as _io
+    import tarfile
+    import zipfile
+
+    payload = np.random.default_rng(0).integers(0, 256, 200_000, dtype=np.uint8).tobytes()
+    if case == "truncated_tar_gz":
+        path = folder / "set.tar.gz"
+        with tarfile.open(path, "w:gz") as tf:
+            info = tarfile.TarInfo("HR/0001.png")
+            info.size = len(payload)
+            tf.addfile(info, _io.BytesIO(payload))
+        path.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])
+    elif case == "zip_bad_crc":
+        path = folder / "set.zip"
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+            zf.writestr("HR/0001.png", payload)
+        raw = bytearray(path.read_bytes())
+        raw[1000] ^= 0xFF  # inside the member's data: its CRC no longer matches
+        path.write_bytes(bytes(raw))
+    else:
+        path = folder / "set.zip"
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + payload[:1000])
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(ARCHIVE_SAYS))
+def test_bad_archives_name_the_archive_and_extract_nothing(tmp_path, case):
+    from sfsr.data.raw import assemble_raw
+
+    archive = _bad_archive(tmp_path, case)
+    with pytest.raises(DataError) as err:
+        assemble_raw([archive], tmp_path / "raw" / "set")
+    assert archive.name in str(err.value) and ARCHIVE_SAYS[case] in str(err.value), str(err.value)
+    assert not (tmp_path / "raw").exists() or list((tmp_path / "raw").iterdir()) == []
+
+
 # ------------------------------------------------------------------------------------------ paths
 def test_symlink_loops_as_input_or_output_are_one_line_errors(tmp_path, capsys):
     _good(tmp_path / "in")
