@@ -526,3 +526,18 @@ def test_report_captions_render(repo_root, wildcards):
             assert config["experiment"] in html and "flowers102" in html
         if path.stem == "visual_grid" and wildcards:
             assert "baby" in html and "set5" in html
+
+
+def test_accuracy_bars_carry_the_paired_interval_when_given():
+    import matplotlib.container
+
+    from sfsr.plots import make_accuracy
+
+    acc = pd.DataFrame({"input": ["hr", "bicubic", "m"], "top1": [0.9, 0.5, 0.7], "n": 10,
+                        "top1_diff_low": [np.nan, np.nan, 0.1], "top1_diff_high": [np.nan, np.nan, 0.3]})
+    ax = make_accuracy(acc).axes[0]
+    bars = [c for c in ax.containers if isinstance(c, matplotlib.container.BarContainer)]
+    with_err = [c for c in bars if c.errorbar is not None]
+    assert len(with_err) == 1  # only the model with a paired interval
+    segment = with_err[0].errorbar.lines[2][0].get_segments()[0]
+    assert [round(y, 6) for _, y in segment] == [60.0, 80.0]  # 50% + [10, 30] points

@@ -406,8 +406,10 @@ def _facets(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 def make_accuracy(acc: pd.DataFrame, colors: Mapping[str, str] | None = None) -> Figure:
     """Top-1 (solid) and top-5 (hatched, when present) accuracy in % per input — HR, bicubic,
     each SR model, the LR head — with the fraction of the bicubic→HR gap closed written above
-    each top-1 bar. Input: :func:`sfsr.evaluation.accuracy_table` output (one panel per
-    dataset x scale when those columns are present)."""
+    each top-1 bar. With the paired columns ``top1_diff_low/high`` (:func:`sfsr.stats.add_paired_columns`)
+    each top-1 bar gets an error bar: bicubic's top-1 plus the 95% paired-bootstrap interval of the
+    difference to bicubic on the same images. Input: :func:`sfsr.evaluation.accuracy_table` output
+    (one panel per dataset x scale when those columns are present)."""
     name = _name_column(acc, "plot_accuracy")
     _check_columns(acc, [name, "top1"], "plot_accuracy")
     has_top5 = "top5" in acc.columns and acc["top5"].notna().any()
@@ -421,11 +423,18 @@ def make_accuracy(acc: pd.DataFrame, colors: Mapping[str, str] | None = None) ->
         axes = np.atleast_1d(fig.subplots(len(facets), 1, squeeze=False)[:, 0])
         for ax, (label, sub) in zip(axes, facets):
             present = [m for m in inputs if m in set(sub[name].astype(str))]
+            bicubic_rows = sub[sub[name].astype(str) == "bicubic"]
             for x, m in enumerate(present):
                 row = sub[sub[name].astype(str) == m].iloc[0]
                 top1 = 100 * float(row["top1"])
+                yerr = None
+                if len(bicubic_rows) and pd.notna(row.get("top1_diff_low", np.nan)):
+                    base = 100 * float(bicubic_rows["top1"].iloc[0])
+                    low, high = base + 100 * float(row["top1_diff_low"]), base + 100 * float(row["top1_diff_high"])
+                    yerr = [[max(0.0, top1 - low)], [max(0.0, high - top1)]]
                 ax.bar(x - (width / 2 if has_top5 else 0), top1, width, color=cols[m],
-                       edgecolor="black", linewidth=0.6)
+                       edgecolor="black", linewidth=0.6, yerr=yerr, capsize=3 if yerr else 0,
+                       error_kw={"elinewidth": 1.0})
                 if has_top5 and pd.notna(row["top5"]):
                     ax.bar(x + width / 2, 100 * float(row["top5"]), width, color=cols[m], alpha=0.45,
                            hatch="//", edgecolor="black", linewidth=0.6)
