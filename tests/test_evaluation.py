@@ -147,7 +147,9 @@ def test_classification_accuracy_known_confusion():
     clf = ChannelClassifier()
     clf.train()
     acc = classification_accuracy(clf, images, labels, input_size=16, batch_size=4)
-    assert acc == {"top1": pytest.approx(4 / 6), "top5": pytest.approx(5 / 6), "n": 6}
+    assert acc == {"top1": pytest.approx(4 / 6), "top5": pytest.approx(5 / 6), "n": 6,
+                   "correct_top1": [True, False, False, True, True, True],  # per image, in order
+                   "images": ["0", "1", "2", "3", "4", "5"]}
     assert clf.training  # mode restored
     assert classification_accuracy(clf, images, labels, input_size=16, batch_size=1) == acc
 
@@ -174,7 +176,8 @@ def test_classification_accuracy_from_folder_and_manifest(tmp_path):
     mapping = {f"c{k}": k for k in range(10)}
     acc = classification_accuracy(ChannelClassifier(), tmp_path / "sr", manifest=manifest,
                                   class_to_index=mapping, input_size=16)
-    assert acc == {"top1": pytest.approx(4 / 6), "top5": pytest.approx(5 / 6), "n": 6}
+    assert acc == {"top1": pytest.approx(4 / 6), "top5": pytest.approx(5 / 6), "n": 6,
+                   "correct_top1": [True, False, False, True, True, True], "images": stems}
     with pytest.raises(DataError, match="class_to_index"):
         classification_accuracy(ChannelClassifier(), tmp_path / "sr", manifest=manifest, input_size=16)
     manifest.loc[len(manifest)] = {"stem": "ghost", "class_id": "c0"}
