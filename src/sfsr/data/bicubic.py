@@ -184,10 +184,11 @@ _POOL_KEY: tuple[int, int] | None = None
 
 def default_threads(env_var: str) -> int:
     """Threads for sfsr's numpy kernels (bicubic bands, SSIM bands): ``env_var`` if set, else the
-    CPUs this process may use, at most 2, and 1 when the machine is oversubscribed (1-minute load
-    average at or above CPUs + 0.5): then a second thread only adds GIL hand-offs between threads
-    that the scheduler keeps preempting. Bands are handed out one at a time, so with one core
-    busy the other thread simply takes more bands (no collapse, unlike a static split)."""
+    CPUs this process may use, at most 2, and 1 unless a core is free (1-minute load average below
+    CPUs - 0.5): on the shared 2-core VM a second thread was slower than one at every load we saw
+    (1.0-4.7; GIL hand-offs between threads the scheduler keeps preempting). Bands are handed out
+    one at a time, so a thread on a busy core just takes fewer bands (no collapse, unlike a static
+    split)."""
     env = os.environ.get(env_var)
     if env:
         return max(1, int(env))
@@ -198,7 +199,7 @@ def default_threads(env_var: str) -> int:
     n = max(1, min(2, n))
     if n > 1:
         try:
-            if os.getloadavg()[0] >= n + 0.5:
+            if os.getloadavg()[0] >= n - 0.5:
                 return 1
         except OSError:
             pass
