@@ -80,10 +80,14 @@ def prepared_lr(dataset, scale):
 
 
 def data_targets():
+    """Every used dataset prepared, and its LR images at every scale, but for the sets used only for
+    reference-based SR (their LR is made with the HR patches and at evaluation)."""
+    single_image = {n for key in ("train", "valid", "test", "classification") for n in config[key]}
     targets = []
     for name in used_datasets():
         targets.append(f"{DATA}/prepared/{name}/manifest.csv")
-        targets += [prepared_lr(name, s) for s in SCALES]
+        if name in single_image:
+            targets += [prepared_lr(name, s) for s in SCALES]
     return targets
 
 
@@ -195,7 +199,15 @@ def families():
     generator's stage family (from the stage table, never guessed from the name)."""
     out = {"hr": "hr", "bicubic": "bicubic"}
     out |= {name: STAGES[stage].family for name, (stage, _) in trained_generators().items()}
+    out |= {refsr_row_name(m, i): "refsr" for m in stage_models("refsr")
+            for i in ("none", "random", *[f"ref{k}" for k in range(1, 10)])}
     return out | {name: "lr_head" for name in lr_heads()}
+
+
+def refsr_row_name(model, run):
+    """Name of a RefSR evaluation row in the study summary: '<model> @ ref<k>' / '@ random', or the
+    model itself for a run without a reference (the no-reference control, bicubic)."""
+    return model if run in ("none", "bicubic") else f"{model} @ {run}"
 
 
 def eval_models():

@@ -107,6 +107,7 @@ rule summary_table:
         accuracy=accuracy_tables(),
         provenance=[f"{RESULTS}/models/{folder}/provenance.json"
                     for folder in generator_stages().values()],
+        refsr=[t for t in refsr_targets() if t.endswith(".csv") and "/refsr/" in t],
     output:
         csv=report(f"{RESULTS}/summary.csv", caption="../report/summary_table.rst",
                    category="0. Summary"),

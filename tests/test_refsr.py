@@ -145,3 +145,22 @@ def test_paired_comparison_with_the_control_by_hand():
     assert paired.loc["ref1", "wins"] == 2 and paired.loc["random", "wins"] == 0
     assert paired.loc["random", "diff_low"] <= paired.loc["random", "diff_psnr_y"] <= paired.loc["random", "diff_high"]
     assert "| s | ref1 | c | +0.333 |" in paired_markdown(paired.reset_index())
+
+
+def test_smoke_run_on_the_real_cufed_samples(shared_data, tmp_path, caplog):
+    """CUFED's training pairs train the stage; the CUFED5 group (references 1..5 of another size than
+    their target) is evaluated per level; with one group there is no random reference, said once."""
+    refsr = shared_data / "refsr"
+    prepare_dataset("cufed", {"source": "local", "layout": "refpairs"}, refsr / "CUFED_train_sample",
+                    tmp_path / "cufed")
+    prepare_dataset("cufed5", {"source": "local", "layout": "refgroups"}, refsr / "CUFED5_sample",
+                    tmp_path / "cufed5")
+    ckpt = train("refsr", _cfg(), train_hr_dirs=[tmp_path / "cufed" / "HR"],
+                 valid_hr_dirs=[tmp_path / "cufed5" / "HR"], out_dir=tmp_path / "ssen", seed=0)
+    with caplog.at_level(logging.WARNING, logger="sfsr.refsr"):
+        table = reference_table(tmp_path / "cufed5" / "HR", 4, model_name="ssen", dataset="cufed5", checkpoint=ckpt)
+    assert list(table["input"]) == ["ref1", "ref2", "ref3", "ref4", "ref5"]
+    assert "no random reference" in caplog.text
+    bicubic = reference_table(tmp_path / "cufed5" / "HR", 4, model_name="bicubic", dataset="cufed5")
+    # the published bicubic PSNR of CUFED5 is about 24-25 dB; one group, x4, Y channel
+    assert 18 < bicubic["psnr_y"].iloc[0] < 32 and abs(table["psnr_y"].mean() - bicubic["psnr_y"].iloc[0]) < 1.0

@@ -68,7 +68,8 @@ def test_dry_run_lists_the_data_and_evaluation_jobs(tmp_path):
     n_sets = len(used)
     scales = cfg["scales"]
     assert counts["prepare"] == n_sets
-    assert counts["make_lr"] == n_sets * len(scales)
+    lr_sets = {d for key in ("train", "valid", "test", "classification") for d in cfg[key]}
+    assert counts["make_lr"] == len(lr_sets) * len(scales)  # reference-only sets need no LR folders
     assert counts["upscale"] >= len(scales)  # bicubic at every scale, plus trained models
     assert counts["summarize"] == 1
     assert counts["train_refsr"] == len(cfg["refsr_models"]) and counts["refsr_summary"] == len(cfg["refsr"])

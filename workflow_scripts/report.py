@@ -60,6 +60,12 @@ def plot_visual(smk):
 
 def summary_table(smk):
     summary = pd.read_csv(smk.input.summary)
+    if smk.input.refsr:  # RefSR per reference level: rows '<model> @ ref<k>' (docs/refsr.md)
+        refsr = pd.concat([pd.read_csv(p) for p in smk.input.refsr], ignore_index=True)
+        refsr["model"] = [m if i in ("none", "bicubic") else f"{m} @ {i}"
+                          for m, i in zip(refsr["model"], refsr["input"])]
+        summary = pd.concat([summary, refsr[[c for c in summary.columns if c in refsr.columns]]],
+                            ignore_index=True)
     accuracy = pd.concat([pd.read_csv(p) for p in smk.input.accuracy], ignore_index=True) \
         if smk.input.accuracy else None
     if accuracy is not None:

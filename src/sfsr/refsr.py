@@ -17,6 +17,7 @@ bootstrap confidence intervals per (model, input).
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from sfsr.errors import DataError
 from sfsr.evaluation import summarize
 from sfsr.metrics import image_metrics
 
+log = logging.getLogger(__name__)
 TABLE_COLUMNS = ["model", "dataset", "scale", "group", "input", "level", "psnr_y", "ssim_y", "psnr_rgb",
                  "convention"]
 
@@ -70,8 +72,12 @@ def reference_table(hr_dir: str | os.PathLike, scale: int, *, model_name: str, d
             runs = [("none", np.nan, upscale(lr, None))]
         else:
             runs = [(f"ref{k}", float(k), upscale(lr, read_image(p))) for k, p in enumerate(ref_paths, start=1)]
-            other = random_reference_group(names, photos, group)
-            runs.append(("random", np.nan, upscale(lr, read_image(first_ref[other]))))
+            try:
+                other = random_reference_group(names, photos, group)
+            except DataError as exc:  # one photo only (e.g. a single CUFED5 group): no random control
+                log.warning("%s: no random reference for group %s (%s)", hr_dir, group, exc)
+            else:
+                runs.append(("random", np.nan, upscale(lr, read_image(first_ref[other]))))
         for name, level, sr in runs:
             m = image_metrics(hr, sr, scale)
             rows.append({"model": model_name, "dataset": dataset, "scale": int(scale), "group": group,
