@@ -11,7 +11,18 @@ from snakemake.utils import update_config
 from sfsr import config as cfg
 
 REPO = Path(__file__).resolve().parents[1]
-FILES = sorted(p for p in (REPO / "experiments").glob("*.yaml") if not p.stem.endswith("_local"))
+ALL = sorted((REPO / "experiments").glob("*.yaml"))
+
+
+def _base_of(path: Path) -> Path | None:
+    """The experiment an override file goes on top of: ``<base>_<what>.yaml`` (e.g.
+    ``classic291_x4_local.yaml`` over ``classic291_x4.yaml``); None for a standalone experiment."""
+    return next((q for q in ALL if q != path and path.stem.startswith(q.stem + "_")), None)
+
+
+#: Standalone experiments, and the override files that go on top of each.
+FILES = [p for p in ALL if _base_of(p) is None]
+OVERRIDES = {p: [q for q in ALL if _base_of(q) == p] for p in FILES}
 
 
 def merged(*paths: Path) -> dict:
@@ -25,13 +36,14 @@ def merged(*paths: Path) -> dict:
 def test_experiment_is_valid(path):
     config = cfg.validate(copy.deepcopy(merged(path)))
     assert config["experiment"] != "default", "an experiment writes to its own results folder"
-    local = path.with_name(f"{path.stem}_local.yaml")
-    if local.exists():
-        cfg.validate(copy.deepcopy(merged(path, local)))
+    for override in OVERRIDES[path]:
+        config = cfg.validate(copy.deepcopy(merged(path, override)))
+        assert config["experiment"] != "default", override.name
 
 
 def test_there_are_experiments():
-    assert {"div2k_x4", "classic291_x4"} <= {p.stem for p in FILES}
+    assert {"div2k_x4", "classic291_x4", "refsr_builtin_x4_local", "cufed5_refsr_x4"} <= {p.stem for p in FILES}
+    assert {q.stem for qs in OVERRIDES.values() for q in qs} == {p.stem for p in ALL} - {p.stem for p in FILES}
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
