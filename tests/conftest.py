@@ -36,3 +36,42 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+# Tiny photos: crops of scikit-image's sample photos, saved as PNG (the training and fault tests).
+PHOTO_CROPS = {  # name: (rows, columns) of skimage.data.<name>()
+    "astronaut": (slice(40, 168), slice(170, 298)),
+    "coffee": (slice(100, 220), slice(200, 330)),
+    "camera": (slice(100, 200), slice(150, 250)),  # gray
+    "chelsea": (slice(60, 160), slice(120, 220)),
+}
+
+
+def save_photos(folder: Path, *names: str) -> Path:
+    """Save the :data:`PHOTO_CROPS` crops ``names`` as ``folder/<name>.png``; returns ``folder``."""
+    from PIL import Image
+    from skimage import data as skdata
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        rows, cols = PHOTO_CROPS[name]
+        Image.fromarray(getattr(skdata, name)()[rows, cols]).save(folder / f"{name}.png")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def photo_saver():
+    """:func:`save_photos`, for test modules (they do not import conftest)."""
+    return save_photos
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread during a test (the test machine's cores are shared); use with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

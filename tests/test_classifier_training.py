@@ -31,12 +31,7 @@ def texture_set(tmp_path_factory):
     return folder
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the test machine's cores are shared
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # the test machine's cores are shared
 
 
 def test_manifest_labels_are_contiguous_indices_of_sorted_class_ids(tmp_path, texture_set) -> None:

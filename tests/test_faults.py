@@ -18,8 +18,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from PIL import Image
-from skimage import data as skdata
 
 from sfsr.training.loop import train
 from sfsr.training.state import load_state, previous_path, save_state
@@ -28,11 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("fault_photos")
-    Image.fromarray(skdata.astronaut()[40:168, 170:298]).save(root / "astronaut.png")
-    Image.fromarray(skdata.coffee()[100:220, 200:330]).save(root / "coffee.png")
-    return root
+def photos(tmp_path_factory, photo_saver) -> Path:
+    return photo_saver(tmp_path_factory.mktemp("fault_photos"), "astronaut", "coffee")
 
 
 def _cfg() -> dict:
@@ -156,8 +151,10 @@ def _generator(work: Path, model: str) -> Path:
 def _snakemake(work: Path, model: str, *flags: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "snakemake", *flags, str(_generator(work, model)), "-s", str(REPO / "Snakefile"),
            "-d", str(work), "--cores", "2", "--configfile", str(REPO / "config.yaml"), str(work / "over.yaml")]
+    # as from a terminal: SIGINT at its default even when this test runs in a background job
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _job_pid(snakemake_pid: int) -> int | None:

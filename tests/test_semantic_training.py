@@ -51,12 +51,7 @@ SEMANTIC = dict(loss_weights={"pixel": 1.0, "perceptual": 0.1, "adversarial": 1e
                 discriminator={"arch": "vgg", "kwargs": {"num_features": 4, "dense_features": 16}})
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the test machine's cores are shared
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # the test machine's cores are shared
 
 
 @pytest.fixture(scope="module")

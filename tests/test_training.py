@@ -14,7 +14,6 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from skimage import data as skdata
 
 from sfsr.data.bicubic import imresize, modcrop
 from sfsr.errors import ConfigError, SfsrError
@@ -30,19 +29,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> dict[str, Path]:
+def photos(tmp_path_factory, photo_saver) -> dict[str, Path]:
     """train/ (astronaut, coffee crops and a gray camera crop), valid/ (chelsea crop), astro/ (one
     astronaut crop used both to train and validate) and a prepared layout with X2 LR files."""
     root = tmp_path_factory.mktemp("photos")
-    folders = {k: root / k for k in ("train", "valid", "astro")}
-    for f in folders.values():
-        f.mkdir()
-    astro = skdata.astronaut()[40:168, 170:298]
-    Image.fromarray(astro).save(folders["train"] / "astronaut.png")
-    Image.fromarray(skdata.coffee()[100:220, 200:330]).save(folders["train"] / "coffee.png")
-    Image.fromarray(skdata.camera()[100:200, 150:250]).save(folders["train"] / "camera.png")
-    Image.fromarray(skdata.chelsea()[60:160, 120:220]).save(folders["valid"] / "chelsea.png")
-    Image.fromarray(astro).save(folders["astro"] / "astronaut.png")
+    folders = {"train": photo_saver(root / "train", "astronaut", "coffee", "camera"),
+               "valid": photo_saver(root / "valid", "chelsea"),
+               "astro": photo_saver(root / "astro", "astronaut")}
     prepared = root / "prepared" / "builtin" / "HR"
     (prepared.parent / "LR_bicubic" / "X2").mkdir(parents=True)
     prepared.mkdir()

@@ -282,6 +282,7 @@ def classification_accuracy(
     import torch
 
     from sfsr.models.classifier import Classifier
+    from sfsr.tensors import eval_mode
 
     if isinstance(images, (str, os.PathLike)):
         if manifest is None:
@@ -304,17 +305,13 @@ def classification_accuracy(
     mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
     classifier.to(device)
-    was_training = classifier.training
-    classifier.eval()
     logits = []
-    try:
+    with eval_mode(classifier):
         with torch.inference_mode():
             for batch in tqdm(list(_batches(items, batch_size)), desc="classify", disable=not progress):
                 arrays = [read_image(x) if isinstance(x, Path) else x for x in batch]
                 x = torch.stack([_preprocess(a, input_size, resize_size, mean_t, std_t) for a in arrays])
                 logits.append(classifier(x.to(device)).float().cpu())
-    finally:
-        classifier.train(was_training)
     acc = topk_accuracy(torch.cat(logits), torch.tensor(labels), ks=(1, 5))
     all_logits = torch.cat(logits)
     correct = (all_logits.topk(1, dim=1).indices[:, 0] == torch.tensor(labels)).tolist()  # as top1, per image
@@ -366,7 +363,7 @@ def split_accuracy(classifier_checkpoint: str | os.PathLike, images: str | os.Pa
     stem (HR, bicubic-upscaled LR or SR outputs). The classifier (or ``model``, e.g. an LR head,
     with the class mapping of ``classifier_checkpoint``) is evaluated with the preprocessing the
     classifier was trained with, unless ``input_size``/``resize_size`` are given."""
-    from sfsr.inference import resolve_device
+    from sfsr.tensors import resolve_device
     from sfsr.training.classifier import load_classifier
 
     classifier, meta = load_classifier(classifier_checkpoint)

@@ -27,21 +27,8 @@ from sfsr.data.images import DEFAULT_EXTENSIONS as IMAGE_EXTENSIONS
 from sfsr.data.images import list_images, read_image
 from sfsr.errors import ConfigError, DataError, path_problem
 from sfsr.metrics import to_uint8
+from sfsr.tensors import eval_mode, resolve_device, to_float  # resolve_device: public here too
 
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; refuse CUDA when it is not available."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} asked but CUDA is not available on this machine; "
-                          "use --device cpu (or auto)")
-    return dev
 
 
 def _run_model(model: nn.Module, x: torch.Tensor, scale: int, bf16: bool) -> torch.Tensor:
@@ -86,13 +73,10 @@ def upscale_image(image: np.ndarray, *, scale: int, model: nn.Module | None = No
         raise ConfigError(f"tile_overlap must be >= 0, got {tile_overlap}")
     dev = torch.device(device)
     model.to(dev)
-    was_training = model.training
-    model.eval()
-    x = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)[None]
-    x = x.float().div_(255.0)
+    x = to_float(image)
     h, w = image.shape[:2]
     s = int(scale)
-    try:
+    with eval_mode(model):
         with torch.inference_mode():
             if tile is None or (tile >= h and tile >= w):
                 out = _run_model(model, x.to(dev), s, bf16).cpu()
@@ -107,8 +91,6 @@ def upscale_image(image: np.ndarray, *, scale: int, model: nn.Module | None = No
                         y = _run_model(model, x[:, :, ya:yb, xa:xb].to(dev), s, bf16).cpu()
                         out[:, :, y0 * s:y1 * s, x0 * s:x1 * s] = \
                             y[:, :, (y0 - ya) * s:(y1 - ya) * s, (x0 - xa) * s:(x1 - xa) * s]
-    finally:
-        model.train(was_training)
     return to_uint8(out)
 
 

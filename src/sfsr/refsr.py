@@ -94,19 +94,16 @@ def _upscaler(checkpoint: str | os.PathLike, scale: int, device: str):
     from sfsr.inference import resolve_device
     from sfsr.metrics import to_uint8
     from sfsr.models import load_generator
+    from sfsr.tensors import to_float
 
     device = resolve_device(device)
     model, ckpt_scale = load_generator(checkpoint, device)
     if int(ckpt_scale) != int(scale):
         raise DataError(f"{checkpoint} is a x{ckpt_scale} generator, evaluated at x{scale}; fix the model's scale")
 
-    def tensor(image: np.ndarray) -> torch.Tensor:
-        rgb = np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image
-        return torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float().div(255.0).to(device)
-
     @torch.inference_mode()
     def upscale(lr: np.ndarray, ref: np.ndarray | None) -> np.ndarray:
-        out = model(tensor(lr)) if ref is None else model(tensor(lr), tensor(ref))
+        out = model(to_float(lr, device)) if ref is None else model(to_float(lr, device), to_float(ref, device))
         return to_uint8(out[0])
 
     return upscale, model

@@ -18,28 +18,17 @@ See ``docs/semantic.md``.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sfsr.models.classifier import Classifier, classifier_features
+from sfsr.tensors import eval_mode
 from sfsr.training.settings import SHARED_MODES  # torch-free: the config checks read it too
-
-
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[nn.Module]:
-    """Run ``module`` in eval mode, restoring its previous mode afterwards."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield module
-    finally:
-        module.train(was_training)
 
 
 def semantic_kl(sr_logits: Tensor, hr_logits: Tensor, temperature: float = 1.0) -> Tensor:
@@ -192,14 +181,14 @@ class SharedFeatureModel(nn.Module):
 @torch.no_grad()
 def pseudo_labels(classifier: nn.Module, hr: Tensor) -> Tensor:
     """Argmax class index of the frozen HR classifier on ``hr`` (LongTensor N, no grad)."""
-    with _eval_mode(classifier):
+    with eval_mode(classifier):
         return classifier(hr.float()).argmax(dim=1)
 
 
 @torch.no_grad()
 def soft_targets(classifier: nn.Module, hr: Tensor, temperature: float = 1.0) -> Tensor:
     """``softmax(f(hr) / T)`` over classes of the frozen HR classifier (N x C, no grad)."""
-    with _eval_mode(classifier):
+    with eval_mode(classifier):
         return F.softmax(classifier(hr.float()).float() / float(temperature), dim=1)
 
 

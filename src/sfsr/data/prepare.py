@@ -513,18 +513,6 @@ def _drop_groups_without_refs(rows: list[dict], skipped: list[dict], folder: Pat
 
 
 # ----------------------------------------------------------------------------- LR folders
-def _to_device(device: str) -> Any:
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError) as exc:
-        raise ConfigError(f"unknown device {device!r}; use cpu or cuda") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available; use --device cpu")
-    return dev
-
-
 def make_lr_folder(input_dir: str | os.PathLike, output_dir: str | os.PathLike, scale: int, *,
                    device: str = "cpu", progress: bool = True) -> list[Path]:
     """Write ``imresize(modcrop(hr, scale), 1/scale)`` (MATLAB-exact bicubic, uint8) of every image
@@ -541,7 +529,12 @@ def make_lr_folder(input_dir: str | os.PathLike, output_dir: str | os.PathLike, 
     if os.path.realpath(input_dir) == os.path.realpath(output_dir):
         raise ConfigError(f"output folder {output_dir} is the input folder; choose another one")
     files = list(images_by_stem(input_dir, DEFAULT_EXTENSIONS, "input").values())
-    dev = None if device == "cpu" else _to_device(device)
+    if device == "cpu":
+        dev = None
+    else:
+        from sfsr.tensors import resolve_device  # torch only off the CPU path
+
+        dev = resolve_device(device)
     iterator: Any = files
     if progress:
         from tqdm import tqdm

@@ -21,6 +21,7 @@ import torch
 import torchvision.models as tv_models
 from torch import Tensor, nn
 
+from sfsr import io
 from sfsr.errors import DataError, SfsrError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -91,11 +92,10 @@ def load_torchvision_backbone(name: str, weights: str | Path | None, alternative
                 f"({type(exc).__name__}: {exc}); this machine is probably offline. {alternatives}") from exc
         return _build_with_state(name, state)
     path = Path(weights)
-    if not path.is_file():
-        raise DataError(f"weights file {str(path)!r} for {name} not found; give an existing .pth state "
-                        f"dict of torchvision's {name}, 'imagenet', or null. {alternatives}")
+    state = io.torch_load(path, f"{name} weights file", f"give an existing .pth state dict of torchvision's "
+                          f"{name}, 'imagenet', or null. {alternatives}",
+                          f"give a state dict of torchvision's {name}. {alternatives}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
         return _build_with_state(name, state)

@@ -46,6 +46,7 @@ from sfsr.errors import ConfigError, DataError, SfsrError
 from sfsr.metrics import topk_accuracy
 from sfsr.models import build_classifier, count_parameters
 from sfsr.models.classifier import CLASSIFIER_NAMES, Classifier
+from sfsr.tensors import eval_mode, resolve_device, to_float
 from sfsr.training.state import load_state, save_state
 
 log = logging.getLogger("sfsr.training")
@@ -105,19 +106,6 @@ def resolve_classifier_config(cfg: dict) -> dict:
         raise ConfigError(f"classifier setting 'label_smoothing' must be in [0, 1), got "
                           f"{out['label_smoothing']!r}")
     return out
-
-
-def _pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError) as exc:
-        raise ConfigError(f"unknown classifier device {name!r}; use auto, cpu or cuda") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"classifier device {name!r} requested but CUDA is not available here; "
-                          "use auto or cpu")
-    return dev
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -216,14 +204,8 @@ def read_classifier_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """The raw checkpoint dict of :func:`checkpoint_dict`; DataError naming ``path`` when it is
     missing, unreadable or not a classifier checkpoint."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"classifier checkpoint {str(path)!r} not found; train the classifier first "
-                        "(train_classifier) or fix the path")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DataError(f"classifier checkpoint {str(path)!r} cannot be read ({type(exc).__name__}: "
-                        f"{exc}); it is corrupt or not a torch file - delete it and re-train") from exc
+    ckpt = io.torch_load(path, "classifier checkpoint", "train the classifier first (train_classifier) "
+                         "or fix the path", "it is corrupt or not a torch file - delete it and re-train")
     arch = ckpt.get("arch") if isinstance(ckpt, dict) else None
     if (not isinstance(ckpt, dict) or ckpt.get("kind") != CHECKPOINT_KIND or not isinstance(arch, dict)
             or not {"name", "num_classes", "input_size"} <= set(arch) or "state_dict" not in ckpt):
@@ -259,24 +241,15 @@ def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu")
 def evaluate_loader(model: nn.Module, loader: DataLoader, device: torch.device,
                     autocast=contextlib.nullcontext, channels_last: bool = False) -> dict[str, float]:
     """Top-1 / top-5 accuracy of ``model`` (eval mode) over a loader of (uint8 images, labels)."""
-    was_training = model.training
-    model.eval()
     logits, labels = [], []
-    try:
+    with eval_mode(model):
         for images, target in loader:
-            x = _to_float(images, device, channels_last)
+            x = to_float(images, device, channels_last)
             with autocast():
                 logits.append(model(x).float().cpu())
             labels.append(torch.as_tensor(target))
-    finally:
-        model.train(was_training)
     acc = topk_accuracy(torch.cat(logits), torch.cat(labels), ks=(1, 5))
     return {"top1": acc[1], "top5": acc[5], "n": int(sum(len(t) for t in labels))}
-
-
-def _to_float(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    x = images.to(device, non_blocking=True).float().div_(255.0)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -294,7 +267,7 @@ def train_classifier(cfg: dict, *, dataset_dir: str | os.PathLike, out_dir: str 
     cfg = resolve_classifier_config(cfg)
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
     state_path, best_path = out_dir / "state" / "last.pt", out_dir / "state" / "best.pt"
-    dev = _pick_device(cfg["device"] if device == "auto" else device)
+    dev = resolve_device(cfg["device"] if device == "auto" else device, "classifier.device")
     cuda = dev.type == "cuda"
     bf16, channels_last = bool(cfg["bf16"]) and cuda, bool(cfg["channels_last"]) and cuda
     if not cuda and (cfg["bf16"] or cfg["channels_last"]):
@@ -381,7 +354,7 @@ def train_classifier(cfg: dict, *, dataset_dir: str | os.PathLike, out_dir: str 
             losses = []
             lr_now = opt.param_groups[0]["lr"]
             for images, labels in loader:
-                x = _to_float(images, dev, channels_last)
+                x = to_float(images, dev, channels_last)
                 y = labels.to(dev, non_blocking=True)
                 with autocast():
                     loss = criterion(model(x).float(), y)
@@ -421,7 +394,8 @@ def train_classifier(cfg: dict, *, dataset_dir: str | os.PathLike, out_dir: str 
         return state_path
 
     # ---- final outputs (classifier.pt last): the best epoch, with its test accuracy
-    best_ckpt = torch.load(best_path, map_location="cpu", weights_only=True)
+    best_ckpt = io.torch_load(best_path, "best classifier state", "re-run train_classifier",
+                              "delete it and re-run train_classifier")
     model.load_state_dict(best_ckpt["state_dict"])
     test = (evaluate_loader(model, eval_loader(test_set), dev, autocast, channels_last)
             if len(test_set) else {"top1": None, "top5": None, "n": 0})

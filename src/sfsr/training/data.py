@@ -158,12 +158,6 @@ def make_lr_batch(hr_uint8: torch.Tensor, scale: int) -> torch.Tensor:
     return imresize(hr_uint8, scale=1.0 / scale)
 
 
-def to_float(batch_uint8: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
-    """uint8 NCHW -> float32 [0, 1] on ``device`` (optionally channels_last)."""
-    x = batch_uint8.to(device, non_blocking=True).float().div_(255.0)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
 def seed_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: seed python/numpy from the worker's torch seed."""
     seed = torch.initial_seed() % 2**32

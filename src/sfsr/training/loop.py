@@ -46,12 +46,13 @@ from tqdm import tqdm
 from sfsr import io, provenance
 from sfsr.errors import ConfigError, SfsrError
 from sfsr.models import count_parameters, generator_spec, save_generator
+from sfsr.tensors import resolve_device, to_float
 from sfsr.training.data import (ManifestPatchDataset, PatchDataset, RefPairDataset, ValidationImage,
                                 load_reference_validation, load_validation_items, make_loader, make_lr_batch,
-                                select_training_images, to_float, whole_image_lr_patch)
+                                select_training_images, whole_image_lr_patch)
 from sfsr.training.lr_head import save_lr_head, validate_head
 from sfsr.training.parts import (FrozenClassifier, Parts, build_generator_part, build_parts,
-                                 frozen_classifier, pick_device, speed_flags)
+                                 frozen_classifier, speed_flags)
 from sfsr.training.settings import resolve_config, stage_weights
 from sfsr.training.stages import STAGES, Stage
 from sfsr.training.state import (file_sha256, load_state, rng_state, run_fingerprint, save_state,
@@ -100,7 +101,7 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
                           "classifier stage: the frozen fine-grained classifier)")
     out_dir = Path(out_dir)
     state_path = out_dir / "state" / "last.pt"
-    dev = pick_device(cfg["device"] if device == "auto" else device)
+    dev = resolve_device(cfg["device"] if device == "auto" else device, "training.device")
     flags = speed_flags(cfg, dev)
     total, scale = cfg["iterations"], cfg["scale"]
     stop = total if max_iterations is None else min(total, int(max_iterations))

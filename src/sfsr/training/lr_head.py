@@ -23,6 +23,7 @@ from sfsr import io
 from sfsr.errors import DataError
 from sfsr.models import load_generator
 from sfsr.semantic import LRClassificationHead, SharedFeatureModel
+from sfsr.tensors import eval_mode, to_float
 from sfsr.training.data import ValidationImage
 
 HEAD_KIND = "sfsr_lr_head"
@@ -47,7 +48,7 @@ def eval_view(image: np.ndarray, input_size: int, resize_size: int) -> torch.Ten
 
     t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
     t = TF.center_crop(TF.resize(t, [int(resize_size)], antialias=True), [int(input_size)] * 2)
-    return t[None].float().div_(255.0)
+    return to_float(t[None])
 
 
 def lr_eval_sizes(input_size: int, resize_size: int, scale: int) -> tuple[int, int]:
@@ -124,17 +125,13 @@ def validate_head(model: SharedFeatureModel, images: Sequence[ValidationImage], 
     """Top-1 of the LR head on whole validation images, each preprocessed as classification_accuracy
     does (LR: :func:`lr_eval_sizes`); the target is the true label where given, else the frozen
     classifier's prediction on the HR image (its own preprocessing ``hr_sizes``)."""
-    was_training = model.training
-    model.eval()
     lr_sizes = lr_eval_sizes(*hr_sizes, scale)
     correct = []
-    try:
+    with eval_mode(model):
         for item, label in zip(images, labels):
             if label is None:
                 label = int(classifier(eval_view(item.hr, *hr_sizes).to(device)).argmax(1))
             x = eval_view(item.lr, *lr_sizes).to(device)
             pred = int(model.head(model.generator.encode(x)).argmax(1))
             correct.append(pred == int(label))
-    finally:
-        model.train(was_training)
     return float(np.mean(correct)) if correct else math.nan

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from sfsr import io
 from sfsr.errors import ConfigError, DataError
 from sfsr.losses import LOSS_PRESETS, PerceptualLoss, adversarial_loss, pixel_loss
 from sfsr.models import build_discriminator, build_generator
@@ -32,18 +33,7 @@ log = logging.getLogger("sfsr.training")
 SPEED_FLAGS = ("bf16", "channels_last", "compile")
 
 
-# ----------------------------------------------------------------------------- device, speed
-def pick_device(name: str) -> torch.device:
-    """'auto' -> cuda when available else cpu; 'cuda' without a GPU raises ConfigError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"training device {name!r} requested but CUDA is not available here; "
-                          "set training.device to auto or cpu")
-    return dev
-
-
+# ----------------------------------------------------------------------------- speed
 def speed_flags(cfg: dict, device: torch.device) -> dict[str, bool]:
     """bf16 / channels_last / compile as they apply on ``device`` (GPU only); also sets the CUDA
     matmul settings."""
@@ -105,15 +95,13 @@ def frozen_classifier(st: Stage, cfg: dict, weights: dict, checkpoint: str | os.
 # ----------------------------------------------------------------------------- generator init
 def load_init(generator: nn.Module, path: Path, spec: dict) -> None:
     """Copy the weights of a save_generator checkpoint into ``generator`` (architecture checked)."""
-    if not path.is_file():
-        raise DataError(f"initial generator checkpoint {path} not found; train the warm-up stage first "
-                        "or fix the path")
+    ckpt = io.torch_load(path, "initial generator checkpoint", "train the warm-up stage first or fix "
+                         "the path", "re-run the warm-up stage")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
         arch = ckpt["arch"]
     except Exception as exc:
-        raise DataError(f"initial generator checkpoint {path} cannot be read as a save_generator "
-                        f"checkpoint ({type(exc).__name__}: {exc}); re-run the warm-up stage") from exc
+        raise DataError(f"initial generator checkpoint {str(path)!r} is not a save_generator checkpoint "
+                        f"({type(exc).__name__}: {exc}); re-run the warm-up stage") from exc
     if (arch.get("name"), arch.get("scale"), arch.get("kwargs", {})) != (spec["name"], spec["scale"],
                                                                           spec["kwargs"]):
         raise ConfigError(f"initial generator checkpoint {path} holds {arch}, but this stage builds "

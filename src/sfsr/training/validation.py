@@ -11,6 +11,7 @@ from torch import nn
 
 from sfsr.data.bicubic import imresize
 from sfsr.metrics import image_metrics, to_uint8
+from sfsr.tensors import eval_mode, to_float
 from sfsr.training.data import ValidationImage
 
 
@@ -28,20 +29,13 @@ def _mean_metrics(images: Sequence[ValidationImage], scale: int, upscale) -> dic
 def validate(model: nn.Module, images: Sequence[ValidationImage], scale: int,
              device: torch.device) -> dict[str, float]:
     """Mean PSNR-Y / SSIM-Y of ``model`` on whole images (float32, outputs quantised to uint8)."""
-    def tensor(image: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].to(device).float().div_(255.0)
-
     def upscale(item: ValidationImage) -> np.ndarray:
         if item.ref is not None:  # a reference-based generator: forward(lr, ref)
-            return to_uint8(model(tensor(item.lr), tensor(item.ref))[0])
-        return to_uint8(model(tensor(item.lr))[0])
+            return to_uint8(model(to_float(item.lr, device), to_float(item.ref, device))[0])
+        return to_uint8(model(to_float(item.lr, device))[0])
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return _mean_metrics(images, scale, upscale)
-    finally:
-        model.train(was_training)
 
 
 def bicubic_reference(images: Sequence[ValidationImage], scale: int) -> dict[str, float]:
