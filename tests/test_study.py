@@ -104,10 +104,12 @@ def test_reference_based_sr_is_trained_and_evaluated_per_level(study):
 def test_summary_has_one_row_per_model_dataset_scale(study):
     _, res = study
     summary = pd.read_csv(res / "summary.csv")
-    expected = {(m, d, 4) for m in MODELS for d in ("builtin_valid", "builtin_demo_cls")}
+    refsr_rows = {"bicubic", "ssen_x4_noref", "ssen_x4 @ random", *{f"ssen_x4 @ ref{k}" for k in range(1, 5)}}
+    expected = {(m, d, 4) for m in MODELS for d in ("builtin_valid", "builtin_demo_cls")} | \
+        {(m, "builtin_refgroups_test", 4) for m in refsr_rows}  # RefSR per reference level
     assert set(zip(summary.model, summary.dataset, summary.scale)) == expected
     assert len(summary) == len(expected)
-    trained = summary[summary.model != "bicubic"]
+    trained = summary[(summary.model != "bicubic") & (summary.dataset != "builtin_refgroups_test")]
     assert (trained["params"] > 0).all() and (trained["train_time_s"] > 0).all()
     assert summary["convention"].nunique() == 1
     assert (res / "summary.md").read_text().count("srresnet_x4_srgan") == 2

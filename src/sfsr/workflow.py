@@ -48,6 +48,8 @@ def run_rule(smk: Any, handlers: dict[str, Callable[[Any], None]]) -> None:
     root.setLevel(logging.INFO)
     logging.captureWarnings(True)
     signal.signal(signal.SIGTERM, _raise_terminated)
+    # SIGINT too, even where the job was started with it ignored (a shell starts background jobs so)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     log = logging.getLogger("sfsr")
     try:
         from sfsr.data.images import set_max_image_pixels
