@@ -25,8 +25,6 @@ from sfsr.training.ema import effective_decay, make_ema
 from sfsr.training.loop import train
 from sfsr.training.settings import TRAINING_DEFAULTS, resolve_config, stage_config
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory, photo_saver) -> dict[str, Path]:
@@ -130,23 +128,6 @@ def test_stage_config_merges_defaults_training_and_stage():
         stage_config(config, "m", "gan")
     with pytest.raises(ConfigError, match="lr_rate"):
         resolve_config({"arch": "srresnet", "scale": 4, "lr_rate": 1})
-
-
-def _schema_training_defaults() -> dict | None:
-    for path in (REPO / "config.schema.yaml", REPO / ".drafts" / "training.schema.yaml"):
-        if path.is_file():
-            schema = yaml.safe_load(path.read_text())
-            props = schema.get("properties", schema)
-            if "training" in props:
-                return {k: v.get("default") for k, v in props["training"]["properties"].items()}
-    return None
-
-
-def test_schema_defaults_match_the_code():
-    defaults = _schema_training_defaults()
-    if defaults is None:
-        pytest.skip("no 'training' section in config.schema.yaml yet")
-    assert defaults == TRAINING_DEFAULTS
 
 
 # ------------------------------------------------------------------------------------ training

@@ -1,6 +1,6 @@
 """Settings of one SR training stage, torch-free (the workflow checks them when it is parsed).
 
-* :data:`TRAINING_DEFAULTS`: the ``training`` config section's defaults.
+* :data:`TRAINING_DEFAULTS`: the ``training`` config section's defaults, read from config.schema.yaml.
 * :func:`stage_config`: the flat settings of ``models.<model>.<stage>`` (defaults < ``training`` <
   the model's stage section, plus the model's arch, scale and kwargs).
 * :func:`resolve_config`: defaults filled in, unknown keys and bad values raise ConfigError.
@@ -11,54 +11,32 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from sfsr.errors import ConfigError
 from sfsr.training.stages import LOSS_TERMS, STAGES
 
-#: Defaults of the ``training`` config section; a model's stage section (``warmup``, ``gan``,
-#: ``semantic``, ``shared``) overrides them
-#: (dict-valued keys are merged one level deep). Mirrors config.schema.yaml (checked by a test).
-TRAINING_DEFAULTS: dict[str, Any] = {
-    "device": "auto",
-    "batch_size": 16,
-    "lr_patch": 24,
-    "train_split": "train",
-    "valid_split": "val",
-    "iterations": 100000,
-    "optimizer": "adam",
-    "lr": 2.0e-4,
-    "betas": [0.9, 0.99],
-    "weight_decay": 0.0,
-    "scheduler": "multistep",
-    "milestones": [0.5],
-    "gamma": 0.5,
-    "eta_min": 1.0e-7,
-    "grad_clip": None,
-    "ema_decay": 0.999,
-    "log_every": 100,
-    "val_every": 5000,
-    "checkpoint_every": 5000,
-    "bf16": True,
-    "channels_last": True,
-    "compile": False,
-    "num_workers": 4,
-    "lr_source": "on_the_fly",
-    "cache_mb": 4096,
-    "reference_levels": None,
-    "pixel_loss": "l1",
-    "loss_preset": "esrgan",
-    "loss_weights": {},
-    "perceptual": {"net": "vgg19", "weights": "imagenet", "layer": None},
-    "discriminator": {"arch": "vgg", "kwargs": {}, "lr": None},
-    "semantic": {"temperature": 1.0, "feature_layers": [], "feature_weight": 0.0, "input_size": None},
-    "shared": {"mode": "pseudo", "temperature": 1.0},
-    "tensorboard": False,
-    "threads": 4,
-    "gpus": 1,
-    "mem_mb": 16000,
-    "runtime": 720,
-}
+#: The configuration schema, whose ``training`` section holds the training defaults.
+SCHEMA_PATH = Path(__file__).resolve().parents[3] / "config.schema.yaml"
+
+
+def _schema_training_defaults(path: Path = SCHEMA_PATH) -> dict[str, Any]:
+    """``{key: default}`` of the schema's ``training`` properties (read once, at import)."""
+    try:
+        schema = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return {k: v["default"] for k, v in schema["properties"]["training"]["properties"].items()}
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+        raise ConfigError(f"cannot read the training defaults from {path} ({type(exc).__name__}: {exc}); "
+                          "the schema at the repository root is their one source") from exc
+
+
+#: Defaults of the ``training`` config section, as config.schema.yaml gives them (its one source);
+#: a model's stage section (``warmup``, ``gan``, ``semantic``, ...) overrides them (dict-valued
+#: keys are merged one level deep).
+TRAINING_DEFAULTS: dict[str, Any] = _schema_training_defaults()
 MODEL_KEYS = ("arch", "scale", "kwargs")
 SEMANTIC_KEYS = ("temperature", "feature_layers", "feature_weight", "input_size")
 SHARED_KEYS = ("mode", "temperature")
