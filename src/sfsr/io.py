@@ -45,6 +45,28 @@ def _check_target(path: Path) -> None:
         raise PathError(f"cannot write {path}: it is a folder; give a file path")
 
 
+def _temp_file(path: Path, prefix: str, suffix: str) -> tuple[int, str]:
+    """``mkstemp`` beside ``path`` (its folder made if needed); refuses a folder as target."""
+    _check_target(path)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
+
+
+@contextlib.contextmanager
+def _replace_when_done(tmp: str, path: Path) -> Iterator[None]:
+    """Rename ``tmp`` over ``path`` (plain-file permissions) when the block succeeds; remove it on
+    any exception, leaving ``path`` untouched."""
+    try:
+        yield
+        os.chmod(tmp, default_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
     """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success.
@@ -54,21 +76,12 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
     if "r" in mode or "a" in mode or "+" in mode:
         raise ValueError(f"atomic_open is for writing only, got mode {mode!r}")
     path = Path(path)
-    _check_target(path)
-    with writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
+    fd, tmp = _temp_file(path, f".{path.name}.", ".tmp")
+    with _replace_when_done(tmp, path):
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, default_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 @contextlib.contextmanager
@@ -77,21 +90,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     matplotlib savefig, PIL). The temporary file keeps the target's suffix so format detection
     works; it is renamed over ``path`` on success and removed on failure."""
     path = Path(path)
-    _check_target(path)
-    with writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    fd, tmp = _temp_file(path, f".{path.stem}.", f".tmp{path.suffix}")
     os.close(fd)
-    try:
+    with _replace_when_done(tmp, path):
         yield Path(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.chmod(tmp, default_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
