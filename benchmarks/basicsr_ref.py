@@ -42,15 +42,19 @@ def to_y_channel(img: np.ndarray) -> np.ndarray:
     return img * 255.0
 
 
-def calculate_psnr(img: np.ndarray, img2: np.ndarray, crop_border: int, test_y_channel: bool = True) -> float:
+def _prepare(img: np.ndarray, img2: np.ndarray, crop_border: int, test_y_channel: bool):
+    """The steps BasicSR's calculate_psnr and calculate_ssim share: shape check, border crop, Y, float64."""
     assert img.shape == img2.shape, f"Image shapes are different: {img.shape}, {img2.shape}."
     if crop_border != 0:
         img = img[crop_border:-crop_border, crop_border:-crop_border, ...]
         img2 = img2[crop_border:-crop_border, crop_border:-crop_border, ...]
     if test_y_channel:
         img, img2 = to_y_channel(img), to_y_channel(img2)
-    img = img.astype(np.float64)
-    img2 = img2.astype(np.float64)
+    return img.astype(np.float64), img2.astype(np.float64)
+
+
+def calculate_psnr(img: np.ndarray, img2: np.ndarray, crop_border: int, test_y_channel: bool = True) -> float:
+    img, img2 = _prepare(img, img2, crop_border, test_y_channel)
     mse = np.mean((img - img2) ** 2)
     if mse == 0:
         return float("inf")
@@ -85,14 +89,7 @@ def _ssim(img: np.ndarray, img2: np.ndarray) -> float:
 
 
 def calculate_ssim(img: np.ndarray, img2: np.ndarray, crop_border: int, test_y_channel: bool = True) -> float:
-    assert img.shape == img2.shape, f"Image shapes are different: {img.shape}, {img2.shape}."
-    if crop_border != 0:
-        img = img[crop_border:-crop_border, crop_border:-crop_border, ...]
-        img2 = img2[crop_border:-crop_border, crop_border:-crop_border, ...]
-    if test_y_channel:
-        img, img2 = to_y_channel(img), to_y_channel(img2)
-    img = img.astype(np.float64)
-    img2 = img2.astype(np.float64)
+    img, img2 = _prepare(img, img2, crop_border, test_y_channel)
     if img.ndim == 2:
         img, img2 = img[..., None], img2[..., None]
     return float(np.mean([_ssim(img[..., i], img2[..., i]) for i in range(img.shape[2])]))

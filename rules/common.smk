@@ -205,8 +205,8 @@ def families():
 
 
 def refsr_row_name(model, run):
-    """Name of a RefSR evaluation row in the study summary: '<model> @ ref<k>' / '@ random', or the
-    model itself for a run without a reference (the no-reference control, bicubic)."""
+    """Name of a RefSR evaluation row in the study summary (sfsr.refsr.row_name, repeated here so the
+    workflow parse stays free of pandas): '<model> @ ref<k>' / '@ random', or the model itself."""
     return model if run in ("none", "bicubic") else f"{model} @ {run}"
 
 

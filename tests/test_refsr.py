@@ -89,7 +89,7 @@ def test_evaluation_per_level_with_a_random_reference_and_the_controls(groups, t
                - table.loc[table.model == "bicubic", "psnr_y"].mean()) < 1.0
     gains = gain_over_bicubic(table)
     assert (gains.loc[gains.model == "bicubic", "psnr_y"] == 0).all()
-    assert set(gains["model"]) == {"ssen", "ssen (random)", "noref", "bicubic"}
+    assert set(gains["model"]) == {"ssen", "ssen @ random", "noref", "bicubic"}
     summary = reference_summary(table, n_boot=50)
     assert list(summary.loc[summary.model == "ssen", "input"]) == ["ref1", "ref2", "ref3", "ref4", "random"]
     assert "| ssen |" in summary_markdown(summary)

@@ -61,9 +61,10 @@ def plot_visual(smk):
 def summary_table(smk):
     summary = pd.read_csv(smk.input.summary)
     if smk.input.refsr:  # RefSR per reference level: rows '<model> @ ref<k>' (docs/refsr.md)
+        from sfsr.refsr import row_name
+
         refsr = pd.concat([pd.read_csv(p) for p in smk.input.refsr], ignore_index=True)
-        refsr["model"] = [m if i in ("none", "bicubic") else f"{m} @ {i}"
-                          for m, i in zip(refsr["model"], refsr["input"])]
+        refsr["model"] = [row_name(m, i) for m, i in zip(refsr["model"], refsr["input"])]
         summary = pd.concat([summary, refsr[[c for c in summary.columns if c in refsr.columns]]],
                             ignore_index=True)
     accuracy = pd.concat([pd.read_csv(p) for p in smk.input.accuracy], ignore_index=True) \

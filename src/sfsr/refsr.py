@@ -135,17 +135,25 @@ def summary_markdown(summary: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def row_name(model: str, run: str) -> str:
+    """Name of one RefSR run in tables and figures: ``<model> @ ref<k>`` / ``<model> @ random``, or
+    the model itself for a run without a reference (the no-reference control, bicubic). (The
+    workflow's ``refsr_row_name`` in rules/common.smk names the same rows for figure families.)"""
+    return model if run in ("none", "bicubic") else f"{model} @ {run}"
+
+
 def gain_over_bicubic(table: pd.DataFrame) -> pd.DataFrame:
     """Per group and input, PSNR-Y minus bicubic's PSNR-Y on the same group (paired: the spread
     between images cancels, so confidence bands show the uncertainty of the gain). The rows of the
-    reference-based models' random-reference runs are renamed ``<model> (random)``; bicubic is 0."""
+    reference-based models' random-reference runs are renamed ``<model> @ random`` (:func:`row_name`);
+    bicubic is 0."""
     base = table[table["input"] == "bicubic"].set_index(["dataset", "scale", "group"])["psnr_y"]
     if base.empty:
         raise DataError("gain_over_bicubic: the table has no bicubic rows")
     out = table.copy()
     key = list(zip(out["dataset"], out["scale"], out["group"]))
     out["psnr_y"] = out["psnr_y"].to_numpy() - base.reindex(key).to_numpy()
-    out["model"] = [f"{m} (random)" if i == "random" else m for m, i in zip(out["model"], out["input"])]
+    out["model"] = [row_name(m, i) if i == "random" else m for m, i in zip(out["model"], out["input"])]
     out["level"] = [f"ref{int(v)}" if pd.notna(v) else None for v in out["level"]]
     return out
 

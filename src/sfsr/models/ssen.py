@@ -25,7 +25,7 @@ Graph (``forward(lr, ref)``; ``lr`` (N,3,h,w), ``ref`` the HR reference (N,3,H,W
 the LR features only): the no-reference control trained on the same data and budget.
 
 :attr:`SSEN.offset_magnitudes` holds the mean absolute offset (in LR-feature pixels) of each
-deformable layer after every forward pass: the training loop logs it and warns when it explodes, a
+deformable layer after every forward pass (0-d tensors on the model's device, read when logged): the training loop logs it and warns when it explodes, a
 known instability of deformable alignment.
 """
 
@@ -174,7 +174,7 @@ class SSEN(SRGenerator):
         self.trunk_tail = nn.Conv2d(num_features, num_features, 3, padding=1)
         self.upsampler = pixel_shuffle_upsampler(num_features, scale)
         self.tail = nn.Conv2d(num_features, 3, 3, padding=1)
-        self.offset_magnitudes: list[float] = []
+        self.offset_magnitudes: list[Tensor] = []
         self._init_base(base, scale, self.tail)
 
     def reference_features(self, ref: Tensor, lr_size: tuple[int, int]) -> Tensor:
@@ -199,7 +199,7 @@ class SSEN(SRGenerator):
             magnitudes = []
             for layer in self.align:
                 aligned, offset = layer(lr_features, aligned)
-                magnitudes.append(float(offset.detach().abs().mean()))
+                magnitudes.append(offset.detach().abs().mean())  # a tensor: no device sync here
             self.offset_magnitudes = magnitudes
             fused = self.fuse(torch.cat([lr_features, aligned], dim=1))
         else:

@@ -56,8 +56,7 @@ def train_step(p: Parts, lr: torch.Tensor, hr: torch.Tensor, label: torch.Tensor
         sr, terms = generator_terms(p, lr, hr, label, ref)
         g_loss = total_loss(terms, p.weights)
     if "offset" in p.columns:  # logged, not a loss term
-        terms["offset"] = torch.tensor(float(sum(p.generator.offset_magnitudes)
-                                             / max(1, len(p.generator.offset_magnitudes))))
+        terms["offset"] = torch.stack(p.generator.offset_magnitudes).mean()
     p.opt_g.zero_grad(set_to_none=True)
     g_loss.backward()
     _clip(p.trainable, p.grad_clip)
