@@ -211,7 +211,7 @@ def test_symlink_loops_as_input_or_output_are_one_line_errors(tmp_path, capsys):
             (["upscale", "--scale", "2", str(tmp_path / "in"), str(tmp_path / "loop_a")], "output"),
             (["upscale", "--scale", "2", str(tmp_path / "in"), str(tmp_path / "loop_a" / "x")],
              "runs through"),
-            (["make-lr", "--scale", "2", str(tmp_path / "loop_a"), str(tmp_path / "out")], "image folder"),
+            (["make-lr", "--scale", "2", str(tmp_path / "loop_a"), str(tmp_path / "out")], "input folder"),
             (["evaluate", "--scale", "2", "--hr", str(tmp_path / "in"), "--sr", str(tmp_path / "loop_b")],
              "SR folder")):
         assert main(args) == 2, args

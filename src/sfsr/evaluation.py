@@ -21,9 +21,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from sfsr.data.images import DEFAULT_EXTENSIONS as IMAGE_EXTENSIONS
 from sfsr.data.images import images_by_stem, read_image
-from sfsr.errors import DataError, path_problem
+from sfsr.errors import DataError
 from sfsr.metrics import image_metrics, topk_accuracy
 
 if TYPE_CHECKING:  # torch, torchvision and the classifier are imported where a model runs, so the
@@ -39,13 +38,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _images_by_stem(folder: str | os.PathLike, what: str) -> dict[str, Path]:
-    problem = path_problem(folder)
-    if problem:
-        raise DataError(f"{what} folder {folder} {problem}; fix or remove the link")
-    if not Path(folder).is_dir():
-        raise DataError(f"{what} folder not found: {folder} (give an existing folder of images)")
-    return images_by_stem(folder, IMAGE_EXTENSIONS, what)
 
 
 def _shorten(stems: Sequence[str], limit: int = 20) -> str:
@@ -62,8 +54,8 @@ def evaluate_folders(hr_dir: str | os.PathLike, sr_dir: str | os.PathLike, scale
     :class:`DataError` when the two folders do not hold the same stems (listing what is missing
     on each side) or when an SR image does not have the size of its modcropped HR image.
     """
-    hr = _images_by_stem(hr_dir, "HR")
-    sr = _images_by_stem(sr_dir, "SR")
+    hr = images_by_stem(hr_dir, what="HR")
+    sr = images_by_stem(sr_dir, what="SR")
     missing_sr = sorted(set(hr) - set(sr))
     missing_hr = sorted(set(sr) - set(hr))
     if missing_sr or missing_hr:
@@ -224,7 +216,7 @@ def _manifest_items(folder: Path, manifest: pd.DataFrame | str | os.PathLike,
     for col in ("stem", "class_id"):
         if col not in manifest.columns:
             raise DataError(f"manifest lacks the column {col!r} (has {list(manifest.columns)})")
-    by_stem = _images_by_stem(folder, "classification input")
+    by_stem = images_by_stem(folder, what="classification input")
     stems = manifest["stem"].astype(str).tolist()
     missing = [s for s in stems if s not in by_stem]
     if missing:

@@ -184,32 +184,33 @@ def normalize_extensions(extensions: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def list_images(folder: str | os.PathLike,
-                extensions: Iterable[str] = DEFAULT_EXTENSIONS) -> list[Path]:
+def list_images(folder: str | os.PathLike, extensions: Iterable[str] = DEFAULT_EXTENSIONS,
+                what: str = "image") -> list[Path]:
     """Image files directly inside ``folder`` (not recursive), sorted by name.
 
     Extensions match case-insensitively; hidden files (names starting with ``.``, e.g. macOS
     ``._x.jpg`` resource forks in archives) are ignored. Symlinks that lead nowhere (dangling, or a
     loop) are listed like files, so reading them reports them as bad images instead of dropping
-    them in silence. Raises :class:`DataError` when the folder does not exist or holds no image.
+    them in silence. Raises :class:`DataError` when the folder does not exist or holds no image; the
+    message calls it the ``<what>`` folder (image, input, HR, SR, ...).
     """
     folder = Path(folder)
     exts = normalize_extensions(extensions)
     problem = path_problem(folder)
     if problem:
-        raise DataError(f"image folder {folder} {problem}", hints=FOLDER_HINTS)
+        raise DataError(f"{what} folder {folder} {problem}", hints=FOLDER_HINTS)
     if not folder.is_dir():
-        raise DataError(f"image folder {folder} does not exist (or is not a folder)", hints=FOLDER_HINTS)
+        raise DataError(f"{what} folder {folder} does not exist (or is not a folder)", hints=FOLDER_HINTS)
     try:
         entries = list(folder.iterdir())
     except PermissionError:
-        raise DataError(f"image folder {folder}: cannot list it, permission denied; check the "
+        raise DataError(f"{what} folder {folder}: cannot list it, permission denied; check the "
                         f"folder's permissions") from None
     files = sorted(p for p in entries
                    if not p.name.startswith(".") and p.suffix.lower() in exts
                    and (p.is_file() or path_problem(p) is not None))
     if not files:
-        raise DataError(f"no images in {folder}: looked for extensions {', '.join(exts)}",
+        raise DataError(f"no images in {what} folder {folder}: looked for extensions {', '.join(exts)}",
                         hints=FOLDER_HINTS)
     return files
 
@@ -219,7 +220,7 @@ def images_by_stem(folder: str | os.PathLike, extensions: Iterable[str] = DEFAUL
     """:func:`list_images` keyed by file stem (outputs are ``<stem>.png``, and SR/HR pairs are
     matched by stem); two files with one stem raise :class:`DataError` naming both."""
     by_stem: dict[str, Path] = {}
-    for path in list_images(folder, extensions):
+    for path in list_images(folder, extensions, what):
         if path.stem in by_stem:
             raise DataError(f"{what} folder {Path(folder)} holds two images with the stem "
                             f"{path.stem!r}: {by_stem[path.stem].name} and {path.name}; keep one")
