@@ -1,12 +1,13 @@
 # Classifier stage and classification evaluation: pretrain the fine-grained classifier on HR
-# images, then its top-1/top-5 on the test split of HR, bicubic and every SR output, joined with
-# PSNR/SSIM in one table with the share of the bicubic-to-HR gap each model closes.
+# images (the semantic prior) and the independent judges of config key 'judges', then each one's
+# top-1/top-5 on the test split of HR, bicubic and every SR output, joined with PSNR/SSIM in one
+# table with the share of the bicubic-to-HR gap each model closes.
 # Code: workflow_scripts/classify.py -> sfsr.training.classifier / sfsr.evaluation.
 
 
 rule classifier:
     input:
-        [classifier_checkpoint(d) for d in config["classification"]],
+        [judge_checkpoint(d, j) for d in config["classification"] for j in JUDGES],
 
 
 rule classification:
@@ -38,10 +39,51 @@ rule pretrain_classifier:
         "../workflow_scripts/classify.py"
 
 
+# An independent judge (config key 'judges'): the classifier's recipe with its own seed / backbone,
+# used only to measure accuracy (docs/semantic.md).
+use rule pretrain_classifier as pretrain_judge with:
+    output:
+        f"{RESULTS}/classifier/{{dataset}}/judges/{{judge}}/classifier.pt",
+    params:
+        cfg=lambda wc: JUDGES[wc.judge]["cfg"],
+        seed=lambda wc: JUDGES[wc.judge]["seed"],
+    log:
+        f"{RESULTS}/logs/pretrain_judge/{{dataset}}/{{judge}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/pretrain_judge/{{dataset}}/{{judge}}.tsv"
+
+
+# The LR classification baseline (config key lr_classifier): the classifier fine-tuned on the set's
+# bicubic-upscaled LR images; classified as input 'lr_classifier' on the bicubic test images.
+rule finetune_lr_classifier:
+    input:
+        classifier=lambda wc: classifier_checkpoint(wc.dataset),
+        images=f"{RESULTS}/sr/bicubic/{{dataset}}_x{{scale}}",
+        manifest=lambda wc: f"{DATA}/prepared/{wc.dataset}/manifest.csv",
+    output:
+        f"{RESULTS}/classifier/{{dataset}}/lr_x{{scale}}/classifier.pt",
+    params:
+        cfg=sfsr.config.lr_classifier_settings(config),
+        seed=config["seed"],
+    log:
+        f"{RESULTS}/logs/finetune_lr_classifier/{{dataset}}_x{{scale}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/finetune_lr_classifier/{{dataset}}_x{{scale}}.tsv"
+    threads: config["classifier"]["threads"]
+    resources:
+        gpu=config["classifier"]["gpus"],
+        mem_mb=config["classifier"]["mem_mb"],
+        runtime=config["classifier"]["runtime"],
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow_scripts/classify.py"
+
+
 rule classify:
     input:
         unpack(lr_head_inputs),
-        classifier=lambda wc: classifier_checkpoint(wc.dataset),
+        classifier=classify_classifier,
         images=classify_images,
         manifest=lambda wc: f"{DATA}/prepared/{wc.dataset}/manifest.csv",
     output:
@@ -60,6 +102,19 @@ rule classify:
         "../workflow_scripts/classify.py"
 
 
+use rule classify as classify_judge with:
+    input:
+        classifier=lambda wc: judge_checkpoint(wc.dataset, wc.judge),
+        images=classify_images,
+        manifest=lambda wc: f"{DATA}/prepared/{wc.dataset}/manifest.csv",
+    output:
+        f"{RESULTS}/classification/{{dataset}}_x{{scale}}/judges/{{judge}}/{{input}}.json",
+    log:
+        f"{RESULTS}/logs/classify/{{dataset}}_x{{scale}}/judges/{{judge}}/{{input}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/classify/{{dataset}}_x{{scale}}/judges/{{judge}}/{{input}}.tsv"
+
+
 rule accuracy_table:
     input:
         accuracies=lambda wc: classification_inputs(wc.dataset, int(wc.scale)),
@@ -69,6 +124,8 @@ rule accuracy_table:
     output:
         csv=f"{RESULTS}/classification/{{dataset}}_x{{scale}}/accuracy.csv",
         md=f"{RESULTS}/classification/{{dataset}}_x{{scale}}/accuracy.md",
+    params:
+        judges={name: judge["independent"] for name, judge in JUDGES.items()},
     log:
         f"{RESULTS}/logs/accuracy_table/{{dataset}}_x{{scale}}.log",
     conda:

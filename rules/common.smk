@@ -13,6 +13,7 @@ wildcard_constraints:
     filename=r"[^/]+",
     model=r"[A-Za-z0-9_]+",
     input=r"[A-Za-z0-9_]+",
+    judge=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     stage="|".join(STAGES),
     metric=r"psnr_y|ssim_y|psnr_rgb",
     rank=r"\d+",
@@ -195,13 +196,14 @@ def lr_heads():
 
 
 def families():
-    """Figure family of every name a figure can show: hr, bicubic, lr_head and each trained
-    generator's stage family (from the stage table, never guessed from the name)."""
+    """Figure family of every name a figure can show: hr, bicubic, lr_head (the LR heads and the LR
+    classification baseline) and each trained generator's stage family (from the stage table, never
+    guessed from the name)."""
     out = {"hr": "hr", "bicubic": "bicubic"}
     out |= {name: STAGES[stage].family for name, (stage, _) in trained_generators().items()}
     out |= {refsr_row_name(m, i): "refsr" for m in stage_models("refsr")
             for i in ("none", "random", *[f"ref{k}" for k in range(1, 10)])}
-    return out | {name: "lr_head" for name in lr_heads()}
+    return out | {name: "lr_head" for name in [*lr_heads(), LR_CLASSIFIER]}
 
 
 def refsr_row_name(model, run):
@@ -248,6 +250,38 @@ def classifier_checkpoint(dataset):
     return f"{RESULTS}/classifier/{dataset}/classifier.pt"
 
 
+# Judges of the classification evaluation: 'prior' (the classifier above, also the semantic prior)
+# and the independent ones of config key 'judges' (sfsr.config.judge_settings).
+JUDGES = sfsr.config.judge_settings(config)
+
+
+def judge_checkpoint(dataset, judge):
+    if judge == "prior":
+        return classifier_checkpoint(dataset)
+    return f"{RESULTS}/classifier/{dataset}/judges/{judge}/classifier.pt"
+
+
+LR_CLASSIFIER = "lr_classifier"  # the accuracy table's name of the LR classification baseline
+
+
+def lr_classifier_checkpoint(dataset, scale):
+    """The classifier fine-tuned on the set's bicubic-upscaled LR images (config key lr_classifier)."""
+    return f"{RESULTS}/classifier/{dataset}/lr_x{scale}/classifier.pt"
+
+
+def classify_classifier(wildcards):
+    """The classifier a classify job runs: the prior, or the LR baseline on the bicubic images."""
+    if wildcards.input == LR_CLASSIFIER:
+        return lr_classifier_checkpoint(wildcards.dataset, wildcards.scale)
+    return classifier_checkpoint(wildcards.dataset)
+
+
+def accuracy_record(dataset, scale, judge, name):
+    """The classify output of one input as judged by one judge."""
+    folder = f"{RESULTS}/classification/{dataset}_x{scale}"
+    return f"{folder}/{name}.json" if judge == "prior" else f"{folder}/judges/{judge}/{name}.json"
+
+
 def models_at(scale):
     """Evaluated models at one scale: bicubic, then the trained generators of that scale."""
     return ["bicubic"] + [m for m, (_, s) in evaluated_generators().items() if s == scale]
@@ -260,6 +294,8 @@ def classify_images(wildcards):
         return prepared_hr(wildcards.dataset)
     if wildcards.input in lr_heads():
         return prepared_lr(wildcards.dataset, wildcards.scale)
+    if wildcards.input == LR_CLASSIFIER:
+        return f"{RESULTS}/sr/bicubic/{wildcards.dataset}_x{wildcards.scale}"
     return f"{RESULTS}/sr/{wildcards.input}/{wildcards.dataset}_x{wildcards.scale}"
 
 
@@ -271,9 +307,12 @@ def lr_head_inputs(wildcards):
 
 
 def classification_inputs(dataset, scale):
+    """Every judge's verdict on HR, bicubic and each model; the LR heads and the LR baseline are
+    classifiers of their own (reported once, under the prior whose classes they predict)."""
     heads = [h for h, (_, _, s) in lr_heads().items() if s == scale]
-    return [f"{RESULTS}/classification/{dataset}_x{scale}/{i}.json"
-            for i in ["hr"] + models_at(scale) + heads]
+    heads += [LR_CLASSIFIER] if config["lr_classifier"]["enabled"] else []
+    return [accuracy_record(dataset, scale, judge, name) for judge in JUDGES
+            for name in ["hr"] + models_at(scale) + (heads if judge == "prior" else [])]
 
 
 def accuracy_tables():
@@ -284,7 +323,7 @@ def accuracy_tables():
 # ---------------------------------------------------------------- figures / report wiring
 def color_universe():
     """Every name a figure can show, so each model keeps its colour across all figures."""
-    return ["hr", "bicubic"] + list(evaluated_generators()) + list(lr_heads())
+    return ["hr", "bicubic"] + list(evaluated_generators()) + list(lr_heads()) + [LR_CLASSIFIER]
 
 
 def generator_stages():

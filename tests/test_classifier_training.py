@@ -159,3 +159,53 @@ def test_train_classifier_on_cuda_with_bf16_and_channels_last(tmp_path, texture_
     assert prov["speed_flags"] == {"bf16": True, "channels_last": True}
     model, meta = load_classifier(path, "cuda")
     assert next(model.parameters()).is_cuda and 0 <= meta["val_top1"] <= 1
+
+
+@pytest.mark.slow
+def test_lr_baseline_fine_tunes_the_classifier_on_other_images(tmp_path, texture_set) -> None:
+    """The LR classification baseline: init_checkpoint's weights are the starting point (with lr
+    tiny and one epoch the result stays next to them; from scratch it does not), image_dir's images
+    (here bicubic x4-degraded copies, matched by stem) are what it trains and is tested on, and a
+    classifier of other classes is refused."""
+    import numpy as np
+    from PIL import Image
+
+    from sfsr import io
+    from sfsr.data.bicubic import imresize
+
+    base = train_classifier({**BASE, "batch_size": 8, "epochs": 2}, dataset_dir=texture_set,
+                            out_dir=tmp_path / "hr", seed=0)
+    blurred = tmp_path / "bicubic"
+    for path in sorted((texture_set / "HR").iterdir()):
+        hr = np.asarray(Image.open(path).convert("RGB"))
+        io.save_image(blurred / f"{path.stem}.png", imresize(imresize(hr, 1 / 4), 4.0))
+    tiny = {**BASE, "batch_size": 8, "epochs": 1, "lr": 1e-7}
+    tuned = train_classifier(tiny, dataset_dir=texture_set, out_dir=tmp_path / "lr", seed=0,
+                             image_dir=blurred, init_checkpoint=base)
+    scratch = train_classifier(tiny, dataset_dir=texture_set, out_dir=tmp_path / "scratch", seed=1,
+                               image_dir=blurred)  # another seed: another random start
+    start = torch.load(base, weights_only=True)["state_dict"]
+    after = torch.load(tuned, weights_only=True)["state_dict"]
+    fresh = torch.load(scratch, weights_only=True)["state_dict"]
+    w = next(k for k, v in start.items() if k.endswith("weight") and v.ndim == 4)  # the first conv
+    assert torch.allclose(after[w], start[w], atol=1e-4) and not torch.allclose(fresh[w], start[w], atol=1e-2)
+    meta = torch.load(tuned, weights_only=True)
+    assert meta["images"] == str(blurred) and meta["weights_init"] == str(base)
+    # its recorded test accuracy is on the blurred images, not on HR
+    model, _ = load_classifier(tuned)
+    frame = pd.read_csv(texture_set / "manifest.csv", dtype={"stem": str})
+    test = frame[frame["split"] == "test"]
+    _, m = load_classifier(base)
+    on_blur = classification_accuracy(model, blurred, manifest=test, input_size=32,
+                                      resize_size=m["resize_size"], class_to_index=m["class_to_index"])
+    assert meta["test_top1"] == pytest.approx(on_blur["top1"], abs=1e-6)
+    # a classifier of other classes cannot be the starting point
+    other = tmp_path / "other"
+    (other / "HR").mkdir(parents=True)
+    remapped = frame.assign(class_id=frame["class_id"] + 10)
+    for f in remapped["file"]:
+        (other / f).symlink_to(texture_set / f)
+    remapped.to_csv(other / "manifest.csv", index=False)
+    with pytest.raises(DataError, match="does not fit"):
+        train_classifier(tiny, dataset_dir=other, out_dir=tmp_path / "bad", init_checkpoint=base,
+                         image_dir=blurred)

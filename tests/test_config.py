@@ -155,3 +155,40 @@ def test_non_utf8_config_file_is_named(tmp_path):
     bad.write_bytes("experiment: caf\xe9\n".encode("latin-1"))
     with pytest.raises(ConfigError, match=r"latin1\.yaml is not UTF-8 text"):
         cfg.load(bad)
+
+
+def test_semantic_train_split_moves_the_classification_stages_only(base):
+    """semantic_train_split: sr_train puts the semantic and shared stages (and their controls) on
+    the images the classifier never saw; the warm-up keeps training.train_split. It needs the
+    classification set to carve sr_train, and refuses val/test (used by selection / evaluation)."""
+    from sfsr.training.settings import stage_config
+
+    config = copy.deepcopy(base)
+    config["semantic_train_split"] = "sr_train"
+    with pytest.raises(ConfigError, match=r"carve_sr_from: train"):
+        cfg.validate(copy.deepcopy(config))
+    config["datasets"]["builtin_demo_cls"]["split"] = {"carve_sr_from": "train"}
+    config = cfg.validate(config)
+    model = config["sr_models"][0]
+    for stage in ("semantic", "shared", "semantic_control", "shared_control"):
+        assert stage_config(config, model, stage)["train_split"] == "sr_train", stage
+    assert stage_config(config, model, "warmup")["train_split"] == "train"
+    for bad in ("test", "val"):
+        with pytest.raises(ConfigError, match="semantic_train_split"):
+            cfg.validate({**copy.deepcopy(base), "semantic_train_split": bad})
+
+
+def test_judges_default_to_the_classifier_recipe_with_their_own_seed(base):
+    config = copy.deepcopy(base)
+    config["judges"] = [{"name": "seed7", "seed": 7}, {"name": "r50", "arch": "resnet50"}]
+    config = cfg.validate(config)
+    judges = cfg.judge_settings(config)
+    assert list(judges) == ["prior", "seed7", "r50"]
+    assert judges["prior"] == {"cfg": config["classifier"], "seed": config["seed"], "independent": False}
+    assert judges["seed7"]["cfg"] == config["classifier"] and judges["seed7"]["seed"] == 7
+    assert judges["r50"]["cfg"] == {**config["classifier"], "arch": "resnet50"}
+    assert judges["r50"]["seed"] == config["seed"] + 2  # a seed of its own by default
+    for bad, match in (([{"name": "a"}, {"name": "a"}], "another judge has"), ([{"name": "prior"}], "prior"),
+                       ([{"name": "x", "batch_size": 4}], "batch_size")):
+        with pytest.raises(ConfigError, match=match):
+            cfg.validate({**copy.deepcopy(base), "judges": bad})

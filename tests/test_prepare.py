@@ -179,6 +179,28 @@ def test_class_folders_single_pool_carves_val_and_test(tmp_path):
     assert table.loc["dog"].to_dict() == {"test": 2, "train": 6, "val": 2}
 
 
+def test_sr_train_split_holds_images_the_classifier_never_sees(tmp_path):
+    """carve_sr_from: a per-class share of train becomes sr_train (the semantic stages' images);
+    the classifier trains on split 'train' only, so the two are disjoint, and val/test stay as
+    they were carved without it."""
+    for cls in ("cat", "dog"):
+        for i in range(10):
+            _save(tmp_path / "pool" / cls / f"{i}.png", h=16, w=16, seed=i)
+    split = {"val_fraction": 0.2, "test_fraction": 0.3}
+    spec = {"source": "local", "path": "x", "layout": "class_folders", "split": split}
+    without = prepare_dataset("pool", spec, tmp_path / "pool", tmp_path / "a")
+    spec["split"] = {**split, "carve_sr_from": "train", "sr_fraction": 0.5}
+    frame = prepare_dataset("pool", spec, tmp_path / "pool", tmp_path / "b")
+    table = frame.groupby(["class_name", "split"]).size().unstack()
+    assert table.loc["cat"].to_dict() == {"sr_train": 3, "test": 2, "train": 3, "val": 2}
+    assert table.loc["dog"].to_dict() == {"sr_train": 3, "test": 2, "train": 3, "val": 2}
+    for name in ("val", "test"):  # untouched by the sr carve
+        assert set(frame.loc[frame.split == name, "stem"]) == set(without.loc[without.split == name, "stem"])
+    sr = set(frame.loc[frame.split == "sr_train", "stem"])
+    assert sr <= set(without.loc[without.split == "train", "stem"])
+    assert not sr & set(frame.loc[frame.split == "train", "stem"])
+
+
 # ----------------------------------------------------------------------------- official split files
 def test_flowers102_official_files(tmp_path):
     root = tmp_path / "raw"

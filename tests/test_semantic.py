@@ -23,9 +23,10 @@ from sfsr.errors import DataError
 from sfsr.losses import l1_loss, total_loss
 from sfsr.metrics import topk_accuracy
 from sfsr.models import build_classifier, build_generator, classifier_features, generator_spec, save_generator
-from sfsr.semantic import (LRClassificationHead, SemanticPriorLoss, SharedFeatureModel, load_semantic_prior,
-                           pseudo_labels, semantic_kl, shared_classification_loss, soft_targets)
-from sfsr.training.classifier import (CLASSIFIER_DEFAULTS, checkpoint_dict, load_classifier,
+from sfsr.semantic import (LRClassificationHead, SemanticPriorLoss, SharedFeatureModel, classifier_view,
+                           load_semantic_prior, pseudo_labels, semantic_kl, shared_classification_loss,
+                           soft_targets, straight_through_clamp)
+from sfsr.training.classifier import (CLASSIFIER_DEFAULTS, checkpoint_dict, eval_transform, load_classifier,
                                       read_classifier_checkpoint)
 
 NUM_CLASSES = 5
@@ -290,6 +291,48 @@ def test_prior_input_size_resizes_before_the_classifier(classifier) -> None:
     with torch.no_grad():
         assert value.item() == pytest.approx(semantic_kl(classifier(small), classifier(small_hr)).item(),
                                              rel=1e-5)
+
+
+def test_prior_sees_the_judges_view(classifier) -> None:
+    """With resize_size the prior classifies exactly what the judge classifies (eval_transform:
+    short side resized, centre crop), not the whole image squeezed into a square."""
+    g = torch.Generator().manual_seed(3)
+    hr = torch.rand(2, 3, 40, 56, generator=g)
+    sr = (hr + 0.1 * torch.randn(hr.shape, generator=g)).clamp(0, 1).requires_grad_(True)
+    view = classifier_view(sr, 32, 36)
+    assert view.shape[-2:] == (32, 32) and torch.equal(view, eval_transform(32, 36)(sr))
+    prior = SemanticPriorLoss(classifier, input_size=32, resize_size=36)
+    value = prior(sr, hr)["semantic_kl"]
+    with torch.no_grad():
+        judged = semantic_kl(classifier(eval_transform(32, 36)(sr)), classifier(eval_transform(32, 36)(hr)))
+        squeezed = SemanticPriorLoss(classifier, input_size=32)(sr, hr)["semantic_kl"]
+    assert value.item() == pytest.approx(judged.item(), rel=1e-6)
+    assert value.item() != pytest.approx(squeezed.item(), rel=1e-3)  # the old square view differs
+    value.backward()
+    assert sr.grad.abs().sum() > 0  # differentiable through resize and crop
+
+
+def test_prior_clamps_sr_with_a_straight_through_gradient(classifier) -> None:
+    """The prior judges SR clamped to [0, 1] (what evaluation sees); out-of-range pixels still get
+    the gradient of their clamped value (straight-through), instead of none (plain clamp)."""
+    x = torch.tensor([-0.5, 0.25, 1.5], requires_grad=True)
+    y = straight_through_clamp(x)
+    assert y.tolist() == [0.0, 0.25, 1.0]
+    (y * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    assert x.grad.tolist() == [1.0, 2.0, 3.0]
+    sr, hr = _images(size=32)
+    wild = sr.clone()
+    wild[:, :, :8] = 1.8  # out of range: a top band the evaluation clamps to 1
+    wild[:, :, -8:] = -0.7
+    wild.requires_grad_(True)
+    clamped = SemanticPriorLoss(classifier, clamp=True)(wild, hr)["semantic_kl"]
+    with torch.no_grad():
+        seen = SemanticPriorLoss(classifier)(wild.clamp(0, 1), hr)["semantic_kl"]
+        unclamped = SemanticPriorLoss(classifier)(wild, hr)["semantic_kl"]
+    assert clamped.item() == pytest.approx(seen.item(), rel=1e-6)
+    assert clamped.item() != pytest.approx(unclamped.item(), rel=1e-3)
+    clamped.backward()
+    assert wild.grad[:, :, :8].abs().sum() > 0 and wild.grad[:, :, -8:].abs().sum() > 0
 
 
 # ------------------------------------------------------------ pseudo labels, soft targets, head

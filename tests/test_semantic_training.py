@@ -156,6 +156,40 @@ def test_split_selection_labels_and_whole_image_patches(setup, tmp_path) -> None
     assert select_training_images([plain], "train") == (None, None)
 
 
+def test_stages_on_the_classification_set_flip_only_horizontally(setup) -> None:
+    """augment auto: horizontal flips only (what the classifier was trained with) for the stages on
+    the classification set, flips and rotations for the others; the sample's crop is the same."""
+    assert resolve_config(cfg_for(), "semantic")["augment"] == "hflip"
+    assert resolve_config(cfg_for(), "shared_control")["augment"] == "hflip"
+    assert resolve_config(cfg_for(), "warmup")["augment"] == "dihedral"
+    assert resolve_config(cfg_for(augment="none"), "semantic")["augment"] == "none"
+    with pytest.raises(ConfigError, match="augment"):
+        resolve_config(cfg_for(augment="rotate"), "semantic")
+    kw = dict(length=64, seed=0)
+    plain, hflip, dihedral = (ManifestPatchDataset([setup["hr"]], 2, 8, keep=None, augment=a, **kw)
+                              for a in ("none", "hflip", "dihedral"))
+    flipped = other = 0
+    for k in range(64):
+        base, h, d = plain[k]["hr"], hflip[k]["hr"], dihedral[k]["hr"]
+        assert torch.equal(h, base) or torch.equal(h, base.flip(-1))
+        flipped += not torch.equal(h, base)
+        other += not (torch.equal(d, base) or torch.equal(d, base.flip(-1)))
+    assert flipped > 10 and other > 10  # both modes do flip; only dihedral rotates / flips vertically
+
+
+def test_logged_total_is_the_weighted_sum_of_the_logged_terms(semantic_run) -> None:
+    """train_log.csv's g_total (the loss the optimiser stepped on) equals sum(weight * term) of the
+    logged terms on every row, and every weighted term contributes (none is dropped or overwritten)."""
+    weights = stage_weights("semantic", resolve_config(cfg_for(**SEMANTIC), "semantic"))
+    assert set(weights) == {"pixel", "perceptual", "adversarial", "semantic_kl", "semantic_feat"}
+    log = pd.read_csv(semantic_run / "train_log.csv").dropna(subset=["g_total"])
+    assert len(log) == 4
+    parts = pd.DataFrame({t: w * log[t] for t, w in weights.items()})
+    assert np.allclose(log["g_total"], parts.sum(axis=1), rtol=1e-5, atol=1e-7)
+    for term in weights:  # leaving any one term out would not match
+        assert (parts[term].abs() > 1e-4 * log["g_total"].abs()).all(), term
+
+
 # ----------------------------------------------------------------------------- semantic stage
 def test_semantic_stage_starts_from_warmup_keeps_the_classifier_frozen_and_resumes(
         setup, semantic_run, tmp_path, monkeypatch) -> None:
@@ -276,6 +310,30 @@ def test_shared_stage_trains_the_encoder_and_writes_a_usable_lr_head(setup, tmp_
                                   normalize=False)
     assert acc["n"] == len(test) and 0.0 <= acc["top1"] <= 1.0
     assert shapes and all(s[1:] == (3, 16, 16) for s in shapes)
+
+
+def test_a_deeper_lr_head_is_trained_saved_and_loaded(setup, tmp_path) -> None:
+    """shared.head_hidden adds hidden layers to the head; lr_head.pt records them, so the saved head
+    is loaded with the same layers and gives the trained head's logits."""
+    with pytest.raises(ConfigError, match="head_hidden"):
+        resolve_config(cfg_for(shared={"head_hidden": [0]}))
+    out = tmp_path / "deep"
+    train("shared", cfg_for(iterations=2, ema_decay=None, shared={"head_hidden": [12, 6]}), out_dir=out,
+          **_kw(setup))
+    saved = _state(out / "lr_head.pt")
+    assert saved["hidden"] == [12, 6]
+    assert [tuple(v.shape) for k, v in saved["state_dict"].items() if k.endswith("weight")] == [
+        (12, 8), (6, 12), (3, 6)]
+    model = load_lr_classifier(out / "generator.pt", out / "lr_head.pt")
+    trained = _state(out / "state" / "last.pt")["head"]
+    _assert_same(model.head.state_dict(), trained)
+    lr = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        pooled = model.generator.encode(lr).mean(dim=(2, 3))
+        h = torch.relu(pooled @ trained["mlp.0.weight"].T + trained["mlp.0.bias"])
+        h = torch.relu(h @ trained["mlp.2.weight"].T + trained["mlp.2.bias"])
+        expected = h @ trained["fc.weight"].T + trained["fc.bias"]
+        assert torch.allclose(model(lr), expected, atol=1e-5)
 
 
 def test_shared_label_mode_needs_a_manifest_and_uses_it(setup, tmp_path) -> None:

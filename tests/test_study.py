@@ -27,6 +27,7 @@ TINY = {
     "train": ["builtin_valid"], "valid": ["builtin_valid"], "test": ["builtin_valid"],
     "classification": ["builtin_demo_cls"],
     "classifier": {"input_size": 32, "epochs": 2, "batch_size": 8},
+    "judges": [{"name": "seed1", "seed": 1, "epochs": 1}], "lr_classifier": {"epochs": 1},
     "training": {"batch_size": 2, "lr_patch": 8, "val_every": 4, "checkpoint_every": 4, "log_every": 2},
     "models": {"srresnet_x4": {"kwargs": {"num_blocks": 1, "num_features": 8},
                                "warmup": {"iterations": 6}, "gan": {"iterations": 4},
@@ -118,7 +119,10 @@ def test_summary_has_one_row_per_model_dataset_scale(study):
 
 def test_accuracy_table_joins_hr_bicubic_and_models(study):
     _, res = study
-    acc = pd.read_csv(res / "classification" / "builtin_demo_cls_x4" / "accuracy.csv")
+    table = pd.read_csv(res / "classification" / "builtin_demo_cls_x4" / "accuracy.csv")
+    assert set(table.judge) == {"prior", "seed1"}  # the prior and config.yaml's independent judge
+    assert set(table.loc[table.independent, "judge"]) == {"seed1"}
+    acc = table[table.judge == "prior"]
     assert set(acc.input) == {"hr", *MODELS, "srresnet_x4_lr_head"}
     row = acc.set_index("input")
     assert row.loc["bicubic", "gap_closed"] == pytest.approx(0.0) or np.isnan(row.loc["bicubic", "gap_closed"])
@@ -136,6 +140,35 @@ def test_accuracy_table_joins_hr_bicubic_and_models(study):
         fixed, broken = row.loc[name, ["fixed_vs_bicubic", "broken_vs_bicubic"]]
         n = row.loc[name, "n"]
         assert row.loc[name, "top1"] - row.loc["bicubic", "top1"] == pytest.approx((fixed - broken) / n)
+
+
+def test_an_independent_judge_gives_its_own_verdicts(study):
+    """The judge is another network (own seed): its weights differ from the prior's, its accuracy
+    rows cover HR, bicubic and every model (not the LR head, a classifier of its own), and its
+    records are what ITS checkpoint says about the images, recomputed here."""
+    import torch
+
+    from sfsr.evaluation import split_accuracy
+
+    work, res = study
+    prior = torch.load(res / "classifier" / "builtin_demo_cls" / "classifier.pt", weights_only=True)
+    judge_ckpt = res / "classifier" / "builtin_demo_cls" / "judges" / "seed1" / "classifier.pt"
+    judge = torch.load(judge_ckpt, weights_only=True)
+    assert prior["state_dict"].keys() == judge["state_dict"].keys()
+    assert any(not torch.equal(prior["state_dict"][k], judge["state_dict"][k]) for k in prior["state_dict"])
+    table = pd.read_csv(res / "classification" / "builtin_demo_cls_x4" / "accuracy.csv")
+    judged = table[table.judge == "seed1"]
+    assert set(judged.input) == {"hr", *MODELS}
+    assert judged.independent.all() and not table.loc[table.judge == "prior", "independent"].any()
+    records = res / "classification" / "builtin_demo_cls_x4" / "judges" / "seed1"
+    manifest = work / "data" / "prepared" / "builtin_demo_cls" / "manifest.csv"
+    for name, folder in (("hr", work / "data" / "prepared" / "builtin_demo_cls" / "HR"),
+                         ("srresnet_x4_semantic", res / "sr" / "srresnet_x4_semantic" / "builtin_demo_cls_x4")):
+        record = json.loads((records / f"{name}.json").read_text())
+        assert record["judge"] == "seed1"
+        again = split_accuracy(judge_ckpt, folder, manifest, device="cpu")
+        assert record["correct_top1"] == again["correct_top1"] and record["top1"] == again["top1"]
+        assert judged.set_index("input").loc[name, "top1"] == pytest.approx(record["top1"])
 
 
 def test_figures_exist_and_are_not_blank(study):

@@ -1,5 +1,5 @@
-"""Entry point of the classifier stage (rules/classify.smk): pretrain_classifier, classify,
-accuracy_table. The work is done in ``sfsr.training.classifier`` and ``sfsr.evaluation``."""
+"""Entry point of the classifier stage (rules/classify.smk): pretrain_classifier / pretrain_judge,
+finetune_lr_classifier, classify / classify_judge, accuracy_table. The work is done in ``sfsr.training.classifier`` and ``sfsr.evaluation``."""
 
 import json
 import sys
@@ -10,10 +10,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821 
 import pandas as pd
 
 from sfsr import io
-from sfsr.evaluation import accuracy_table as make_accuracy_table
-from sfsr.errors import DataError
-from sfsr.evaluation import mean_metrics, split_accuracy
-from sfsr.stats import add_paired_columns
+from sfsr.evaluation import judged_accuracy_table, mean_metrics, split_accuracy
 from sfsr.training.classifier import train_classifier
 from sfsr.training.lr_head import load_lr_classifier
 from sfsr.workflow import run_rule
@@ -23,6 +20,12 @@ def pretrain_classifier(smk):
     cfg = {k: v for k, v in smk.params.cfg.items() if k not in ("threads", "gpus", "mem_mb", "runtime")}
     train_classifier(cfg, dataset_dir=Path(smk.input.manifest).parent,
                      out_dir=Path(smk.output[0]).parent, seed=smk.params.seed)
+
+
+def finetune_lr_classifier(smk):
+    cfg = {k: v for k, v in smk.params.cfg.items() if k not in ("threads", "gpus", "mem_mb", "runtime")}
+    train_classifier(cfg, dataset_dir=Path(smk.input.manifest).parent, out_dir=Path(smk.output[0]).parent,
+                     seed=smk.params.seed, image_dir=smk.input.images, init_checkpoint=smk.input.classifier)
 
 
 def classify(smk):
@@ -35,14 +38,12 @@ def classify(smk):
         acc = split_accuracy(smk.input.classifier, smk.input.images, smk.input.manifest,
                              device=smk.params.device)
     w = smk.wildcards
-    io.write_json(smk.output[0], {"input": w.input, "dataset": w.dataset, "scale": int(w.scale), **acc})
+    io.write_json(smk.output[0], {"input": w.input, "judge": w.get("judge", "prior"),
+                                  "dataset": w.dataset, "scale": int(w.scale), **acc})
 
 
 def accuracy_table(smk):
-    accuracies = {}
-    for path in smk.input.accuracies:
-        record = json.loads(Path(path).read_text())
-        accuracies[record["input"]] = record
+    records = [json.loads(Path(path).read_text()) for path in smk.input.accuracies]
     manifest = pd.read_csv(smk.input.manifest)
     test_stems = set(manifest.loc[manifest["split"] == "test", "stem"])
     metrics = {}
@@ -50,19 +51,15 @@ def accuracy_table(smk):
         per_image = pd.read_csv(path)
         per_image = per_image[per_image["image"].isin(test_stems)]
         metrics[per_image["model"].iloc[0]] = mean_metrics(per_image)
-    table = make_accuracy_table(accuracies, metrics)
-    # paired statistics on the same test images: vs bicubic and vs each model's budget-matched control
-    order = {name: rec.get("images") for name, rec in accuracies.items() if "correct_top1" in rec}
-    reference = next(iter(order.values()), None)
-    mismatched = sorted(n for n, images in order.items() if images != reference)
-    if mismatched:
-        raise DataError(f"classification records {mismatched} list other test images than the rest; "
-                        "re-run the classify jobs of this set")
-    table = add_paired_columns(table, {n: accuracies[n]["correct_top1"] for n in order})
+    # every judge's table, with paired statistics vs bicubic and vs each model's control
+    table = judged_accuracy_table(records, metrics, smk.params.judges)
     table.insert(0, "scale", int(smk.wildcards.scale))
     table.insert(0, "dataset", smk.wildcards.dataset)
     io.write_csv(smk.output.csv, table)
     io.write_text(smk.output.md, table.to_markdown(index=False, floatfmt=".4f") + "\n\n"
+                  "judge: the classifier that judged (prior = the classifier the semantic stage "
+                  "uses as its prior, so not independent of it; the others are trained on the same "
+                  "split with their own seed / backbone, config key 'judges'). "
                   "top1/top5 on the test split; gap_closed = (acc - acc_bicubic) / "
                   "(acc_hr - acc_bicubic); PSNR/SSIM on the same images (Y channel). Paired on the "
                   "same images: fixed/broken = images right/wrong that bicubic (or the model's "
@@ -70,5 +67,6 @@ def accuracy_table(smk):
                   "paired-bootstrap intervals of the top-1 difference and of gap_closed.\n")
 
 
-run_rule(snakemake, {"pretrain_classifier": pretrain_classifier, "classify": classify,  # noqa: F821
-                     "accuracy_table": accuracy_table})
+run_rule(snakemake, {"pretrain_classifier": pretrain_classifier, "pretrain_judge": pretrain_classifier,  # noqa: F821
+                     "finetune_lr_classifier": finetune_lr_classifier, "classify": classify,
+                     "classify_judge": classify, "accuracy_table": accuracy_table})

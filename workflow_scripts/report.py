@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821 
 import pandas as pd
 
 from sfsr import io, plots
-from sfsr.evaluation import summary_markdown
+from sfsr.evaluation import summary_judge, summary_markdown
 from sfsr.workflow import run_rule
 
 
@@ -71,6 +71,9 @@ def summary_table(smk):
         if smk.input.accuracy else None
     if accuracy is not None:
         accuracy = accuracy.rename(columns={"input": "model"})
+        if "judge" in accuracy.columns:  # the summary shows one judge: the first independent one
+            accuracy = accuracy[accuracy["judge"] == summary_judge(accuracy["judge"])]
+            accuracy = accuracy.drop(columns="independent").rename(columns={"judge": "acc_judge"})
     params, train_time = {}, {}
     for name, path in zip(smk.params.names, smk.input.provenance):
         record = json.loads(Path(path).read_text())
@@ -80,7 +83,7 @@ def summary_table(smk):
                                 families=smk.params.families)
     if "acc_dataset" in table.columns:  # accuracy belongs to the classification set's rows only
         other = table["dataset"] != table["acc_dataset"]
-        acc_cols = [c for c in ("acc_dataset", "top1", "top5", "gap_closed", "gap_closed_top5")
+        acc_cols = [c for c in ("acc_dataset", "acc_judge", "top1", "top5", "gap_closed", "gap_closed_top5")
                     if c in table.columns]
         table[acc_cols] = table[acc_cols].astype(object)
         table.loc[other, acc_cols] = None

@@ -175,6 +175,18 @@ def check_references(config: dict) -> None:
                     raise ConfigError(f"config key 'datasets.{name}.{key}' must be a positive integer for "
                                       f"layout 'builtin_classes' (the crops cut from each photo), got "
                                       f"{value!r}; e.g. hr_size: 64, samples_per_class: 14.")
+    judge_settings(config)  # unique names
+    split = config.get("semantic_train_split")
+    if split not in (None, "train", "sr_train"):
+        raise ConfigError(f"config key 'semantic_train_split' is {split!r}; use sr_train (images the classifier "
+                          "never trained on, with datasets.<set>.split.carve_sr_from), train or null. val and "
+                          "test would train the semantic and shared stages on images their model selection or "
+                          "evaluation uses.")
+    for name in config.get("classification", [])[:1] if split == "sr_train" else []:  # their training set
+        if datasets[name].get("split", {}).get("carve_sr_from") is None:
+            raise ConfigError(f"config key 'semantic_train_split' is 'sr_train' but datasets.{name}.split."
+                              "carve_sr_from is null, so that set has no sr_train split; set "
+                              f"datasets.{name}.split.carve_sr_from: train (or val).")
     for key, layouts in (("refsr", ("refgroups", "builtin_refgroups")),
                          ("refsr_valid", ("refgroups", "builtin_refgroups", "refpairs")),
                          ("refsr_train", ("refgroups", "builtin_refgroups", "refpairs"))):
@@ -183,6 +195,39 @@ def check_references(config: dict) -> None:
                 raise ConfigError(f"config key '{key}' names dataset {name!r}, whose layout is "
                                   f"{datasets[name].get('layout', 'flat')!r}; it needs one of "
                                   f"{', '.join(layouts)}.")
+
+
+JUDGE_KEYS = ("arch", "weights", "epochs", "lr")  # what a judge may set differently from 'classifier'
+
+
+def judge_settings(config: dict) -> dict[str, dict]:
+    """The classifiers whose accuracy the evaluation reports, by judge name: ``prior`` (the
+    ``classifier`` section, the semantic stage's prior) and every entry of ``judges`` (the same
+    section with the judge's ``arch``/``weights``/``epochs``/``lr``, trained with its own seed).
+    Each value: ``{"cfg": classifier settings, "seed": int, "independent": bool}``."""
+    base = dict(config.get("classifier", {}))
+    seed = int(config.get("seed", 0))
+    out = {"prior": {"cfg": base, "seed": seed, "independent": False}}
+    for i, judge in enumerate(config.get("judges") or []):
+        name = judge["name"]
+        if name in out:
+            raise ConfigError(f"config key 'judges[{i}].name' is {name!r}, which "
+                              + ("is reserved for the prior" if name == "prior" else "another judge has")
+                              + "; give every judge its own name.")
+        cfg = {**base, **{k: judge[k] for k in JUDGE_KEYS if k in judge}}
+        out[name] = {"cfg": cfg, "seed": int(judge.get("seed", seed + 1 + i)), "independent": True}
+    return out
+
+
+def lr_classifier_settings(config: dict) -> dict:
+    """Settings of the LR classification baseline's fine-tuning: the ``classifier`` section with the
+    ``lr_classifier`` section's epochs (null: the same) and lr (null: a tenth), from the classifier's
+    weights (so ``weights`` is unused)."""
+    base = dict(config.get("classifier", {}))
+    over = config.get("lr_classifier") or {}
+    epochs = over.get("epochs") or base.get("epochs")
+    lr = over.get("lr") or (base["lr"] / 10 if "lr" in base else None)
+    return {**base, "weights": None, **({"epochs": epochs} if epochs else {}), **({"lr": lr} if lr else {})}
 
 
 def validate(config: dict, schema_path: str | Path = DEFAULT_SCHEMA, source: str = "config") -> dict:

@@ -346,6 +346,49 @@ def accuracy_table(accuracies: Mapping[str, Mapping[str, Any]],
     return table
 
 
+def judged_accuracy_table(records: Sequence[Mapping[str, Any]],
+                          metrics: Mapping[str, Mapping[str, Any]] | None = None,
+                          independent: Mapping[str, bool] | None = None) -> pd.DataFrame:
+    """The accuracy table of every judge: the ``classify`` records (``input``, optional ``judge``,
+    default ``prior``; ``top1``/``top5``/``n`` and per-image ``correct_top1``/``images``) grouped by
+    judge, each group made into :func:`accuracy_table` with the paired statistics of
+    :func:`sfsr.stats.add_paired_columns` (against bicubic and each model's control, under the same
+    judge). Columns ``judge`` and ``independent`` (False for the prior, whose KL the semantic stage
+    minimises, so its verdict on semantic models is not independent) come first. Every judge must
+    have judged the same test images."""
+    from sfsr.stats import add_paired_columns
+
+    independent = dict(independent or {})
+    by_judge: dict[str, dict[str, Mapping[str, Any]]] = {}
+    for record in records:
+        by_judge.setdefault(str(record.get("judge", "prior")), {})[str(record["input"])] = record
+    reference = None
+    tables = []
+    for judge in sorted(by_judge, key=lambda j: (j != "prior", j)):
+        accuracies = by_judge[judge]
+        order = {name: rec.get("images") for name, rec in accuracies.items() if "correct_top1" in rec}
+        reference = reference if reference is not None else next(iter(order.values()), None)
+        mismatched = sorted(n for n, images in order.items() if images != reference)
+        if mismatched:
+            raise DataError(f"classification records {mismatched} (judge {judge!r}) list other test "
+                            "images than the rest; re-run the classify jobs of this set")
+        table = add_paired_columns(accuracy_table(accuracies, metrics),
+                                   {n: accuracies[n]["correct_top1"] for n in order})
+        table.insert(0, "independent", bool(independent.get(judge, judge != "prior")))
+        table.insert(0, "judge", judge)
+        tables.append(table)
+    if not tables:
+        raise DataError("judged_accuracy_table: no classification records")
+    return pd.concat(tables, ignore_index=True)
+
+
+def summary_judge(judges: Sequence[str]) -> str:
+    """The judge whose accuracy the study summary shows: the first independent one (by name), or
+    the prior when there is none."""
+    independent = sorted({str(j) for j in judges} - {"prior"})
+    return independent[0] if independent else "prior"
+
+
 def split_accuracy(classifier_checkpoint: str | os.PathLike, images: str | os.PathLike,
                    manifest: str | os.PathLike, *, split: str = "test", device: str = "auto",
                    batch_size: int = 32, model: nn.Module | None = None,

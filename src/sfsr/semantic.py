@@ -43,6 +43,21 @@ def semantic_kl(sr_logits: Tensor, hr_logits: Tensor, temperature: float = 1.0) 
     return F.kl_div(log_q, p, reduction="batchmean") * (t * t)
 
 
+def straight_through_clamp(x: Tensor) -> Tensor:
+    """``x`` clamped to [0, 1] in the forward pass, with the identity's gradient (straight-through):
+    the prior judges the image the evaluation sees, while out-of-range pixels still get a gradient."""
+    return x + (x.clamp(0.0, 1.0) - x).detach()
+
+
+def classifier_view(x: Tensor, input_size: int, resize_size: int) -> Tensor:
+    """The classifier's evaluation view of a float NCHW batch (the transforms of
+    :func:`sfsr.training.classifier.eval_transform`: short side resized to ``resize_size``,
+    antialiased bilinear, then the centre ``input_size`` crop), differentiable."""
+    from torchvision.transforms.v2 import functional as TF
+
+    return TF.center_crop(TF.resize(x, [resize_size], antialias=True), [input_size, input_size])
+
+
 class SemanticPriorLoss(nn.Module):
     """Label-free semantic prior of a frozen HR classifier on the SR output.
 
@@ -55,12 +70,16 @@ class SemanticPriorLoss(nn.Module):
     The classifier is deep-copied, frozen (requires_grad False) and kept in eval mode even when the
     loss is put in train mode; HR logits/features are computed without grad, so gradients flow to
     ``sr`` only. ``input_size``: when given, SR and HR are resized (bilinear, antialiased,
-    differentiable) to ``input_size`` x ``input_size`` before the classifier.
+    differentiable) to ``input_size`` x ``input_size`` before the classifier; with ``resize_size``
+    too, they get the judge's view instead (:func:`classifier_view`: short side to ``resize_size``,
+    centre ``input_size`` crop). ``clamp``: SR is clamped to [0, 1] first with a straight-through
+    gradient (:func:`straight_through_clamp`), as the evaluation sees it.
     """
 
     def __init__(self, classifier: nn.Module, temperature: float = 1.0,
                  feature_layers: Sequence[str] | None = None, feature_weight: float = 0.0,
-                 input_size: int | None = None) -> None:
+                 input_size: int | None = None, resize_size: int | None = None,
+                 clamp: bool = False) -> None:
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -73,6 +92,10 @@ class SemanticPriorLoss(nn.Module):
         self.feature_layers = list(feature_layers or [])
         self.feature_weight = float(feature_weight)
         self.input_size = input_size
+        self.resize_size = resize_size
+        self.clamp = bool(clamp)
+        if resize_size is not None and input_size is None:
+            raise ValueError("resize_size (the judge's view) needs input_size, the centre crop")
         if self.use_features:
             if not isinstance(net, Classifier):
                 raise ValueError("feature matching (feature_layers) needs a sfsr Classifier, got "
@@ -99,6 +122,10 @@ class SemanticPriorLoss(nn.Module):
 
     def _prepare(self, x: Tensor) -> Tensor:
         x = x.float()
+        if self.clamp:
+            x = straight_through_clamp(x)
+        if self.resize_size is not None:
+            return classifier_view(x, self.input_size, self.resize_size)
         if self.input_size is not None and tuple(x.shape[-2:]) != (self.input_size, self.input_size):
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
                               align_corners=False, antialias=True)
@@ -150,15 +177,26 @@ def load_semantic_prior(checkpoint_path: str | os.PathLike, device: str | torch.
 # ------------------------------------------------------------------------ shared-feature head
 class LRClassificationHead(nn.Module):
     """Global average pooling + linear layer over the generator's body features
-    (``generator.encode(lr)``, ``generator.num_features`` channels) -> logits (N, num_classes)."""
+    (``generator.encode(lr)``, ``generator.num_features`` channels) -> logits (N, num_classes).
+    ``hidden``: widths of hidden layers (Linear + ReLU each) before the last linear layer; () is the
+    single linear layer."""
 
-    def __init__(self, in_features: int, num_classes: int) -> None:
+    def __init__(self, in_features: int, num_classes: int, hidden: Sequence[int] = ()) -> None:
         super().__init__()
+        self.hidden = [int(h) for h in hidden]
+        if any(h < 1 for h in self.hidden):
+            raise ValueError(f"hidden layer widths must be positive, got {list(hidden)}")
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_features, num_classes)
+        layers: list[nn.Module] = []
+        width = in_features
+        for h in self.hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
+            width = h
+        self.mlp = nn.Sequential(*layers)
+        self.fc = nn.Linear(width, num_classes)
 
     def forward(self, features: Tensor) -> Tensor:
-        return self.fc(self.pool(features).flatten(1))
+        return self.fc(self.mlp(self.pool(features).flatten(1)))
 
 
 class SharedFeatureModel(nn.Module):

@@ -40,7 +40,8 @@ _SPEC_DEFAULTS: dict[str, Any] = {"layout": "flat", "root": "", "images": [],
                                   "split": {}}
 BUILTIN_LAYOUTS = ("flat", "builtin_classes", "builtin_refgroups")
 _SPLIT_DEFAULTS: dict[str, Any] = {"dirs": {}, "carve_val_from": "train", "carve_test_from": "train",
-                                   "val_fraction": 0.1, "test_fraction": 0.1, "seed": 0}
+                                   "val_fraction": 0.1, "test_fraction": 0.1, "carve_sr_from": None,
+                                   "sr_fraction": 0.5, "seed": 0}
 
 
 # ----------------------------------------------------------------------------- folder building
@@ -85,13 +86,15 @@ def carve_splits(frame: pd.DataFrame, given: set[str], split_spec: dict, seed: i
     """Fill the missing val/test splits of a classification manifest, stratified by class_id.
 
     ``given``: the splits the layout provides (they are kept). val is carved first (from
-    ``carve_val_from``), then test (from ``carve_test_from``); the random choice per class uses
+    ``carve_val_from``), then test (from ``carve_test_from``), then ``sr_train`` (from
+    ``carve_sr_from``, when set: images the classifier never trains on); the random choice per class uses
     ``numpy.random.default_rng([seed, split.seed])`` over the class's images sorted by stem."""
     split_spec = {**_SPLIT_DEFAULTS, **split_spec}
     frame = frame.sort_values("stem", kind="stable").reset_index(drop=True)
     rng = np.random.default_rng([int(seed), int(split_spec["seed"])])
     carves = [("val", split_spec["carve_val_from"], split_spec["val_fraction"]),
-              ("test", split_spec["carve_test_from"], split_spec["test_fraction"])]
+              ("test", split_spec["carve_test_from"], split_spec["test_fraction"]),
+              ("sr_train", split_spec["carve_sr_from"], split_spec["sr_fraction"])]
     for target, source, fraction in carves:
         if target in given or source is None:
             continue

@@ -29,16 +29,23 @@ def _name_column(df: pd.DataFrame, what: str) -> str:
 
 
 def _facets(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """Split by the ``dataset``/``scale`` columns that are present (one facet when absent)."""
-    keys = [c for c in ("dataset", "scale") if c in df.columns]
+    """Split by the ``dataset``/``scale``/``judge`` columns that are present (one facet when
+    absent); the prior's panel comes before the independent judges' of the same set and scale."""
+    keys = [c for c in ("dataset", "scale", "judge") if c in df.columns]
     if not keys:
         return [("", df)]
     out = []
-    for key, group in df.groupby(keys, sort=True):
+    for key, group in df.groupby(keys, sort=False):
         key = key if isinstance(key, tuple) else (key,)
-        label = "  ".join(f"×{v}" if k == "scale" else str(v) for k, v in zip(keys, key))
-        out.append((label, group))
-    return out
+        parts = []
+        for k, v in zip(keys, key):
+            if k == "judge":
+                parts.append(f"judge {v}" + (" (the semantic prior itself)" if v == "prior" else " (independent)"))
+            else:
+                parts.append(f"×{v}" if k == "scale" else str(v))
+        order = tuple(v if k != "judge" else (v != "prior", str(v)) for k, v in zip(keys, key))
+        out.append((order, "  ".join(parts), group))
+    return [(label, group) for _, label, group in sorted(out, key=lambda t: t[0])]
 
 
 def make_accuracy(acc: pd.DataFrame, colors: Mapping[str, str] | None = None) -> Figure:

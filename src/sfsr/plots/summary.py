@@ -70,7 +70,7 @@ def summary_table(summary: pd.DataFrame, accuracy: pd.DataFrame | None = None,
                                 f"sets {sorted(acc['dataset'].unique())}; pass one at a time")
             acc = acc.rename(columns={"dataset": "acc_dataset"})
         keys = ["model"] + (["scale"] if "scale" in acc.columns else [])
-        acc_cols = [c for c in ("acc_dataset", "top1", "top5", "gap_closed", "gap_closed_top5")
+        acc_cols = [c for c in ("acc_dataset", "acc_judge", "top1", "top5", "gap_closed", "gap_closed_top5")
                     if c in acc.columns]
         if acc.duplicated(keys).any():
             raise DataError(f"summary_table: the accuracy table has several rows per {keys}")

@@ -41,7 +41,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from sfsr import io, provenance
-from sfsr.data.images import read_image
+from sfsr.data.images import images_by_stem, read_image
 from sfsr.errors import ConfigError, DataError, SfsrError
 from sfsr.metrics import topk_accuracy
 from sfsr.models import build_classifier, count_parameters
@@ -171,13 +171,21 @@ def eval_transform(input_size: int, resize_size: int) -> nn.Module:
     return v2.Compose([v2.Resize(resize_size, antialias=True), v2.CenterCrop(input_size)])
 
 
-def _split_set(frame: pd.DataFrame, dataset_dir: Path, split: str, transform: nn.Module) -> ClassificationSet:
+def _split_set(frame: pd.DataFrame, dataset_dir: Path, split: str, transform: nn.Module,
+               images: dict[str, Path] | None = None) -> ClassificationSet:
+    """The images of ``split``: the manifest's files, or with ``images`` (stem -> path, e.g. the
+    bicubic-upscaled LR images of the set) those of the same stems."""
     rows = frame[frame["split"] == split]
-    paths = [dataset_dir / f for f in rows["file"]]
-    absent = [str(p) for p in paths if not p.is_file()]
+    if images is None:
+        paths = [dataset_dir / f for f in rows["file"]]
+        absent = [str(p) for p in paths if not p.is_file()]
+    else:
+        absent = [str(s) for s in rows["stem"] if s not in images]
+        paths = [images.get(s) for s in rows["stem"]]
     if absent:
         raise DataError(f"{len(absent)} image(s) of the {split} split listed in "
-                        f"{dataset_dir / 'manifest.csv'} are missing, e.g. {absent[:3]}; re-run prepare")
+                        f"{dataset_dir / 'manifest.csv'} are missing, e.g. {absent[:3]}; re-run "
+                        + ("prepare" if images is None else "the upscale job of these images"))
     return ClassificationSet(paths, rows["label"].tolist(), transform)
 
 
@@ -254,10 +262,16 @@ def evaluate_loader(model: nn.Module, loader: DataLoader, device: torch.device,
 
 # ------------------------------------------------------------------------------------------ main
 def train_classifier(cfg: dict, *, dataset_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                     device: str = "auto", seed: int = 0, max_epochs: int | None = None) -> Path:
+                     device: str = "auto", seed: int = 0, max_epochs: int | None = None,
+                     image_dir: str | os.PathLike | None = None,
+                     init_checkpoint: str | os.PathLike | None = None) -> Path:
     """Train a classifier on the prepared classification set ``dataset_dir``; returns
     ``out_dir/classifier.pt`` (the epoch with the best validation top-1), or ``out_dir/state/last.pt``
     when stopped early by ``max_epochs`` (resumable, no classifier.pt).
+
+    ``image_dir``: train, select and test on these images instead of the set's HR images, matched by
+    stem (e.g. its bicubic-upscaled LR images: the LR classification baseline). ``init_checkpoint``:
+    start from that classifier.pt's weights (same classes) instead of ``cfg['weights']``.
 
     ``cfg``: settings over :data:`CLASSIFIER_DEFAULTS`. ``device='auto'`` defers to
     ``cfg['device']``. bf16 autocast and channels_last are used on CUDA only. An existing
@@ -284,9 +298,10 @@ def train_classifier(cfg: dict, *, dataset_dir: str | os.PathLike, out_dir: str 
     # ---- data
     frame, class_ids, class_names = read_class_manifest(dataset_dir)
     resize_size = cfg["resize_size"] or round(cfg["input_size"] * 256 / 224)
-    train_set = _split_set(frame, dataset_dir, "train", train_transform(cfg["input_size"]))
-    val_set = _split_set(frame, dataset_dir, "val", eval_transform(cfg["input_size"], resize_size))
-    test_set = _split_set(frame, dataset_dir, "test", eval_transform(cfg["input_size"], resize_size))
+    images = images_by_stem(image_dir, what="classifier training image") if image_dir is not None else None
+    train_set = _split_set(frame, dataset_dir, "train", train_transform(cfg["input_size"]), images)
+    val_set = _split_set(frame, dataset_dir, "val", eval_transform(cfg["input_size"], resize_size), images)
+    test_set = _split_set(frame, dataset_dir, "test", eval_transform(cfg["input_size"], resize_size), images)
     if len(train_set) < 2:
         raise DataError(f"{dataset_dir / 'manifest.csv'}: the train split has {len(train_set)} image(s); "
                         "a classifier needs at least 2")
@@ -304,7 +319,14 @@ def train_classifier(cfg: dict, *, dataset_dir: str | os.PathLike, out_dir: str 
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, **loader_kw)
 
     # ---- model, optimiser, schedule
-    model = build_classifier(cfg["arch"], len(class_ids), weights=cfg["weights"])
+    model = build_classifier(cfg["arch"], len(class_ids), weights=None if init_checkpoint else cfg["weights"])
+    if init_checkpoint is not None:
+        init = read_classifier_checkpoint(init_checkpoint)
+        if init["class_ids"] != class_ids or init["arch"]["name"] != cfg["arch"]:
+            raise DataError(f"initial classifier {init_checkpoint} ({init['arch']['name']}, classes "
+                            f"{init['class_ids'][:5]}...) does not fit {dataset_dir} with arch {cfg['arch']}; "
+                            "fine-tune the classifier trained on this set")
+        model.load_state_dict(init["state_dict"], strict=True)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(dev, memory_format=memory_format).train()
     if cfg["optimizer"] == "sgd":
@@ -319,6 +341,8 @@ def train_classifier(cfg: dict, *, dataset_dir: str | os.PathLike, out_dir: str 
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
     spec = {"arch": cfg["arch"], "num_classes": len(class_ids), "input_size": cfg["input_size"],
             "class_ids": class_ids}
+    if image_dir is not None or init_checkpoint is not None:  # a fine-tuning run (the LR baseline)
+        spec.update(images=str(image_dir), init=str(init_checkpoint))
 
     # ---- resume
     start, elapsed, rows = 0, 0.0, []
@@ -401,12 +425,16 @@ def train_classifier(cfg: dict, *, dataset_dir: str | os.PathLike, out_dir: str 
             if len(test_set) else {"top1": None, "top5": None, "n": 0})
     io.write_csv(out_dir / "train_log.csv", pd.DataFrame(rows, columns=LOG_COLUMNS))
     provenance.write(out_dir / "provenance.json", config=cfg, seed=seed, dataset_dir=str(dataset_dir),
+                     image_dir=None if image_dir is None else str(image_dir),
+                     init_checkpoint=None if init_checkpoint is None else str(init_checkpoint),
                      device=str(dev), speed_flags={"bf16": bf16, "channels_last": channels_last},
                      epochs=epochs, parameters=count_parameters(model), class_ids=class_ids,
                      n_train=len(train_set), n_val=len(val_set), n_test=len(test_set), best=best,
                      test_top1=test["top1"], test_top5=test["top5"], training_time_s=elapsed)
     final = {**best_ckpt, "test_top1": test["top1"], "test_top5": test["top5"], "epochs": epochs,
-             "weights_init": None if cfg["weights"] is None else str(cfg["weights"]),
+             "weights_init": str(init_checkpoint) if init_checkpoint is not None
+             else None if cfg["weights"] is None else str(cfg["weights"]),
+             "images": "HR" if image_dir is None else str(image_dir),
              "training_time_s": elapsed}
     io.torch_save(out_dir / "classifier.pt", final)
     return out_dir / "classifier.pt"

@@ -1,7 +1,7 @@
 """Training and validation data for SR training.
 
 * :class:`PatchDataset`: random HR patches (``lr_patch * scale`` pixels) from HR folders with random
-  horizontal/vertical flips and 90-degree rotations. Sample ``k`` is drawn from its own random
+  horizontal/vertical flips and 90-degree rotations (``augment``: or horizontal flips only, or none). Sample ``k`` is drawn from its own random
   generator seeded with ``(seed, k)``, so the data of iteration ``i`` is the same whatever the number
   of workers and whether the run was interrupted and resumed. LR patches come either from the
   prepared ``LR_bicubic/X{s}`` files (aligned crop) or are made on the training device from the batch
@@ -87,14 +87,15 @@ class PatchDataset(Dataset):
     in memory (uint8) when their decoded size is at most ``cache_mb`` MiB, else read per sample."""
 
     def __init__(self, hr_dirs: Sequence[str | os.PathLike], scale: int, lr_patch: int, *,
-                 length: int, seed: int = 0, lr_source: str = "on_the_fly", augment: bool = True,
+                 length: int, seed: int = 0, lr_source: str = "on_the_fly", augment: bool | str = True,
                  cache_mb: float = 2048, extensions: Iterable[str] | None = None) -> None:
         if lr_source not in LR_SOURCES:
             raise ConfigError(f"training key 'lr_source' is {lr_source!r}; allowed: {', '.join(LR_SOURCES)}")
         if not hr_dirs:
             raise ConfigError("no training HR folders given; list training datasets under 'train'")
         self.scale, self.lr_patch, self.hr_patch = int(scale), int(lr_patch), int(lr_patch) * int(scale)
-        self.length, self.seed, self.lr_source, self.augment = int(length), int(seed), lr_source, augment
+        self.length, self.seed, self.lr_source = int(length), int(seed), lr_source
+        self.augment = False if augment == "none" else augment  # True / 'dihedral', 'hflip' or off
         files: list[Path] = []
         for folder in hr_dirs:
             files += list_images(folder, extensions) if extensions else list_images(folder)
@@ -134,12 +135,23 @@ class PatchDataset(Dataset):
         if lr is not None:
             patches.append(lr[y:y + p, x:x + p])
         if self.augment:
-            hflip, vflip, rot = rng.integers(2, size=3)
-            patches = [augment_patch(a, bool(hflip), bool(vflip), bool(rot)) for a in patches]
+            hflip, vflip, rot = _flips(rng, self.augment)
+            patches = [augment_patch(a, hflip, vflip, rot) for a in patches]
         out = {"hr": torch.from_numpy(np.ascontiguousarray(patches[0].transpose(2, 0, 1)))}
         if lr is not None:
             out["lr"] = torch.from_numpy(np.ascontiguousarray(patches[1].transpose(2, 0, 1)))
         return out
+
+
+def _flips(rng: np.random.Generator, augment: bool | str) -> tuple[bool, bool, bool]:
+    """(hflip, vflip, rot90) of one sample; ``augment`` True / 'dihedral': all three drawn, 'hflip':
+    the horizontal flip only (the same draws, so a sample's crop does not depend on the mode)."""
+    hflip, vflip, rot = (bool(v) for v in rng.integers(2, size=3))
+    if augment == "hflip":
+        return hflip, False, False
+    if augment not in (True, "dihedral"):
+        raise ConfigError(f"training setting 'augment' is {augment!r}; valid: dihedral, hflip, none")
+    return hflip, vflip, rot
 
 
 def augment_patch(a: np.ndarray, hflip: bool, vflip: bool, rot90: bool) -> np.ndarray:
@@ -382,11 +394,12 @@ class RefPairDataset(Dataset):
     most similar; groups without one are left out). Items: ``hr`` and ``ref`` uint8 CHW tensors."""
 
     def __init__(self, hr_dirs: Sequence[str | os.PathLike], scale: int, lr_patch: int, *, length: int,
-                 seed: int = 0, augment: bool = True, levels: Sequence[int] | None = None) -> None:
+                 seed: int = 0, augment: bool | str = True, levels: Sequence[int] | None = None) -> None:
         if not hr_dirs:
             raise ConfigError("no reference-based training sets given; list them under 'refsr_train'")
         self.scale, self.lr_patch, self.hr_patch = int(scale), int(lr_patch), int(lr_patch) * int(scale)
-        self.length, self.seed, self.augment = int(length), int(seed), augment
+        self.length, self.seed = int(length), int(seed)
+        self.augment = False if augment == "none" else augment  # True / 'dihedral', 'hflip' or off
         self.groups: list[tuple[np.ndarray, list[np.ndarray]]] = []
         too_small = []
         for folder in hr_dirs:
@@ -420,8 +433,8 @@ class RefPairDataset(Dataset):
         x = int(rng.integers(target.shape[1] // s - p + 1)) * s
         patches = [target[y:y + p * s, x:x + p * s], ref[y:y + p * s, x:x + p * s]]
         if self.augment:
-            hflip, vflip, rot = rng.integers(2, size=3)
-            patches = [augment_patch(a, bool(hflip), bool(vflip), bool(rot)) for a in patches]
+            hflip, vflip, rot = _flips(rng, self.augment)
+            patches = [augment_patch(a, hflip, vflip, rot) for a in patches]
         return {key: torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
                 for key, a in zip(("hr", "ref"), patches)}
 

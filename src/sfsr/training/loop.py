@@ -94,7 +94,7 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
     if stage not in STAGES:
         raise ConfigError(f"unknown training stage {stage!r}; valid: {', '.join(STAGES)}")
     st = STAGES[stage]
-    cfg = resolve_config(cfg)
+    cfg = resolve_config(cfg, stage)
     weights = stage_weights(stage, cfg)
     if st.classifier and classifier_checkpoint is None:
         raise ConfigError(f"the {stage} stage needs classifier_checkpoint (the classifier.pt of the "
@@ -309,10 +309,10 @@ def _training_batches(cfg: dict, st: Stage, train_hr_dirs, scale: int, lr_patch:
                       total: int, start: int, seed: int, dev: torch.device):
     """Iterator over the batches of iterations ``start + 1 ... total`` (deterministic per sample)."""
     data_kw = dict(length=total * cfg["batch_size"], seed=seed, lr_source=cfg["lr_source"],
-                   cache_mb=cfg["cache_mb"])
+                   cache_mb=cfg["cache_mb"], augment=cfg["augment"])
     if st.data == "refsr":  # target patches with the same window of a reference (LR made on the fly)
         dataset: Dataset = RefPairDataset(train_hr_dirs, scale, lr_patch, length=data_kw["length"], seed=seed,
-                                          levels=cfg["reference_levels"])
+                                          levels=cfg["reference_levels"], augment=cfg["augment"])
     elif keep is None and labels is None:
         dataset = PatchDataset(train_hr_dirs, scale, lr_patch, **data_kw)
     else:

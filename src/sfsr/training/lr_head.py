@@ -88,7 +88,7 @@ def save_lr_head(path: str | os.PathLike, head: nn.Module, *, in_features: int, 
     lr_sizes = lr_eval_sizes(cls_size, cls_resize, scale)
     io.torch_save(path, {
         "kind": HEAD_KIND, "format": HEAD_FORMAT, "in_features": int(in_features),
-        "num_classes": int(classifier_meta["arch"]["num_classes"]),
+        "num_classes": int(classifier_meta["arch"]["num_classes"]), "hidden": list(getattr(head, "hidden", [])),
         "state_dict": {k: v.detach().cpu().clone() for k, v in head.state_dict().items()},
         "class_ids": [int(c) for c in classifier_meta.get("class_ids", [])],
         "class_names": [str(n) for n in classifier_meta.get("class_names", [])],
@@ -110,7 +110,7 @@ def load_lr_classifier(generator_ckpt: str | os.PathLike, head_ckpt: str | os.Pa
         raise DataError(f"LR head {str(head_ckpt)!r} ({ckpt['in_features']} features, x{ckpt['scale']}) "
                         f"does not fit generator {str(generator_ckpt)!r} ({generator.num_features} "
                         f"features, x{scale}); use the generator.pt of the same shared run")
-    head = LRClassificationHead(int(ckpt["in_features"]), int(ckpt["num_classes"]))
+    head = LRClassificationHead(int(ckpt["in_features"]), int(ckpt["num_classes"]), ckpt.get("hidden", []))
     head.load_state_dict(ckpt["state_dict"], strict=True)
     model = LRClassifier(generator, head, scale=scale, class_ids=ckpt["class_ids"],
                          input_size=ckpt["input_size"], resize_size=ckpt["resize_size"])

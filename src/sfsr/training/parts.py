@@ -190,7 +190,8 @@ def build_parts(st: Stage, cfg: dict, weights: dict[str, float], generator: nn.M
     head = None
     trainable: nn.Module = generator
     if st.lr_head:
-        head = LRClassificationHead(generator.num_features, int(classifier.meta["arch"]["num_classes"]))
+        head = LRClassificationHead(generator.num_features, int(classifier.meta["arch"]["num_classes"]),
+                                    hidden=cfg["shared"]["head_hidden"])
         trainable = SharedFeatureModel(generator, head.to(device)).train()
     ema = make_ema(trainable, cfg["ema_decay"]) if cfg["ema_decay"] is not None else None
     opt_g = make_optimizer(trainable.parameters(), cfg, cfg["lr"])
@@ -217,7 +218,9 @@ def build_parts(st: Stage, cfg: dict, weights: dict[str, float], generator: nn.M
                 prior = load_semantic_prior(classifier_checkpoint, device, temperature=sem["temperature"],
                                             feature_layers=sem["feature_layers"],
                                             feature_weight=sem["feature_weight"],
-                                            input_size=classifier.size if classifier else None)
+                                            input_size=classifier.size if classifier else None,
+                                            resize_size=classifier.resize if classifier and sem["view"] == "judge"
+                                            else None, clamp=sem["clamp"])
             except ValueError as exc:
                 raise ConfigError(f"training setting 'semantic': {exc}") from None
     if prior is None and st.control_of is None and any(t in st.default_weights for t in SEMANTIC_TERMS):

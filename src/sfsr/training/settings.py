@@ -2,7 +2,8 @@
 
 * :data:`TRAINING_DEFAULTS`: the ``training`` config section's defaults, read from config.schema.yaml.
 * :func:`stage_config`: the flat settings of ``models.<model>.<stage>`` (defaults < ``training`` <
-  the model's stage section, plus the model's arch, scale and kwargs).
+  the model's stage section, plus the model's arch, scale and kwargs; the stages on the
+  classification set take the top-level ``semantic_train_split`` as their ``train_split``).
 * :func:`resolve_config`: defaults filled in, unknown keys and bad values raise ConfigError.
 * :func:`stage_weights`: the loss weights of a stage (from :data:`sfsr.training.stages.STAGES`).
 * :data:`RUN_NEUTRAL_KEYS`: settings a resumed state does not depend on.
@@ -38,10 +39,12 @@ def _schema_training_defaults(path: Path = SCHEMA_PATH) -> dict[str, Any]:
 #: keys are merged one level deep).
 TRAINING_DEFAULTS: dict[str, Any] = _schema_training_defaults()
 MODEL_KEYS = ("arch", "scale", "kwargs")
-SEMANTIC_KEYS = ("temperature", "feature_layers", "feature_weight", "input_size")
-SHARED_KEYS = ("mode", "temperature")
+SEMANTIC_KEYS = ("temperature", "feature_layers", "feature_weight", "input_size", "view", "clamp")
+SHARED_KEYS = ("mode", "temperature", "head_hidden")
 #: How the shared stage's classification targets are made (sfsr.semantic.shared_classification_loss).
 SHARED_MODES = ("pseudo", "soft", "label")
+#: Training-patch augmentations (``auto`` is resolved per stage by :func:`stage_config`).
+AUGMENTATIONS = ("dihedral", "hflip", "none")
 
 #: Settings that do not change what a run computes (where and how fast it runs, how often it logs,
 #: how long it goes on): a resumed state stays valid when only these differ.
@@ -77,14 +80,26 @@ def stage_config(config: dict, model: str, stage: str) -> dict:
         raise ConfigError(f"config key 'models.{model}.{key}' is null: this model has no {key} "
                           "stage; give it a mapping (possibly {}) to train it")
     cfg = _merge(_merge(TRAINING_DEFAULTS, config.get("training")), section)
+    if st.data == "classification" and config.get("semantic_train_split") and "train_split" not in section:
+        cfg["train_split"] = config["semantic_train_split"]  # images the classifier never saw
+    cfg["augment"] = stage_augmentation(cfg.get("augment", "auto"), stage)
     if st.zero_terms:
         cfg["loss_weights"] = {**cfg["loss_weights"], **{t: 0.0 for t in st.zero_terms}}
     cfg.update(arch=entry["arch"], scale=int(entry["scale"]), kwargs=dict(entry.get("kwargs") or {}))
     return cfg
 
 
-def resolve_config(cfg: dict) -> dict:
-    """``cfg`` with defaults filled in; unknown keys and bad values raise ConfigError."""
+def stage_augmentation(augment: str, stage: str) -> str:
+    """The ``augment`` setting with ``auto`` resolved: horizontal flips only for the stages on the
+    classification set (what the classifier was trained with), dihedral for the others."""
+    if augment != "auto":
+        return augment
+    return "hflip" if STAGES[stage].data == "classification" else "dihedral"
+
+
+def resolve_config(cfg: dict, stage: str | None = None) -> dict:
+    """``cfg`` with defaults filled in (``augment: auto`` resolved for ``stage``, dihedral without
+    one); unknown keys and bad values raise ConfigError."""
     unknown = sorted(set(cfg) - set(TRAINING_DEFAULTS) - set(MODEL_KEYS))
     if unknown:
         raise ConfigError(f"unknown training setting(s) {unknown}; valid: "
@@ -93,8 +108,11 @@ def resolve_config(cfg: dict) -> dict:
     if missing:
         raise ConfigError(f"training settings lack {missing} (the model's arch and scale)")
     out = _merge(TRAINING_DEFAULTS, cfg)
+    out["augment"] = stage_augmentation(out["augment"], stage) if stage else \
+        ("dihedral" if out["augment"] == "auto" else out["augment"])
     out.setdefault("kwargs", {})
     checks = [("optimizer", ("adam", "adamw")), ("scheduler", ("multistep", "cosine", "constant")),
+              ("augment", AUGMENTATIONS),
               ("lr_source", ("on_the_fly", "prepared"))]
     for key, allowed in checks:
         if out[key] not in allowed:
@@ -151,6 +169,11 @@ def _check_semantic(sem: dict, shared: dict) -> None:
         t = section.get("temperature")
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
             raise ConfigError(f"training setting '{name}.temperature' must be a number > 0, got {t!r}")
+    hidden = shared.get("head_hidden", [])
+    if not isinstance(hidden, list) or not all(isinstance(h, int) and not isinstance(h, bool) and h > 0
+                                                for h in hidden):
+        raise ConfigError(f"training setting 'shared.head_hidden' must be a list of positive layer widths "
+                          f"(e.g. [256]; [] for one linear layer), got {hidden!r}")
     layers = sem["feature_layers"]
     if not isinstance(layers, list) or not all(isinstance(x, str) for x in layers):
         raise ConfigError(f"training setting 'semantic.feature_layers' must be a list of classifier stage "
