@@ -142,8 +142,9 @@ def test_gpu_requests_are_exactly_the_jobs_that_declare_a_gpu(files, tmp_path):
     assert len(STUDIES) == len(EXPERIMENTS)
     over = tmp_path / "paths.yaml"
     over.write_text(yaml.safe_dump(_local_paths(merged(*files))))
-    cmd = SNAKEMAKE + CLUSTER + ["-n", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--configfile",
-                                 str(REPO / "config.yaml"), *map(str, files), str(over)]
+    # a dry run caps every job's threads at --cores (1 when not given); a SLURM run caps nothing
+    cmd = SNAKEMAKE + CLUSTER + ["-n", "--cores", "1024", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+                                 "--configfile", str(REPO / "config.yaml"), *map(str, files), str(over)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "workflow specific profile" not in proc.stderr  # profiles/default stays out of it
