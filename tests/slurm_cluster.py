@@ -3,9 +3,9 @@
 Debian's ``slurm-wlm`` (22.05) and ``munge``, installed with apt-get where missing. Everything the
 cluster writes (config, munge key and socket, state, spool, logs, pid files) lives in one folder; its
 own munged listens on a socket in that folder and the daemons on free ports, so a system munge or
-SLURM on the machine is neither used nor disturbed. Node ``<hostname>``: the machine's CPUs and
-memory and one *fake* GPU (a ``gpu`` GRES with no device file: enough for the scheduler to grant
-``--gpus=1``; nothing runs on a GPU), in two partitions, ``cpu`` (default) and ``gpu``, the names the
+SLURM on the machine is neither used nor disturbed. Node ``<hostname>``: the machine's CPUs, its
+memory (at least 16 GB) and one *fake* GPU (a ``gpu`` GRES whose device is /dev/null: enough for
+the scheduler to grant ``--gpus=1``; nothing runs on a GPU), in two partitions, ``cpu`` (default) and ``gpu``, the names the
 placeholders of ``profiles/slurm/partitions.yaml`` carry. No accounting storage (``sacct`` answers
 nothing): clients use ``squeue``/``scontrol`` with ``MinJobAge`` long enough to see finished jobs.
 
@@ -57,9 +57,12 @@ def _free_port() -> int:
 
 
 def _memory_mb() -> int:
+    """The node's memory for slurm.conf: what the machine has, but at least 16 GB. Memory is not a
+    consumable resource here (CR_Core) and slurmd takes the configured value (config_overrides), so
+    a small CI machine still takes the profile's default `--mem 8000`."""
     with open("/proc/meminfo") as f:
         kib = next(int(line.split()[1]) for line in f if line.startswith("MemTotal:"))
-    return kib // 1024 - 512  # what slurmd sees, less a margin (it refuses a node that claims more)
+    return max(kib // 1024, 16000)
 
 
 class SlurmCluster:
@@ -115,6 +118,7 @@ JobCompType=jobcomp/none
 MpiDefault=none
 ReturnToService=2
 MinJobAge=3600
+SlurmdParameters=config_overrides
 SlurmdTimeout=60
 InactiveLimit=0
 KillWait=5
@@ -123,7 +127,7 @@ PartitionName=cpu Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes={self.host} MaxTime=INFINITE State=UP
 """)
         (r / "etc" / "cgroup.conf").write_text("CgroupPlugin=cgroup/v1\n")
-        # a GPU GRES without a device file: the scheduler counts it, nothing is bound
+        # a GPU GRES on /dev/null: the scheduler counts it (without File= slurmd reports 0 GPUs)
         (r / "etc" / "gres.conf").write_text(f"AutoDetect=off\nNodeName={self.host} Name=gpu File=/dev/null Count=1\n")
         key = r / "munge" / "munge.key"
         key.write_bytes(os.urandom(1024))
@@ -196,6 +200,8 @@ PartitionName=gpu Nodes={self.host} MaxTime=INFINITE State=UP
 
     def cancel_all(self, timeout: float = 30) -> None:
         """Cancel every job of this cluster and wait until none runs (a job step outlives slurmd)."""
+        if "slurmctld" not in self.procs or self.procs["slurmctld"].poll() is not None:
+            return
         self._client("scancel", "--full", "--user=root")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self._client("squeue", "-h", "-o", "%i").stdout.strip():
