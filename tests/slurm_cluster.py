@@ -42,10 +42,13 @@ def ensure_installed(timeout: float = 600) -> None:
         raise ClusterUnavailable("slurm-wlm/munge are not installed and there is no apt-get here")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES]
-    proc = subprocess.run(install, capture_output=True, text=True, env=env, timeout=timeout)
-    if proc.returncode != 0:  # stale package lists: update once, then try again
-        subprocess.run(["apt-get", "update", "-q"], capture_output=True, text=True, env=env, timeout=timeout)
+    try:
         proc = subprocess.run(install, capture_output=True, text=True, env=env, timeout=timeout)
+        if proc.returncode != 0:  # stale package lists: update once, then try again
+            subprocess.run(["apt-get", "update", "-q"], capture_output=True, text=True, env=env, timeout=timeout)
+            proc = subprocess.run(install, capture_output=True, text=True, env=env, timeout=timeout)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise ClusterUnavailable(f"apt-get install {' '.join(PACKAGES)} did not finish: {e}") from e
     if proc.returncode != 0 or not all(shutil.which(d) for d in DAEMONS):
         raise ClusterUnavailable(f"apt-get install {' '.join(PACKAGES)} failed: {proc.stderr[-500:]}")
 
