@@ -243,6 +243,14 @@ def metric_tables():
             for s in SCALES if m == "bicubic" or gens[m][1] == s]
 
 
+def lpips_tables():
+    """The per-image LPIPS table beside every per-image metric table; none when evaluation.lpips
+    is null."""
+    if config["evaluation"]["lpips"] is None:
+        return []
+    return [path[:-len(".csv")] + "_lpips.csv" for path in metric_tables()]
+
+
 # ---------------------------------------------------------------- classification wiring
 def classifier_checkpoint(dataset):
     return f"{RESULTS}/classifier/{dataset}/classifier.pt"
