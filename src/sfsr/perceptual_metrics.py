@@ -130,7 +130,7 @@ def lpips_pair(model: Any, hr: np.ndarray, sr: np.ndarray, scale: int,
         hr, sr = hr[s:-s, s:-s], sr[s:-s, s:-s]
 
     def tensor(x: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None].float()
+        t = torch.from_numpy(np.require(x, requirements=["C", "W"])).permute(2, 0, 1)[None].float()
         return (t / 127.5 - 1.0).to(device)
 
     with torch.inference_mode():
