@@ -58,6 +58,7 @@ rule perceptual_metrics:
     input:
         hr=lambda wc: prepared_hr(wc.dataset),
         sr=f"{RESULTS}/sr/{{model}}/{{dataset}}_x{{scale}}",
+        backbone=lpips_backbone,
     output:
         csv=f"{RESULTS}/metrics/{{model}}/{{dataset}}_x{{scale}}_lpips.csv",
     params:

@@ -9,6 +9,7 @@ the features). Without the file, LPIPS is skipped with one line naming it, never
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pandas as pd
@@ -165,6 +166,20 @@ def test_without_the_weights_lpips_is_skipped_with_the_file_named_and_nothing_do
     assert table["lpips"].isna().all() and (table["skipped"] == "the reason").all()
 
 
+def test_the_workflow_finds_the_same_file_without_torch(tmp_path, monkeypatch):
+    """sfsr.config (parse time, no torch) names the file torch.hub and torchvision would use."""
+    import sfsr.config
+
+    for env in ({"TORCH_HOME": str(tmp_path / "th")}, {"XDG_CACHE_HOME": str(tmp_path / "xdg")}, {}):
+        for key in ("TORCH_HOME", "XDG_CACHE_HOME"):
+            monkeypatch.delenv(key, raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        for net in ("alex", "vgg"):
+            assert sfsr.config.lpips_backbone_path(net) == backbone_file(net)
+    assert set(sfsr.config.LPIPS_BACKBONE_FILES) == {"alex", "vgg"}
+
+
 def test_a_corrupt_cache_file_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     path = tmp_path / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
@@ -233,6 +248,16 @@ def test_workflow_job_skips_offline_with_one_line_and_the_summary_says_so(tmp_pa
     summary = pd.read_csv(results / "metrics" / "summary.csv")
     assert math.isnan(summary.loc[0, "lpips"]) and summary.loc[0, "lpips_net"] == "alex"
     assert "skipped" in (results / "metrics" / "summary.md").read_text()
+    # the weights placed afterwards: the backbone file becomes an input, the skipped job reruns
+    backbone = home / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    backbone.parent.mkdir(parents=True)
+    backbone.write_bytes(b"")
+    os.utime(backbone, (946684800, 946684800))  # copied with its old date (cp -p): older than outputs
+    proc = run_snakemake(tmp_path, "-n", "evaluate", config={
+        "scales": [2], "train": [], "valid": [], "test": ["builtin_test"], "classification": [],
+        "sr_models": [], **NO_REFSR})
+    assert "Set of input files has changed" in proc.stdout + proc.stderr
+    assert str(backbone) in proc.stdout + proc.stderr
 
 
 def test_with_lpips_null_no_lpips_job_is_planned(tmp_path):
