@@ -219,6 +219,24 @@ def test_summary_gains_lpips_columns_and_keeps_the_others():
         columns=["lpips", "lpips_ci_low", "lpips_ci_high", "lpips_net"]))
 
 
+def test_the_study_summary_keeps_lpips_and_leaves_rows_without_it_blank():
+    """plots.summary_table carries the LPIPS columns; a row never measured (no lpips_net, e.g. a
+    RefSR row joined later) is blank in the Markdown, a skipped one says so."""
+    from sfsr.plots import summary_table
+
+    summary = summarize(_per_image(), n_boot=200)
+    summary["lpips"] = [0.25, math.nan]
+    summary["lpips_ci_low"], summary["lpips_ci_high"] = [0.2, math.nan], [0.3, math.nan]
+    summary["lpips_net"] = ["alex", math.nan]
+    table = summary_table(summary, families={"bicubic": "bicubic", "m": "psnr"})
+    assert {"lpips", "lpips_ci_low", "lpips_ci_high", "lpips_net"} <= set(table.columns)
+    lines = summary_markdown(table).splitlines()
+    row_m = next(line for line in lines if line.startswith("| m "))
+    assert "skipped" not in row_m and row_m.split("|")[-2].strip() == ""
+    summary.loc[1, "lpips_net"] = "alex"
+    assert "skipped" in summary_markdown(summary_table(summary, families={"bicubic": "bicubic", "m": "psnr"}))
+
+
 def test_without_lpips_tables_the_summary_markdown_is_as_before():
     summary = summarize(_per_image(), n_boot=200)
     text = summary_markdown(summary)
