@@ -180,9 +180,10 @@ def add_lpips(summary: pd.DataFrame, per_image: pd.DataFrame,
               seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
     """``summary`` (of :func:`summarize`, unchanged) with the columns ``lpips, lpips_ci_low,
     lpips_ci_high, lpips_net`` appended: the mean LPIPS per group of ``by`` and its bootstrap CI,
-    from the per-image LPIPS tables (:mod:`sfsr.perceptual_metrics`). A group whose LPIPS was
-    skipped (no backbone weights: ``lpips`` NaN, the reason in ``skipped``) or that has no LPIPS
-    rows gets NaN, which :func:`summary_markdown` shows as "skipped"."""
+    from the per-image LPIPS tables (:mod:`sfsr.perceptual_metrics`). A group with an image whose
+    LPIPS was skipped (no backbone weights: ``lpips`` NaN, the reason in ``skipped``) gets NaN,
+    which :func:`summary_markdown` shows as "skipped"; a group without LPIPS rows gets NaN there
+    and in ``lpips_net`` (shown blank: not measured)."""
     by = list(by)
     missing = [c for c in by + list(LPIPS_SUMMARY_INPUT) if c not in per_image.columns]
     if missing:
@@ -194,7 +195,7 @@ def add_lpips(summary: pd.DataFrame, per_image: pd.DataFrame,
         values = group["lpips"].to_numpy(dtype=np.float64)
         row: dict[str, Any] = dict(zip(by, key))
         row["lpips_net"] = ", ".join(sorted(group["net"].astype(str).unique()))
-        if np.isnan(values).any() or len(values) == 0:
+        if np.isnan(values).any():
             row["lpips"] = row["lpips_ci_low"] = row["lpips_ci_high"] = float("nan")
         else:
             row["lpips"] = float(values.mean())
