@@ -245,6 +245,23 @@ def metric_tables():
             for s in SCALES if m == "bicubic" or gens[m][1] == s]
 
 
+def lpips_tables():
+    """The per-image LPIPS table beside every per-image metric table; none when evaluation.lpips
+    is null."""
+    if config["evaluation"]["lpips"] is None:
+        return []
+    return [path[:-len(".csv")] + "_lpips.csv" for path in metric_tables()]
+
+
+def lpips_backbone(wildcards):
+    """The LPIPS backbone weights file in the torch hub cache, as an input where it exists (so
+    placing it there later reruns the skipped perceptual_metrics jobs); [] where it does not."""
+    if config["evaluation"]["lpips"] is None:
+        return []
+    path = sfsr.config.lpips_backbone_path(config["evaluation"]["lpips"])
+    return [str(path)] if path.is_file() else []
+
+
 # ---------------------------------------------------------------- classification wiring
 def classifier_checkpoint(dataset):
     return f"{RESULTS}/classifier/{dataset}/classifier.pt"

@@ -1,6 +1,9 @@
 # Evaluation stage: upscale every test set with every model (bicubic always included), compute
-# per-image PSNR/SSIM (Y channel, paper convention), then one summary with bootstrap 95% CIs.
-# Code: workflow_scripts/evaluate.py -> sfsr.inference / sfsr.evaluation / sfsr.metrics.
+# per-image PSNR/SSIM (Y channel, paper convention) and, unless evaluation.lpips is null, LPIPS
+# (perceptual_metrics: a second consumer of the temporary SR folder; skipped with one log line
+# where the backbone weights are not in the torch cache), then one summary with bootstrap 95% CIs.
+# Code: workflow_scripts/evaluate.py -> sfsr.inference / sfsr.evaluation / sfsr.metrics /
+# sfsr.perceptual_metrics.
 
 
 rule evaluate:
@@ -51,9 +54,32 @@ rule image_metrics:
         "../workflow_scripts/evaluate.py"
 
 
+rule perceptual_metrics:
+    input:
+        hr=lambda wc: prepared_hr(wc.dataset),
+        sr=f"{RESULTS}/sr/{{model}}/{{dataset}}_x{{scale}}",
+        backbone=lpips_backbone,
+    output:
+        csv=f"{RESULTS}/metrics/{{model}}/{{dataset}}_x{{scale}}_lpips.csv",
+    params:
+        net=config["evaluation"]["lpips"],
+        device=config["evaluation"]["device"],
+    log:
+        f"{RESULTS}/logs/perceptual_metrics/{{model}}/{{dataset}}_x{{scale}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/perceptual_metrics/{{model}}/{{dataset}}_x{{scale}}.tsv"
+    resources:
+        gpu=1,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow_scripts/evaluate.py"
+
+
 rule summarize:
     input:
-        metric_tables(),
+        metrics=metric_tables(),
+        lpips=lpips_tables(),
     output:
         csv=f"{RESULTS}/metrics/summary.csv",
         md=f"{RESULTS}/metrics/summary.md",

@@ -1,9 +1,12 @@
-"""Entry point of the evaluation stage (rules/evaluate.smk): upscale, image_metrics, summarize.
+"""Entry point of the evaluation stage (rules/evaluate.smk): upscale, image_metrics,
+perceptual_metrics, summarize.
 
-Each function receives Snakemake's ``snakemake`` object; the work is done in ``sfsr.inference``
-and ``sfsr.evaluation`` (the project's single metric implementation is ``sfsr.metrics``).
+Each function receives Snakemake's ``snakemake`` object; the work is done in ``sfsr.inference``,
+``sfsr.evaluation`` and ``sfsr.perceptual_metrics`` (the project's single PSNR/SSIM
+implementation is ``sfsr.metrics``).
 """
 
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -13,7 +16,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821 
 import pandas as pd
 
 from sfsr import io, provenance
-from sfsr.evaluation import evaluate_folders, summarize as summarize_table, summary_markdown
+from sfsr.evaluation import add_lpips, evaluate_folders, summarize as summarize_table, summary_markdown
 from sfsr.workflow import run_rule
 
 
@@ -42,9 +45,33 @@ def image_metrics(smk):
             shutil.copy2(src, examples / src.name)
 
 
+def perceptual_metrics(smk):
+    from sfsr.perceptual_metrics import lpips_available, lpips_table, skipped_table  # torch
+    from sfsr.tensors import resolve_device
+
+    w = smk.wildcards
+    net, scale = smk.params.net, int(w.scale)
+    available, message = lpips_available(net)
+    if available:
+        logging.getLogger("sfsr").info("%s", message)
+        table = lpips_table(smk.input.hr, smk.input.sr, scale, net=net,
+                            device=resolve_device(smk.params.device, "evaluation.device"))
+    else:  # offline without the backbone weights: one line, and a table that says so
+        logging.getLogger("sfsr").warning("%s", message)
+        print(f"[sfsr] {w.model} {w.dataset} x{scale}: {message}", file=sys.__stderr__)
+        table = skipped_table(smk.input.hr, smk.input.sr, scale, message, net=net)
+    table.insert(0, "scale", scale)
+    table.insert(0, "dataset", w.dataset)
+    table.insert(0, "model", w.model)
+    io.write_csv(smk.output.csv, table)
+
+
 def summarize(smk):
-    per_image = pd.concat([pd.read_csv(p) for p in smk.input], ignore_index=True)
+    per_image = pd.concat([pd.read_csv(p) for p in smk.input.metrics], ignore_index=True)
     summary = summarize_table(per_image, n_boot=smk.params.n_boot, seed=smk.params.seed)
+    if smk.input.lpips:  # evaluation.lpips set: mean and CI columns appended (NaN where skipped)
+        lpips = pd.concat([pd.read_csv(p) for p in smk.input.lpips], ignore_index=True)
+        summary = add_lpips(summary, lpips, n_boot=smk.params.n_boot, seed=smk.params.seed)
     io.write_csv(smk.output.csv, summary)
     io.write_text(smk.output.md, summary_markdown(summary))
     provenance.write(smk.output.provenance, config=smk.params.config, seed=smk.params.seed,
@@ -52,4 +79,4 @@ def summarize(smk):
 
 
 run_rule(snakemake, {"upscale": upscale, "image_metrics": image_metrics,  # noqa: F821
-                     "summarize": summarize})
+                     "perceptual_metrics": perceptual_metrics, "summarize": summarize})

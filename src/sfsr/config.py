@@ -27,6 +27,22 @@ DEFAULT_SCHEMA = REPO_ROOT / "config.schema.yaml"
 DATASET_LISTS = ("train", "valid", "test", "classification", "refsr", "refsr_train", "refsr_valid")
 
 
+#: The torchvision weights file the LPIPS backbone of each evaluation.lpips value loads from the
+#: torch hub cache (lpips 0.1.4 builds ``tv.alexnet/vgg16(pretrained=True)``: IMAGENET1K_V1).
+#: Here without torch, for the workflow's parse; tests/test_lpips.py checks them against torchvision.
+LPIPS_BACKBONE_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}
+
+
+def lpips_backbone_path(net: str) -> Path:
+    """Where torch's hub cache keeps the LPIPS backbone ``net``, computed as ``torch.hub.get_dir()``
+    does (``$TORCH_HOME``, else ``$XDG_CACHE_HOME/torch``, else ``~/.cache/torch``; then
+    ``hub/checkpoints``) but without importing torch."""
+    import os
+
+    home = os.getenv("TORCH_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "torch"))
+    return Path(os.path.expanduser(home)) / "hub" / "checkpoints" / LPIPS_BACKBONE_FILES[net]
+
+
 def _location(path) -> str:
     parts = [str(p) if not isinstance(p, int) else f"[{p}]" for p in path]
     out = ""

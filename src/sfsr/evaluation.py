@@ -45,15 +45,10 @@ def _shorten(stems: Sequence[str], limit: int = 20) -> str:
     return shown + (f", ... ({len(stems)} in all)" if len(stems) > limit else "")
 
 
-def evaluate_folders(hr_dir: str | os.PathLike, sr_dir: str | os.PathLike, scale: int,
-                     *, resizer: str | None = None, progress: bool = False) -> pd.DataFrame:
-    """Per-image PSNR-Y / SSIM-Y / PSNR-RGB of every SR image against the HR image of the same stem.
-
-    Returns a long-format DataFrame with columns ``image, psnr_y, ssim_y, psnr_rgb, channel,
-    crop_border, convention`` (+ ``resizer`` when given), sorted by image stem. Raises
-    :class:`DataError` when the two folders do not hold the same stems (listing what is missing
-    on each side) or when an SR image does not have the size of its modcropped HR image.
-    """
+def matched_images(hr_dir: str | os.PathLike, sr_dir: str | os.PathLike
+                   ) -> tuple[dict[str, Path], dict[str, Path]]:
+    """The HR and SR images of two folders by stem (``{stem: path}`` each), the same stems on both
+    sides; else :class:`DataError` listing what is missing on each side."""
     hr = images_by_stem(hr_dir, what="HR")
     sr = images_by_stem(sr_dir, what="SR")
     missing_sr = sorted(set(hr) - set(sr))
@@ -66,6 +61,19 @@ def evaluate_folders(hr_dir: str | os.PathLike, sr_dir: str | os.PathLike, scale
             parts.append(f"no HR image in {hr_dir} for: {_shorten(missing_hr)}")
         raise DataError("HR and SR folders do not match by file stem; " + "; ".join(parts)
                         + ". Every HR image needs exactly one SR image with the same stem.")
+    return hr, sr
+
+
+def evaluate_folders(hr_dir: str | os.PathLike, sr_dir: str | os.PathLike, scale: int,
+                     *, resizer: str | None = None, progress: bool = False) -> pd.DataFrame:
+    """Per-image PSNR-Y / SSIM-Y / PSNR-RGB of every SR image against the HR image of the same stem.
+
+    Returns a long-format DataFrame with columns ``image, psnr_y, ssim_y, psnr_rgb, channel,
+    crop_border, convention`` (+ ``resizer`` when given), sorted by image stem. Raises
+    :class:`DataError` when the two folders do not hold the same stems (listing what is missing
+    on each side) or when an SR image does not have the size of its modcropped HR image.
+    """
+    hr, sr = matched_images(hr_dir, sr_dir)
     rows = []
     for stem in tqdm(sorted(hr), desc=f"evaluate x{scale}", disable=not progress):
         try:
@@ -163,24 +171,73 @@ def summarize(per_image: pd.DataFrame, by: Sequence[str] = ("model", "dataset", 
     return pd.DataFrame(rows)
 
 
+#: The columns :func:`add_lpips` reads from the per-image LPIPS tables.
+LPIPS_SUMMARY_INPUT = ("lpips", "net")
+
+
+def add_lpips(summary: pd.DataFrame, per_image: pd.DataFrame,
+              by: Sequence[str] = ("model", "dataset", "scale"), *, n_boot: int = 2000,
+              seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
+    """``summary`` (of :func:`summarize`, unchanged) with the columns ``lpips, lpips_ci_low,
+    lpips_ci_high, lpips_net`` appended: the mean LPIPS per group of ``by`` and its bootstrap CI,
+    from the per-image LPIPS tables (:mod:`sfsr.perceptual_metrics`). A group with an image whose
+    LPIPS was skipped (no backbone weights: ``lpips`` NaN, the reason in ``skipped``) gets NaN,
+    which :func:`summary_markdown` shows as "skipped"; a group without LPIPS rows gets NaN there
+    and in ``lpips_net`` (shown blank: not measured)."""
+    by = list(by)
+    missing = [c for c in by + list(LPIPS_SUMMARY_INPUT) if c not in per_image.columns]
+    if missing:
+        raise DataError(f"add_lpips: per-image LPIPS table lacks the column(s) {missing}; it has "
+                        f"{list(per_image.columns)}")
+    rows = []
+    for key, group in per_image.groupby(by, sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        values = group["lpips"].to_numpy(dtype=np.float64)
+        row: dict[str, Any] = dict(zip(by, key))
+        row["lpips_net"] = ", ".join(sorted(group["net"].astype(str).unique()))
+        if np.isnan(values).any():
+            row["lpips"] = row["lpips_ci_low"] = row["lpips_ci_high"] = float("nan")
+        else:
+            row["lpips"] = float(values.mean())
+            row["lpips_ci_low"], row["lpips_ci_high"] = bootstrap_ci(values, n_boot, seed, alpha)
+        rows.append(row)
+    columns = ["lpips", "lpips_ci_low", "lpips_ci_high", "lpips_net"]
+    table = pd.DataFrame(rows, columns=by + columns)
+    return summary.merge(table, on=by, how="left", validate="one_to_one")
+
+
 def summary_markdown(df: pd.DataFrame) -> str:
-    """A Markdown table of :func:`summarize` output: ``mean [low, high]`` per metric."""
+    """A Markdown table of :func:`summarize` output: ``mean [low, high]`` per metric (LPIPS, where
+    :func:`add_lpips` added it: "skipped" where it was not computed)."""
     metric_fmt = {"psnr_y": ("PSNR-Y (dB)", "{:.2f}"), "ssim_y": ("SSIM-Y", "{:.4f}"),
-                  "psnr_rgb": ("PSNR-RGB (dB)", "{:.2f}")}
-    keys = [c for c in df.columns if c not in {"n", "convention"} and not c.startswith(METRIC_COLUMNS)]
+                  "psnr_rgb": ("PSNR-RGB (dB)", "{:.2f}"), "lpips": ("LPIPS", "{:.4f}")}
+    keys = [c for c in df.columns if c not in {"n", "convention"}
+            and not c.startswith(METRIC_COLUMNS + ("lpips",))]
     out = df[keys + ["n"]].copy()
     for col, (title, fmt) in metric_fmt.items():
         if col not in df.columns:
             continue
+        if col == "lpips" and "lpips_net" in df.columns:
+            nets = sorted(str(n) for n in df["lpips_net"].dropna().unique())
+            title = f"LPIPS-{'/'.join(nets)}" if nets else title
+        # LPIPS NaN: skipped (no backbone weights), or not measured for the row (no lpips_net)
+        planned = df["lpips_net"].notna() if "lpips_net" in df.columns else pd.Series(True, df.index)
+        missing = {i: ("skipped" if planned[i] else "") for i in df.index[df[col].isna()]} \
+            if col == "lpips" else {}
         if f"{col}_ci_low" in df.columns:
-            out[title] = [f"{fmt.format(m)} [{fmt.format(lo)}, {fmt.format(hi)}]" for m, lo, hi
-                          in zip(df[col], df[f"{col}_ci_low"], df[f"{col}_ci_high"])]
+            out[title] = [missing[i] if i in missing else
+                          f"{fmt.format(m)} [{fmt.format(lo)}, {fmt.format(hi)}]" for i, m, lo, hi
+                          in zip(df.index, df[col], df[f"{col}_ci_low"], df[f"{col}_ci_high"])]
         else:
-            out[title] = [fmt.format(m) for m in df[col]]
+            out[title] = [missing[i] if i in missing else fmt.format(m)
+                          for i, m in zip(df.index, df[col])]
     text = out.to_markdown(index=False)
     if "convention" in df.columns:
         conventions = ", ".join(sorted(df["convention"].astype(str).unique()))
         text += f"\n\nMetric convention: `{conventions}`; brackets: 95% bootstrap CI of the mean.\n"
+        if "lpips" in df.columns:
+            text += ("LPIPS: lpips package, v0.1 linear layers, RGB in [-1, 1], the same border "
+                     "crop; lower is better; \"skipped\": no backbone weights (see the job's log).\n")
     return text
 
 

@@ -38,8 +38,8 @@ def summary_table(summary: pd.DataFrame, accuracy: pd.DataFrame | None = None,
                   params: Mapping[str, int] | pd.DataFrame | None = None,
                   train_time: Mapping[str, float] | pd.DataFrame | None = None,
                   families: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """One row per model x dataset x scale: PSNR-Y / SSIM-Y (/ PSNR-RGB) mean and 95% interval
-    (from :func:`sfsr.evaluation.summarize`), classifier accuracy where available (``top1, top5,
+    """One row per model x dataset x scale: PSNR-Y / SSIM-Y (/ PSNR-RGB, / LPIPS) mean and 95%
+    interval (from :func:`sfsr.evaluation.summarize`, :func:`~sfsr.evaluation.add_lpips`), classifier accuracy where available (``top1, top5,
     gap_closed, gap_closed_top5``, joined on model and — when the accuracy table has it — scale;
     its classification set is kept as ``acc_dataset``), parameter count ``params``, training time
     ``train_time_s`` and the metric ``convention``.
@@ -56,7 +56,7 @@ def summary_table(summary: pd.DataFrame, accuracy: pd.DataFrame | None = None,
                         f"{dup[['model', 'dataset', 'scale']].drop_duplicates().to_dict('records')}; "
                         "summarize by model, dataset and scale")
     metric_cols = [c for c in summary.columns
-                   if c.startswith(("psnr_y", "ssim_y", "psnr_rgb"))]
+                   if c.startswith(("psnr_y", "ssim_y", "psnr_rgb", "lpips"))]
     out = summary[["model", "dataset", "scale"] + (["n"] if "n" in summary.columns else [])
                   + metric_cols + ["convention"]].copy()
     out["model"] = out["model"].astype(str)
