@@ -253,7 +253,7 @@ def test_workflow_job_skips_offline_with_one_line_and_the_summary_says_so(tmp_pa
     monkeypatch.setenv("TORCH_HOME", str(home))  # run_snakemake passes os.environ on
     proc = run_snakemake(tmp_path, "evaluate", config={
         "scales": [2], "train": [], "valid": [], "test": ["builtin_test"], "classification": [],
-        "sr_models": [], **NO_REFSR})
+        "sr_models": [], "evaluation": {"lpips": "alex"}, **NO_REFSR})
     results = tmp_path / "results" / "default"
     log = (results / "logs" / "perceptual_metrics" / "bicubic" / "builtin_test_x2.log").read_text()
     warnings = [line for line in log.splitlines() if "WARNING" in line]
@@ -273,7 +273,7 @@ def test_workflow_job_skips_offline_with_one_line_and_the_summary_says_so(tmp_pa
     os.utime(backbone, (946684800, 946684800))  # copied with its old date (cp -p): older than outputs
     proc = run_snakemake(tmp_path, "-n", "evaluate", config={
         "scales": [2], "train": [], "valid": [], "test": ["builtin_test"], "classification": [],
-        "sr_models": [], **NO_REFSR})
+        "sr_models": [], "evaluation": {"lpips": "alex"}, **NO_REFSR})
     assert "Set of input files has changed" in proc.stdout + proc.stderr
     assert str(backbone) in proc.stdout + proc.stderr
 
@@ -281,7 +281,7 @@ def test_workflow_job_skips_offline_with_one_line_and_the_summary_says_so(tmp_pa
 def test_with_lpips_null_no_lpips_job_is_planned(tmp_path):
     from test_workflow import run_snakemake
 
-    proc = run_snakemake(tmp_path, "-n", "evaluate", config={"evaluation": {"lpips": None}})
+    proc = run_snakemake(tmp_path, "-n", "evaluate")  # config.yaml: lpips null (offline demo)
     assert "perceptual_metrics" not in proc.stdout + proc.stderr
-    proc = run_snakemake(tmp_path, "-n", "evaluate")
+    proc = run_snakemake(tmp_path, "-n", "evaluate", config={"evaluation": {"lpips": "alex"}})
     assert "perceptual_metrics" in proc.stdout + proc.stderr
