@@ -234,7 +234,7 @@ def _train(stage: str, st: Stage, cfg: dict, weights: dict, out_dir: Path, state
         ddp.barrier()
     if stop < total:
         if ddp.main:
-                log.info("stopped at iteration %d of %d (max_iterations); state in %s", stop, total, state_path)
+            log.info("stopped at iteration %d of %d (max_iterations); state in %s", stop, total, state_path)
         return state_path
 
     # ---- final outputs (generator.pt last)
