@@ -217,7 +217,7 @@ def launch(nproc: int, stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | o
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={int(nproc)}",
            "-m", "sfsr.training.distributed", json.dumps(args)]
-    log.info("training on %d processes: %s", nproc, " ".join(cmd[:6]) + " -m sfsr.training.distributed ...")
+    log.info("training on %d processes: %s '<train arguments>'", nproc, " ".join(cmd[:-1]))
     out = _stream(sys.stderr)
     proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=out, preexec_fn=_die_with_parent)
     try:
