@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "torchvision", "sklearn")
 
 LIGHT_MODULES = ["sfsr.metrics", "sfsr.evaluation", "sfsr.data.bicubic", "sfsr.data.prepare",
-                 "sfsr.plots", "sfsr.io", "sfsr.cli", "sfsr.data.images", "sfsr.provenance"]
+                 "sfsr.plots", "sfsr.io", "sfsr.cli", "sfsr.data.images", "sfsr.provenance",
+                 "sfsr.gpu_slots", "sfsr.workflow"]
 
 
 def _heavy_after(code: str) -> list[str]:

@@ -11,6 +11,10 @@ SIGTERM (what Snakemake, SLURM preemption and ``kill`` send) and SIGINT end the 
 saying so and exit status 143 / 130; writes are atomic, so nothing half-written is left, and a
 training job started again resumes from its last checkpoint (docs/reliability.md). The config key
 ``max_image_pixels`` sets the pixel limit of every image read (:mod:`sfsr.data.images`).
+
+A job with ``resources: gpu=N`` (N > 0) first takes N GPU slots of its own
+(:func:`sfsr.gpu_slots.acquire_for_job`: ``CUDA_VISIBLE_DEVICES`` set to them, waiting while they
+are busy) and frees them when it ends; handlers must therefore not initialise CUDA at import time.
 """
 
 from __future__ import annotations
@@ -51,8 +55,12 @@ def run_rule(smk: Any, handlers: dict[str, Callable[[Any], None]]) -> None:
     # SIGINT too, even where the job was started with it ignored (a shell starts background jobs so)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     log = logging.getLogger("sfsr")
+    slots = None
     try:
         from sfsr.data.images import set_max_image_pixels
+        from sfsr.gpu_slots import acquire_for_job
+
+        slots = acquire_for_job(smk)  # before the handler initialises CUDA (docs/multi_gpu.md)
 
         set_max_image_pixels((getattr(smk, "config", None) or {}).get("max_image_pixels"))
         with contextlib.redirect_stdout(log_fh), contextlib.redirect_stderr(log_fh):
@@ -76,5 +84,7 @@ def run_rule(smk: Any, handlers: dict[str, Callable[[Any], None]]) -> None:
         traceback.print_exc(file=log_fh)
         raise
     finally:
+        if slots is not None:
+            slots.release()
         if log_fh is not sys.stderr:
             log_fh.close()

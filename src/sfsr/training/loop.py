@@ -47,6 +47,7 @@ from sfsr import io, provenance
 from sfsr.errors import ConfigError, SfsrError
 from sfsr.models import count_parameters, generator_spec, save_generator
 from sfsr.tensors import resolve_device, to_float
+from sfsr.training import distributed
 from sfsr.training.data import (ManifestPatchDataset, PatchDataset, RefPairDataset, ValidationImage,
                                 load_reference_validation, load_validation_items, make_loader, make_lr_batch,
                                 select_training_images, whole_image_lr_patch)
@@ -102,6 +103,24 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
     out_dir = Path(out_dir)
     state_path = out_dir / "state" / "last.pt"
     dev = resolve_device(cfg["device"] if device == "auto" else device, "training.device")
+    ddp, dev = distributed.setup(dev)  # started by torchrun: this rank's share (docs/multi_gpu.md)
+    try:
+        return _train(stage, st, cfg, weights, out_dir, state_path, dev, ddp, train_hr_dirs=train_hr_dirs,
+                      valid_hr_dirs=valid_hr_dirs, init_checkpoint=init_checkpoint, seed=seed,
+                      max_iterations=max_iterations, feature_net=feature_net,
+                      classifier_checkpoint=classifier_checkpoint)
+    finally:
+        ddp.close()
+
+
+def _train(stage: str, st: Stage, cfg: dict, weights: dict, out_dir: Path, state_path: Path,
+           dev: torch.device, ddp: distributed.Dist, *, train_hr_dirs, valid_hr_dirs, init_checkpoint,
+           seed: int, max_iterations: int | None, feature_net: nn.Module | None,
+           classifier_checkpoint) -> Path:
+    """:func:`train` after the settings are checked and the device (and process group) is set."""
+    if cfg["batch_size"] % ddp.world:
+        raise ConfigError(f"training.batch_size {cfg['batch_size']} (the batch of all processes together) "
+                          f"must be a multiple of the {ddp.world} processes (gpus); change either")
     flags = speed_flags(cfg, dev)
     total, scale = cfg["iterations"], cfg["scale"]
     stop = total if max_iterations is None else min(total, int(max_iterations))
@@ -111,10 +130,15 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
     classifier = frozen_classifier(st, cfg, weights, classifier_checkpoint, feature_net, dev)
     spec = generator_spec(cfg["arch"], scale, **cfg["kwargs"])
     fingerprint = run_fingerprint(stage, cfg, seed, train_hr_dirs, init_checkpoint, classifier_checkpoint)
+    if not ddp.main:  # rank 0 first: it removes stale temporaries or a foreign state
+        ddp.barrier()
     state = _resumable_state(state_path, stage, fingerprint)
+    if ddp.main:
+        ddp.barrier()
     generator = build_generator_part(st, cfg, spec, dev, flags, init_checkpoint, resuming=state is not None)
     parts = build_parts(st, cfg, weights, generator, dev, flags, classifier, classifier_checkpoint,
                         feature_net)
+    distributed.wrap(parts, ddp, dev, flags)
     val_extra = ["val_head_top1"] if st.lr_head else []
 
     # ---- resume: weights, optimisers, RNG, log so far
@@ -129,7 +153,8 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
         if state["iterations"] != total:
             log.warning("%s was made for %d iterations, now %d: the schedule changes", state_path,
                         state["iterations"], total)
-        log.info("resuming %s training from %s at iteration %d", stage, state_path, start)
+        if ddp.main:
+            log.info("resuming %s training from %s at iteration %d", stage, state_path, start)
 
     # ---- data: training patches (from iteration `start` on), validation images, bicubic line
     use_labels = st.lr_head and "shared_cls" in weights and cfg["shared"]["mode"] == "label"
@@ -141,7 +166,8 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
         lr_patch = whole_image_lr_patch(train_hr_dirs, scale, keep)
         log.info("lr_patch null: LR patches of %d px (HR %d px)", lr_patch, lr_patch * scale)
     if start < stop:
-        loader = _training_batches(cfg, st, train_hr_dirs, scale, lr_patch, keep, labels, total, start, seed, dev)
+        loader = _training_batches(cfg, st, train_hr_dirs, scale, lr_patch, keep, labels, total, start, seed, dev,
+                                   ddp)
     if st.data == "refsr":  # each target with its most similar reference
         valid, valid_labels = load_reference_validation(valid_hr_dirs, scale), []
     else:
@@ -153,16 +179,19 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
 
     # ---- the loop: step, log, validate, checkpoint
     bar = tqdm(total=total, initial=start, desc=f"{stage} {cfg['arch']} x{scale}", dynamic_ncols=True,
-               mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr)
+               mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr, disable=not ddp.main)
     book = TrainLog(parts.columns, val_extra, rows, elapsed, bar,
-                    _tensorboard(cfg["tensorboard"], out_dir / "tensorboard"), stage)
+                    _tensorboard(cfg["tensorboard"] and ddp.main, out_dir / "tensorboard"), stage,
+                    reduce=ddp.mean if ddp.active else None)
 
     run = {"format": STATE_FORMAT, "stage": stage, "spec": spec, "fingerprint": fingerprint,
            "iterations": total}  # what every saved state of this run says about it
     saved = start if state is not None else None  # the iteration of the last saved state
     iteration = start
     if start == 0 and valid:  # the starting point of the curve (a residual model: bicubic)
-        best = _validate(parts, book, 0, valid, valid_labels, bicubic, scale, dev, best, out_dir, spec, stage)
+        if ddp.main:
+            best = _validate(parts, book, 0, valid, valid_labels, bicubic, scale, dev, best, out_dir, spec, stage)
+        ddp.barrier()
     try:
         for iteration in range(start + 1, stop + 1):
             t_wait = time.perf_counter()
@@ -182,10 +211,13 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
             if iteration % cfg["log_every"] == 0 or val_now or ckpt_now:
                 book.flush(iteration)
             if val_now and valid:
-                best = _validate(parts, book, iteration, valid, valid_labels, bicubic, scale, dev, best,
-                                 out_dir, spec, stage)
+                if ddp.main:
+                    best = _validate(parts, book, iteration, valid, valid_labels, bicubic, scale, dev, best,
+                                     out_dir, spec, stage)
+                ddp.barrier()
             if ckpt_now:
-                saved = _checkpoint(state_path, run, iteration, parts, best, book)
+                saved = _checkpoint(state_path, run, iteration, parts, best, book) if ddp.main else iteration
+                ddp.barrier()
     except _NonFinite as exc:
         bad_iteration, term, value = exc.args
         kept = (f"the last good state {state_path} (iteration {saved}) was kept"
@@ -198,16 +230,20 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
         if book.writer is not None:
             book.writer.close()
     if saved != iteration:  # e.g. max_iterations=0: record the initial state
-        saved = _checkpoint(state_path, run, iteration, parts, best, book)
+        saved = _checkpoint(state_path, run, iteration, parts, best, book) if ddp.main else iteration
+        ddp.barrier()
     if stop < total:
-        log.info("stopped at iteration %d of %d (max_iterations); state in %s", stop, total, state_path)
+        if ddp.main:
+            log.info("stopped at iteration %d of %d (max_iterations); state in %s", stop, total, state_path)
         return state_path
 
     # ---- final outputs (generator.pt last)
-    _write_outputs(out_dir, st, cfg, parts, book, spec=spec, seed=seed, flags=flags, dev=dev, best=best,
-                   weights=weights, init_checkpoint=init_checkpoint, train_hr_dirs=train_hr_dirs,
-                   valid_hr_dirs=valid_hr_dirs, classifier_checkpoint=classifier_checkpoint,
-                   labels_used=bool(use_labels), lr_patch=lr_patch)
+    if ddp.main:
+        _write_outputs(out_dir, st, cfg, parts, book, spec=spec, seed=seed, flags=flags, dev=dev, best=best,
+                       weights=weights, init_checkpoint=init_checkpoint, train_hr_dirs=train_hr_dirs,
+                       valid_hr_dirs=valid_hr_dirs, classifier_checkpoint=classifier_checkpoint,
+                       labels_used=bool(use_labels), lr_patch=lr_patch, world=ddp.world)
+    ddp.barrier()
     return out_dir / "generator.pt"
 
 
@@ -222,8 +258,9 @@ class TrainLog:
     validation numbers; mirrored to the progress bar and TensorBoard."""
 
     def __init__(self, columns: Sequence[str], val_extra: Sequence[str], rows: list[dict],
-                 elapsed: float, bar: Any, writer: Any, stage: str) -> None:
+                 elapsed: float, bar: Any, writer: Any, stage: str, reduce: Any = None) -> None:
         self.columns, self.val_extra, self.rows = list(columns), list(val_extra), rows
+        self.reduce = reduce  # distributed: the mean over the ranks of the window's losses
         self.elapsed, self.t0 = elapsed, time.perf_counter()  # seconds of earlier sessions, this one's start
         self.bar, self.writer, self.stage = bar, writer, stage
         self._reset(self.t0)
@@ -245,7 +282,10 @@ class TrainLog:
         """Check the window's losses for non-finite values and log their means."""
         if not self.window:
             return
-        values = torch.stack(self.window).float().cpu().numpy()
+        values = torch.stack(self.window).float()
+        if self.reduce is not None:  # every rank gets the same numbers (and stops together on NaN)
+            values = self.reduce(values)
+        values = values.cpu().numpy()
         bad = np.argwhere(~np.isfinite(values))
         if len(bad):
             row, col = bad[0]
@@ -306,7 +346,8 @@ def _resumable_state(state_path: Path, stage: str, fingerprint: str) -> dict | N
 
 
 def _training_batches(cfg: dict, st: Stage, train_hr_dirs, scale: int, lr_patch: int, keep, labels,
-                      total: int, start: int, seed: int, dev: torch.device):
+                      total: int, start: int, seed: int, dev: torch.device,
+                      ddp: distributed.Dist = distributed.SINGLE):
     """Iterator over the batches of iterations ``start + 1 ... total`` (deterministic per sample)."""
     data_kw = dict(length=total * cfg["batch_size"], seed=seed, lr_source=cfg["lr_source"],
                    cache_mb=cfg["cache_mb"], augment=cfg["augment"])
@@ -317,6 +358,9 @@ def _training_batches(cfg: dict, st: Stage, train_hr_dirs, scale: int, lr_patch:
         dataset = PatchDataset(train_hr_dirs, scale, lr_patch, **data_kw)
     else:
         dataset = ManifestPatchDataset(train_hr_dirs, scale, lr_patch, keep=keep, labels=labels, **data_kw)
+    if ddp.active:  # this rank's contiguous share of every global batch
+        return iter(distributed.rank_loader(dataset, cfg["batch_size"], ddp, start_iteration=start,
+                                            num_workers=cfg["num_workers"], seed=seed, device=dev))
     return iter(make_loader(dataset, cfg["batch_size"], start_iteration=start,
                             num_workers=cfg["num_workers"], seed=seed, device=dev))
 
@@ -362,7 +406,7 @@ def _tensorboard(enabled: bool, folder: Path):
 def _write_outputs(out_dir: Path, st: Stage, cfg: dict, parts: Parts, book: TrainLog, *, spec: dict,
                    seed: int, flags: dict, dev: torch.device, best: dict, weights: dict, init_checkpoint,
                    train_hr_dirs, valid_hr_dirs, classifier_checkpoint, labels_used: bool,
-                   lr_patch: int) -> None:
+                   lr_patch: int, world: int = 1) -> None:
     """train_log.csv, (LR head: lr_head.pt), provenance.json and, last, generator.pt."""
     elapsed = book.elapsed_s()
     waits = [r["data_wait_fraction"] for r in book.rows
@@ -394,7 +438,8 @@ def _write_outputs(out_dir: Path, st: Stage, cfg: dict, parts: Parts, book: Trai
                      head_parameters=count_parameters(parts.head) if parts.head is not None else None,
                      discriminator_parameters=count_parameters(parts.disc) if parts.disc is not None else None,
                      ema=parts.ema is not None, best=best if found_best else None,
-                     semantic=semantic_info, training_time_s=elapsed)
+                     semantic=semantic_info, training_time_s=elapsed,
+                     **({"processes": world} if world > 1 else {}))
     save_generator(out_dir / "generator.pt", parts.eval_generator, spec, stage=st.name,
                    iterations=cfg["iterations"], ema=parts.ema is not None, training_time_s=elapsed,
                    best_psnr_y=best["psnr_y"] if found_best else None)
