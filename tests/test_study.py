@@ -123,8 +123,10 @@ def test_accuracy_table_joins_hr_bicubic_and_models(study):
     assert set(table.judge) == {"prior", "seed1"}  # the prior and config.yaml's independent judge
     assert set(table.loc[table.independent, "judge"]) == {"seed1"}
     acc = table[table.judge == "prior"]
-    assert set(acc.input) == {"hr", *MODELS, "srresnet_x4_lr_head"}
+    assert set(acc.input) == {"hr", *MODELS, "srresnet_x4_lr_head", "lr_classifier"}
     row = acc.set_index("input")
+    # the LR baseline: the classifier fine-tuned on bicubic images, paired against bicubic
+    assert np.isnan(row.loc["lr_classifier", "psnr_y"]) and 0 <= row.loc["lr_classifier", "p_vs_bicubic"] <= 1
     assert row.loc["bicubic", "gap_closed"] == pytest.approx(0.0) or np.isnan(row.loc["bicubic", "gap_closed"])
     assert ((acc.top1 >= 0) & (acc.top1 <= 1)).all()
     manifest = pd.read_csv(study[0] / "data" / "prepared" / "builtin_demo_cls" / "manifest.csv")
@@ -162,13 +164,18 @@ def test_an_independent_judge_gives_its_own_verdicts(study):
     assert judged.independent.all() and not table.loc[table.judge == "prior", "independent"].any()
     records = res / "classification" / "builtin_demo_cls_x4" / "judges" / "seed1"
     manifest = work / "data" / "prepared" / "builtin_demo_cls" / "manifest.csv"
-    for name, folder in (("hr", work / "data" / "prepared" / "builtin_demo_cls" / "HR"),
-                         ("srresnet_x4_semantic", res / "sr" / "srresnet_x4_semantic" / "builtin_demo_cls_x4")):
+    # (the SR folders are temporary: the HR record is the one whose images are still there)
+    record = json.loads((records / "hr.json").read_text())
+    assert record["judge"] == "seed1"
+    again = split_accuracy(judge_ckpt, work / "data" / "prepared" / "builtin_demo_cls" / "HR", manifest,
+                           device="cpu")
+    assert record["correct_top1"] == again["correct_top1"] and record["top1"] == again["top1"]
+    assert judged.set_index("input").loc["hr", "top1"] == pytest.approx(record["top1"])
+    for name in MODELS:  # every model judged by this judge, on the same test images as the prior
         record = json.loads((records / f"{name}.json").read_text())
-        assert record["judge"] == "seed1"
-        again = split_accuracy(judge_ckpt, folder, manifest, device="cpu")
-        assert record["correct_top1"] == again["correct_top1"] and record["top1"] == again["top1"]
-        assert judged.set_index("input").loc[name, "top1"] == pytest.approx(record["top1"])
+        prior_record = json.loads((records.parents[1] / f"{name}.json").read_text())
+        assert record["judge"] == "seed1" and prior_record["judge"] == "prior"
+        assert record["images"] == prior_record["images"]
 
 
 def test_figures_exist_and_are_not_blank(study):

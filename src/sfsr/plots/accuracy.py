@@ -40,7 +40,7 @@ def _facets(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
         parts = []
         for k, v in zip(keys, key):
             if k == "judge":
-                parts.append(f"judge {v}" + (" (the semantic prior itself)" if v == "prior" else " (independent)"))
+                parts.append("judge: the semantic prior" if v == "prior" else f"judge: {v} (independent)")
             else:
                 parts.append(f"×{v}" if k == "scale" else str(v))
         order = tuple(v if k != "judge" else (v != "prior", str(v)) for k, v in zip(keys, key))
