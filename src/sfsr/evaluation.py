@@ -140,6 +140,12 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, n_boot: int = 2000, seed:
     return (float(low), float(high))
 
 
+def _require_columns(table: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise DataError(f"{what} lacks the column(s) {missing}; it has {list(table.columns)}")
+
+
 def summarize(per_image: pd.DataFrame, by: Sequence[str] = ("model", "dataset", "scale"),
               *, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
     """Mean and bootstrap CI of PSNR-Y, SSIM-Y and PSNR-RGB per group of ``by`` columns.
@@ -148,10 +154,7 @@ def summarize(per_image: pd.DataFrame, by: Sequence[str] = ("model", "dataset", 
     and ``convention`` (PSNRs of exact reproductions count as :data:`PSNR_CAP_DB`). Groups mixing metric conventions are refused (they are not comparable).
     """
     by = list(by)
-    missing = [c for c in by + list(METRIC_COLUMNS) + ["convention"] if c not in per_image.columns]
-    if missing:
-        raise DataError(f"summarize: per-image table lacks the column(s) {missing}; it has "
-                        f"{list(per_image.columns)}")
+    _require_columns(per_image, by + list(METRIC_COLUMNS) + ["convention"], "summarize: per-image table")
     rows = []
     for key, group in per_image.groupby(by, sort=True, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
@@ -185,10 +188,7 @@ def add_lpips(summary: pd.DataFrame, per_image: pd.DataFrame,
     which :func:`summary_markdown` shows as "skipped"; a group without LPIPS rows gets NaN there
     and in ``lpips_net`` (shown blank: not measured)."""
     by = list(by)
-    missing = [c for c in by + list(LPIPS_SUMMARY_INPUT) if c not in per_image.columns]
-    if missing:
-        raise DataError(f"add_lpips: per-image LPIPS table lacks the column(s) {missing}; it has "
-                        f"{list(per_image.columns)}")
+    _require_columns(per_image, by + list(LPIPS_SUMMARY_INPUT), "add_lpips: per-image LPIPS table")
     rows = []
     for key, group in per_image.groupby(by, sort=True, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
