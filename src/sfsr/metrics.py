@@ -130,14 +130,18 @@ def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
 
 def _psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
     """:func:`psnr` of two uint8 arrays, the same float: the squared errors are integers, so their
-    sum is exact in float64 in any order (every partial sum is below 2**53)
-    and the MSE is that sum over the count, as ``np.mean`` computes it."""
-    d = np.subtract(a, b, dtype=np.float64)  # integers -255..255, exact
-    d *= d
-    total = float(d.sum())  # integer partial sums below 2**53: exact in any order (no BLAS call:
-    if total == 0:          # OpenBLAS's spinning threads slowed the SSIM that follows 2x on 2 cores)
+    sum is exact in float64 as in integers (every partial sum is below 2**53) and the MSE is that
+    sum over the count, as ``np.mean`` computes it. The squares are taken in 16 bits (no BLAS:
+    OpenBLAS's spinning threads slowed the SSIM that follows 2x on 2 cores)."""
+    d = a.astype(np.int16)
+    d -= b
+    np.abs(d, out=d)
+    sq = d.view(np.uint16)  # |error| <= 255, so its square (<= 65025) fits in 16 bits
+    sq *= sq
+    total = int(sq.sum(dtype=np.uint64))
+    if total == 0:
         return float("inf")
-    mse = np.float64(total) / np.float64(d.size)
+    mse = np.float64(total) / np.float64(sq.size)
     return float(10.0 * np.log10(255.0**2 / mse))
 
 
@@ -182,7 +186,7 @@ def _flat_pass(x: np.ndarray, w: np.ndarray, step: int, n: int, acc: np.ndarray,
 
 
 _SSIM_WINDOW = _gaussian_window_1d()
-_SSIM_BLOCK_VALUES = 1 << 14  # values per map and band: the band's temporaries stay in cache
+_SSIM_BLOCK_VALUES = 1 << 13  # values per map and band: the band's temporaries stay in cache
 
 
 def _ssim_map_rows(a: np.ndarray, b: np.ndarray, out: np.ndarray, r0: int, r1: int,
@@ -206,12 +210,14 @@ def _ssim_map_rows(a: np.ndarray, b: np.ndarray, out: np.ndarray, r0: int, r1: i
     tmp = np.empty((5, n))
     _flat_pass(flat, w, cols, n, rows, tmp)  # along columns: m x cols per map
     filt = np.empty((5, n))
-    _flat_pass(rows, w, 1, n - pad, filt[:, :n - pad], tmp[:, :n - pad])  # along rows
-    mu_a, mu_b, f_aa, f_bb, f_ab = filt.reshape(5, m, cols)[:, :, :cols - pad]  # the valid part
-    # The expressions of the whole-image form, evaluated in place (same operations, same operands:
-    # ``2 * mu_a * mu_b`` is ``(2 * mu_a) * mu_b``, which equals ``2 * (mu_a * mu_b)`` exactly, as
-    # doubling is exact; ``x**2`` is ``x * x``).
-    mu_ab = np.multiply(mu_a, mu_b)
+    valid = n - pad  # the flat outputs up to the last valid one
+    _flat_pass(rows, w, 1, valid, filt[:, :valid], tmp[:, :valid])  # along rows
+    mu_a, mu_b, f_aa, f_bb, f_ab = filt[:, :valid]
+    # The expressions of the whole-image form, evaluated in place on the flat maps (the outputs
+    # that straddle two rows are computed too: weighted means of real pixels, so no division by
+    # zero) with the same operations and operands: ``2 * mu_a * mu_b`` is ``(2 * mu_a) * mu_b``,
+    # which equals ``2 * (mu_a * mu_b)`` exactly, as doubling is exact; ``x**2`` is ``x * x``.
+    mu_ab = np.multiply(mu_a, mu_b, out=tmp[0, :valid])
     mu_a *= mu_a  # mu_a^2
     mu_b *= mu_b  # mu_b^2
     f_aa -= mu_a  # var_a
@@ -227,7 +233,8 @@ def _ssim_map_rows(a: np.ndarray, b: np.ndarray, out: np.ndarray, r0: int, r1: i
     f_aa += f_bb
     f_aa += c2  # var_a + var_b + c2
     mu_a *= f_aa  # den
-    np.divide(mu_ab, mu_a, out=out[r0:r1])
+    mu_ab /= mu_a
+    out[r0:r1] = tmp[0].reshape(m, cols)[:, :cols - pad]  # the valid columns
 
 
 def _threads() -> int:
