@@ -416,14 +416,16 @@ def div2k_sized_lr(hr_dir: Path | None, dry_run: bool) -> np.ndarray:
 
 
 def bench_upscale(rec: Recorder, hr_dir: Path | None, work: Path, repeats: int, mode: str,
-                  dry_run: bool) -> None:
+                  dry_run: bool, baseline_src: Path | None = None) -> None:
     import torch
 
     from sfsr import io
     from sfsr.models import build_generator, generator_spec, save_generator
 
     lr_full = div2k_sized_lr(hr_dir, dry_run)
-    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{REPO}"}
+    paths = {"": f"{SRC}{os.pathsep}{REPO}"}
+    if baseline_src is not None:  # an older sfsr.inference, same child script and checkpoint
+        paths[f" @ {baseline_src}"] = f"{baseline_src}{os.pathsep}{REPO}"
     for arch, kwargs, (h, w), tiles, overlap in UPSCALE_SIZES[mode]:
         torch.manual_seed(0)
         ckpt = work / f"{arch}.pt"
@@ -433,8 +435,10 @@ def bench_upscale(rec: Recorder, hr_dir: Path | None, work: Path, repeats: int, 
         out_mp = h * w * SCALE * SCALE / 1e6
         whole = f"{arch} whole image"
         rows = {}
-        for tile in [0, *tiles]:
-            name = whole if tile == 0 else f"{arch} tiles of {tile}"
+        runs = [(tile, "") for tile in [0, *tiles]] + [(tile, k) for k in paths if k for tile in [0, tiles[0]]]
+        for tile, suffix in runs:
+            env = {**os.environ, "PYTHONPATH": paths[suffix]}
+            name = (whole if tile == 0 else f"{arch} tiles of {tile}") + suffix
             cmd = [sys.executable, "-m", "benchmarks.upscale_child", "--checkpoint", str(ckpt),
                    "--input", str(lr_path), "--output", str(work / f"{arch}_sr_{tile}.png"),
                    "--tile", str(tile), "--overlap", str(overlap), "--repeats", str(repeats)]
@@ -446,16 +450,18 @@ def bench_upscale(rec: Recorder, hr_dir: Path | None, work: Path, repeats: int, 
             values = {"peak_rss_mb": round(res["peak_rss_mb"], 1),
                       "peak_rss_mb_before": round(res["peak_rss_mb_before"], 1),
                       "peak_increase_mb": round(res["peak_rss_mb"] - res["peak_rss_mb_before"], 1)}
-            rows[tile] = rec.add("upscale", name, res["times"],
+            rows[(tile, suffix)] = rec.add("upscale", name, res["times"],
                                  {"arch": arch, "kwargs": kwargs, "weights": "random init (seed 0)",
                                   "lr_size": f"{w}x{h}", "output_size": f"{w * SCALE}x{h * SCALE}",
                                   "scale": SCALE, "tile": tile or None, "tile_overlap": overlap,
                                   "image": "x1/4 of a DIV2K-sized 2040x1356 mirror of the largest --hr image"},
                                  load_before=load, work=out_mp, unit="mp_per_s", reference=whole,
                                  values=values)
-        base = rows[0]["values"]
-        for tile in tiles:  # memory against the whole-image run of the same model
-            v = rows[tile]["values"]
+        for tile, suffix in runs:  # memory against the whole-image run of the same model and code
+            if tile == 0:
+                continue
+            base = rows[(0, suffix)]["values"]
+            v = rows[(tile, suffix)]["values"]
             v["peak_rss_vs_whole"] = round(v["peak_rss_mb"] / base["peak_rss_mb"], 3)
             if base["peak_increase_mb"] > 0:
                 v["peak_increase_vs_whole"] = round(v["peak_increase_mb"] / base["peak_increase_mb"], 3)
@@ -497,7 +503,8 @@ def main(argv: list[str] | None = None) -> int:
                             baseline_src=args.baseline_src)
         if "upscale" in only:  # one run per variant (seconds to minutes each on a 2-core CPU)
             bench_upscale(rec, hr_dir, Path(tmp), args.upscale_repeats or 1,
-                          "dry" if args.dry_run else "quick" if args.quick else "full", args.dry_run)
+                          "dry" if args.dry_run else "quick" if args.quick else "full", args.dry_run,
+                          baseline_src=args.baseline_src)
     path = rec.finish()
     m = rec.common["machine"]
     print(f"machine: {m['cpu']}, {m['cpus']} CPUs; torch {rec.common['torch']} "
