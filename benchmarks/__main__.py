@@ -67,7 +67,8 @@ def _git_commit() -> str:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                              text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "src",
-                                "benchmarks"], cwd=REPO, capture_output=True, text=True, timeout=10)
+                                "benchmarks", ":(exclude)benchmarks/results"],  # records are not code
+                               cwd=REPO, capture_output=True, text=True, timeout=10)
         return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
