@@ -18,6 +18,12 @@ Benchmarks:
   (one thread and the default), a uint8 torch CPU tensor (default routing: numpy kernels), the
   torch kernels forced, and the reference ``imresize``; each again with a competing busy process
   on one core (``--no-busy`` skips that). With ``--device cuda``, the torch kernels on the GPU too.
+* ``upscale``: ``sfsr upscale --checkpoint G.pt --device cpu [--tile N]`` (its code path,
+  :func:`sfsr.inference.upscale_path`, in a subprocess per variant: :mod:`benchmarks.upscale_child`)
+  of the x4 LR of a DIV2K-sized image (2040x1356, made at run time by mirroring the largest RGB
+  image of ``--hr``; LR by sfsr's exact x1/4: 510x339, or a crop of it, see :data:`UPSCALE_SIZES`),
+  SRResNet and RRDBNet with random-init weights (speed and memory do not depend on the weights):
+  the whole image against LR tiles, in output MP/s and the subprocess's peak RSS.
 
 Data: ``--hr`` (default ``/work/shared/data/benchmark/Set14/HR``); SR images are made here (LR by
 sfsr's exact x1/4, then sfsr's bicubic x4). ``--dry-run`` uses two tiny random images, one run per
@@ -61,7 +67,8 @@ def _git_commit() -> str:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                              text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "src",
-                                "benchmarks"], cwd=REPO, capture_output=True, text=True, timeout=10)
+                                "benchmarks", ":(exclude)benchmarks/results"],  # records are not code
+                               cwd=REPO, capture_output=True, text=True, timeout=10)
         return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -138,13 +145,21 @@ class Recorder:
         return path
 
     def table(self) -> str:
-        lines = ["| benchmark | variant | median s | min s | max s | throughput | vs reference | load |",
-                 "|---|---|---:|---:|---:|---:|---:|---|"]
+        lines = ["| benchmark | variant | median s | min s | max s | throughput | vs reference | peak RSS | load |",
+                 "|---|---|---:|---:|---:|---:|---:|---:|---|"]
         for r in self.rows:
-            thr = f"{r['mp_per_s']:.1f} MP/s" if "mp_per_s" in r else ""
+            mps = r.get("mp_per_s")
+            thr = "" if mps is None else f"{mps:.1f} MP/s" if mps >= 10 else f"{mps:.3f} MP/s"
             ratio = f"{r['speedup_vs_reference']:.2f}x" if "speedup_vs_reference" in r else ""
+            v = r.get("values") if isinstance(r.get("values"), dict) else {}
+            mem = f"{v['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in v else ""
+            if "peak_rss_vs_whole" in v:
+                mem += f" ({v['peak_rss_vs_whole']:.2f}x whole; +{v['peak_increase_mb']:.0f} MB = " \
+                       f"{v.get('peak_increase_vs_whole', float('nan')):.2f}x)"
+            elif "peak_increase_mb" in v:
+                mem += f" (+{v['peak_increase_mb']:.0f} MB)"
             lines.append(f"| {r['benchmark']} | {r['variant']} | {r['median_s']:.4f} | {r['min_s']:.4f} | "
-                         f"{r['max_s']:.4f} | {thr} | {ratio} | {r['load_before']}-{r['load_after']} |")
+                         f"{r['max_s']:.4f} | {thr} | {ratio} | {mem} | {r['load_before']}-{r['load_after']} |")
         return "\n".join(lines)
 
 
@@ -371,6 +386,88 @@ def bench_downscale(rec: Recorder, pairs: list[tuple[np.ndarray, np.ndarray]], r
                         reference=[refname + suffix, ref1 + suffix])
 
 
+#: What the upscale benchmark runs: (arch, generator kwargs, LR crop (h, w) of the 510x339 x4 LR of
+#: the DIV2K-sized image, LR tile sizes, tile overlap). RRDBNet costs ~7x SRResNet per pixel, so it
+#: gets a quarter of the image and tiles of half the size (the same tile-to-image ratio).
+UPSCALE_SIZES: dict[str, list[tuple[str, dict[str, Any], tuple[int, int], list[int], int]]] = {
+    "full": [("srresnet", {}, (339, 510), [256, 128], 16), ("rrdbnet", {}, (170, 255), [128, 64], 16)],
+    "quick": [("srresnet", {}, (170, 255), [128], 16), ("rrdbnet", {}, (85, 128), [64], 16)],
+    "dry": [("srresnet", {"num_blocks": 1, "num_features": 8}, (20, 24), [16], 4),
+            ("rrdbnet", {"num_blocks": 1, "num_features": 8, "growth": 4}, (20, 24), [16], 4)],
+}
+DIV2K_SIZE = (1356, 2040)  # (h, w) of a DIV2K HR image
+
+
+def div2k_sized_lr(hr_dir: Path | None, dry_run: bool) -> np.ndarray:
+    """The exact x1/4 LR of a DIV2K-sized (2040x1356) image made by mirroring the largest RGB image
+    of ``hr_dir`` (no pixels are stored in the repository); a random image for a dry run."""
+    from sfsr.data.bicubic import imresize
+    from sfsr.data.images import read_image
+
+    if dry_run or hr_dir is None:
+        return np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    images = [read_image(p) for p in sorted(hr_dir.iterdir())]
+    img = max((i for i in images if i.ndim == 3), key=lambda i: i.shape[0] * i.shape[1])
+    h, w = DIV2K_SIZE
+    reps = (-(-h // img.shape[0]), -(-w // img.shape[1]))
+    rows = [np.concatenate([img if (i + j) % 2 == 0 else img[:, ::-1] for j in range(reps[1])], axis=1)
+            for i in range(reps[0])]
+    big = np.concatenate([r if i % 2 == 0 else r[::-1] for i, r in enumerate(rows)], axis=0)
+    return imresize(np.ascontiguousarray(big[:h, :w]), 1 / SCALE)
+
+
+def bench_upscale(rec: Recorder, hr_dir: Path | None, work: Path, repeats: int, mode: str,
+                  dry_run: bool, baseline_src: Path | None = None) -> None:
+    import torch
+
+    from sfsr import io
+    from sfsr.models import build_generator, generator_spec, save_generator
+
+    lr_full = div2k_sized_lr(hr_dir, dry_run)
+    paths = {"": f"{SRC}{os.pathsep}{REPO}"}
+    if baseline_src is not None:  # an older sfsr.inference, same child script and checkpoint
+        paths[f" @ {baseline_src}"] = f"{baseline_src}{os.pathsep}{REPO}"
+    for arch, kwargs, (h, w), tiles, overlap in UPSCALE_SIZES[mode]:
+        torch.manual_seed(0)
+        ckpt = work / f"{arch}.pt"
+        save_generator(ckpt, build_generator(arch, SCALE, **kwargs), generator_spec(arch, SCALE, **kwargs))
+        lr_path = work / f"{arch}_lr.png"
+        io.save_image(lr_path, np.ascontiguousarray(lr_full[:h, :w]))
+        out_mp = h * w * SCALE * SCALE / 1e6
+        whole = f"{arch} whole image"
+        rows = {}
+        runs = [(tile, "") for tile in [0, *tiles]] + [(tile, k) for k in paths if k for tile in [0, tiles[0]]]
+        for tile, suffix in runs:
+            env = {**os.environ, "PYTHONPATH": paths[suffix]}
+            name = (whole if tile == 0 else f"{arch} tiles of {tile}") + suffix
+            cmd = [sys.executable, "-m", "benchmarks.upscale_child", "--checkpoint", str(ckpt),
+                   "--input", str(lr_path), "--output", str(work / f"{arch}_sr_{tile}.png"),
+                   "--tile", str(tile), "--overlap", str(overlap), "--repeats", str(repeats)]
+            load = _load()
+            proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
+            if proc.returncode != 0:
+                raise RuntimeError(f"upscale {name} failed: {proc.stderr[-2000:]}")
+            res = json.loads(proc.stdout.strip().splitlines()[-1])
+            values = {"peak_rss_mb": round(res["peak_rss_mb"], 1),
+                      "peak_rss_mb_before": round(res["peak_rss_mb_before"], 1),
+                      "peak_increase_mb": round(res["peak_rss_mb"] - res["peak_rss_mb_before"], 1)}
+            rows[(tile, suffix)] = rec.add("upscale", name, res["times"],
+                                 {"arch": arch, "kwargs": kwargs, "weights": "random init (seed 0)",
+                                  "lr_size": f"{w}x{h}", "output_size": f"{w * SCALE}x{h * SCALE}",
+                                  "scale": SCALE, "tile": tile or None, "tile_overlap": overlap,
+                                  "image": "x1/4 of a DIV2K-sized 2040x1356 mirror of the largest --hr image"},
+                                 load_before=load, work=out_mp, unit="mp_per_s", reference=whole,
+                                 values=values)
+        for tile, suffix in runs:  # memory against the whole-image run of the same model and code
+            if tile == 0:
+                continue
+            base = rows[(0, suffix)]["values"]
+            v = rows[(tile, suffix)]["values"]
+            v["peak_rss_vs_whole"] = round(v["peak_rss_mb"] / base["peak_rss_mb"], 3)
+            if base["peak_increase_mb"] > 0:
+                v["peak_increase_vs_whole"] = round(v["peak_increase_mb"] / base["peak_increase_mb"], 3)
+
+
 # ------------------------------------------------------------------------------------ main
 
 
@@ -380,15 +477,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="tiny random images, one run each")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--hr", type=Path, default=DEFAULT_HR, help="folder of HR images (Set14)")
-    parser.add_argument("--only", nargs="+", choices=["evaluate_process", "metrics", "downscale"])
+    parser.add_argument("--only", nargs="+", choices=["evaluate_process", "metrics", "downscale", "upscale"])
     parser.add_argument("--repeats", type=int, help="runs per variant (overrides --quick)")
     parser.add_argument("--no-busy", action="store_true", help="skip the runs with a busy core")
+    parser.add_argument("--upscale-repeats", type=int, help="runs per upscale variant (default 1)")
     parser.add_argument("--baseline-src", type=Path,
                         help="an older checkout's src/: one more variant per benchmark")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.dry_run else 3 if args.quick else 7)
-    only = set(args.only or ["evaluate_process", "metrics", "downscale"])
+    only = set(args.only or ["evaluate_process", "metrics", "downscale", "upscale"])
     rec = Recorder(args.out, args.device, args.dry_run)
     with tempfile.TemporaryDirectory(prefix="sfsr-bench-") as tmp:
         hr_dir = None if args.dry_run else args.hr
@@ -404,6 +502,10 @@ def main(argv: list[str] | None = None) -> int:
         if "downscale" in only:
             bench_downscale(rec, pairs, repeats, args.device, busy=not (args.no_busy or args.dry_run),
                             baseline_src=args.baseline_src)
+        if "upscale" in only:  # one run per variant (seconds to minutes each on a 2-core CPU)
+            bench_upscale(rec, hr_dir, Path(tmp), args.upscale_repeats or 1,
+                          "dry" if args.dry_run else "quick" if args.quick else "full", args.dry_run,
+                          baseline_src=args.baseline_src)
     path = rec.finish()
     m = rec.common["machine"]
     print(f"machine: {m['cpu']}, {m['cpus']} CPUs; torch {rec.common['torch']} "

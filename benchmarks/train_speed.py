@@ -1,19 +1,28 @@
-"""Training speed of SRResNet x4 with and without the GPU speed settings (not a test).
+"""Training speed of SRResNet x4 with and without the speed settings (not a test).
 
     python benchmarks/train_speed.py [--iterations 300] [--batch-size 16] [--lr-patch 24]
         [--num-blocks 16] [--num-features 64] [--device auto] [--images DIR] [--num-workers 4]
+    python benchmarks/train_speed.py --cpu [--only fp32 bf16 ...] [--threads N] [--iterations 12]
+    python benchmarks/train_speed.py --cpu --converge 60 --only fp32 bf16 --valid DIR
 
 Runs the real training loop (sfsr.training.loop.train, warm-up stage, on-the-fly MATLAB-exact LR on the
 device) once per setting: fp32; bf16; bf16 + channels_last; bf16 + channels_last + torch.compile. The
 rate is measured between the first logged window and the end, so start-up and compilation are left
 out. Training images: DIR, or the builtin photos of the default config written to a temporary
-folder. On CPU the three speed settings are ignored by design, so all rows measure the same thing.
+folder.
+
+``--cpu``: the CPU settings instead (``always`` forces a speed setting on a CPU, where ``true`` leaves
+it off: bf16 needs AVX512-BF16/AMX for ``true``): the default (fp32 eager), fp32 on 1 thread, bf16
+autocast, channels_last, bf16 + channels_last, torch.compile, bf16 + compile; ``--only`` picks some.
+``--converge N``: N iterations per setting from the same seed, the loss table at 10 checkpoints and
+the final validation PSNR-Y on ``--valid`` (e.g. Set5), to compare convergence.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import tempfile
 from pathlib import Path
 
@@ -32,6 +41,16 @@ SETTINGS = [
     ("bf16+channels_last", dict(bf16=True, channels_last=True, compile=False)),
     ("bf16+channels_last+compile", dict(bf16=True, channels_last=True, compile=True)),
 ]
+#: CPU settings ("always" forces a speed setting on a CPU); "threads" sets torch's intra-op threads.
+CPU_SETTINGS = [
+    ("fp32", dict(bf16=True, channels_last=True, compile=False)),  # the default config: fp32 eager here
+    ("fp32-1thread", dict(bf16=True, channels_last=True, compile=False, threads=1)),
+    ("bf16", dict(bf16="always", channels_last=False, compile=False)),
+    ("channels_last", dict(bf16=False, channels_last="always", compile=False)),
+    ("bf16+channels_last", dict(bf16="always", channels_last="always", compile=False)),
+    ("compile", dict(bf16=False, channels_last=False, compile="always")),
+    ("bf16+compile", dict(bf16="always", channels_last=False, compile="always")),
+]
 
 
 def main() -> None:
@@ -46,9 +65,25 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, default=4)
     parser.add_argument("--images", type=Path, default=None, help="folder of training HR images")
     parser.add_argument("--csv", type=Path, default=None, help="also write the table here")
+    parser.add_argument("--cpu", action="store_true", help="the CPU settings (device cpu)")
+    parser.add_argument("--only", nargs="+", help="run only these settings (by label)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--converge", type=int, default=None, metavar="N",
+                        help="N iterations per setting, same seed: loss table and final PSNR")
+    parser.add_argument("--valid", type=Path, default=None, help="validation HR folder (--converge)")
+    parser.add_argument("--lr", type=float, default=2e-4)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    settings = CPU_SETTINGS if args.cpu else SETTINGS
+    if args.cpu:
+        args.device = "cpu"
+    if args.only:
+        settings = [s for s in settings if s[0] in args.only]
+    if args.converge:
+        args.iterations = args.converge
     log_every = max(1, args.iterations // 10)
+    default_threads = args.threads or torch.get_num_threads()
+    curves = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         images = args.images
@@ -57,19 +92,38 @@ def main() -> None:
             for name in BUILTIN_TRAIN:
                 io.save_image(images / f"{name}.png", load_builtin(name))
         rows = []
-        for label, flags in SETTINGS:
+        for label, flags in settings:
+            flags = dict(flags)
+            threads = flags.pop("threads", default_threads)
+            torch.set_num_threads(threads)
+            val_every = args.iterations if (args.converge and args.valid) else 10**9
             cfg = dict(arch=args.arch, scale=4,
                        kwargs=dict(num_blocks=args.num_blocks, num_features=args.num_features),
                        iterations=args.iterations, batch_size=args.batch_size, lr_patch=args.lr_patch,
-                       log_every=log_every, val_every=10**9, checkpoint_every=10**9,
+                       lr=args.lr, log_every=log_every, val_every=val_every, checkpoint_every=10**9,
                        num_workers=args.num_workers, ema_decay=0.999, device=args.device, **flags)
-            train("warmup", cfg, train_hr_dirs=[images], valid_hr_dirs=[], out_dir=tmp / label)
-            log = pd.read_csv(tmp / label / "train_log.csv").dropna(subset=["lr"])
+            load = round(os.getloadavg()[0], 2)
+            train("warmup", cfg, train_hr_dirs=[images],
+                  valid_hr_dirs=[args.valid] if val_every == args.iterations else [],
+                  out_dir=tmp / label, seed=0)
+            full = pd.read_csv(tmp / label / "train_log.csv")
+            log = full.dropna(subset=["lr"])
             first, last = log.iloc[0], log.iloc[-1]
             rate = (last.iteration - first.iteration) / (last.elapsed_s - first.elapsed_s)
-            rows.append({"setting": label, "it_per_s": rate, "patches_per_s": rate * args.batch_size,
-                         "data_wait_fraction": log.data_wait_fraction.iloc[1:].mean(),
-                         "first_window_s": first.elapsed_s})
+            row = {"setting": label, "threads": threads, "it_per_s": rate,
+                   "patches_per_s": rate * args.batch_size,
+                   "data_wait_fraction": log.data_wait_fraction.iloc[1:].mean(),
+                   "first_window_s": first.elapsed_s, "load_before": load,
+                   "load_after": round(os.getloadavg()[0], 2)}
+            if args.converge:
+                curves[label] = log.set_index("iteration")["pixel"]
+                val = full.dropna(subset=["val_psnr_y"])
+                if len(val):
+                    row["final_val_psnr_y"] = float(val.val_psnr_y.iloc[-1])
+                    row["final_val_ssim_y"] = float(val.val_ssim_y.iloc[-1])
+            rows.append(row)
+            print(row, flush=True)
+            torch.set_num_threads(default_threads)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
     table = pd.DataFrame(rows)
@@ -78,6 +132,13 @@ def main() -> None:
     print(f"{args.arch} x4 ({args.num_blocks} blocks x {args.num_features}), batch {args.batch_size}, "
           f"LR patch {args.lr_patch}, {args.iterations} iterations on {device}")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if curves:
+        loss = pd.DataFrame(curves)
+        base = loss.columns[0]
+        for col in loss.columns[1:]:
+            loss[f"{col}/{base}-1"] = loss[col] / loss[base] - 1
+        print("pixel (L1) loss, mean of each logged window:")
+        print(loss.to_string(float_format=lambda v: f"{v:.5f}"))
     if args.csv:
         io.write_csv(args.csv, table)
 

@@ -20,7 +20,7 @@ def test_suite_dry_run_writes_records(tmp_path):
     assert "| benchmark | variant |" in proc.stdout
     rows = [json.loads(line) for line in (tmp_path / "cpu.jsonl").read_text().splitlines()]
     benchmarks = {r["benchmark"] for r in rows}
-    assert benchmarks == {"evaluate_process", "metrics", "downscale"}
+    assert benchmarks == {"evaluate_process", "metrics", "downscale", "upscale"}
     for r in rows:
         for key in ("variant", "parameters", "median_s", "min_s", "max_s", "machine", "load_before",
                     "torch", "device", "git_commit", "speedup_vs_reference"):
@@ -31,6 +31,12 @@ def test_suite_dry_run_writes_records(tmp_path):
     cli = by[("evaluate_process", "sfsr evaluate")]["values"]
     inproc = by[("metrics", "sfsr image_metrics")]["values"]
     assert cli["psnr_y"] == inproc["psnr_y"] and cli["ssim_y"] == inproc["ssim_y"]
+    # the upscale benchmark: whole image and tiles per model, peak memory of each subprocess
+    for arch in ("srresnet", "rrdbnet"):
+        whole = by[("upscale", f"{arch} whole image")]
+        tiled = by[("upscale", f"{arch} tiles of 16")]
+        assert whole["values"]["peak_rss_mb"] > 0 and tiled["values"]["peak_rss_vs_whole"] > 0
+        assert tiled["reference"] == f"{arch} whole image" and tiled["mp_per_s"] > 0
 
 
 def test_reference_metrics_agree_with_sfsr_to_float32_precision():

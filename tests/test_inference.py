@@ -66,6 +66,42 @@ def test_tiled_equals_whole_srresnet(lr_image, tile):
     assert np.abs(whole.astype(int) - seams.astype(int)).max() > 1
 
 
+def _upscale_before(image, model, scale, tile=None, overlap=16):
+    """upscale_image as it was before the output was quantized tile by tile into a preallocated
+    uint8 image: a full float32 output, then one to_uint8 of all of it."""
+    from sfsr.metrics import to_uint8
+    from sfsr.tensors import to_float
+
+    x = to_float(image)
+    h, w = image.shape[:2]
+    with torch.inference_mode():
+        model.eval()
+        if tile is None:
+            return to_uint8(model(x).float())
+        out = torch.empty(1, 3, h * scale, w * scale)
+        for y0 in range(0, h, tile):
+            y1, ya, yb = min(y0 + tile, h), max(y0 - overlap, 0), min(y0 + tile + overlap, h)
+            for x0 in range(0, w, tile):
+                x1, xa, xb = min(x0 + tile, w), max(x0 - overlap, 0), min(x0 + tile + overlap, w)
+                y = model(x[:, :, ya:yb, xa:xb]).float()
+                out[:, :, y0 * scale:y1 * scale, x0 * scale:x1 * scale] = \
+                    y[:, :, (y0 - ya) * scale:(y1 - ya) * scale, (x0 - xa) * scale:(x1 - xa) * scale]
+        return to_uint8(out)
+
+
+@pytest.mark.parametrize("tile", [None, 16, 25, 100])
+def test_tiles_quantized_in_place_give_the_same_bytes_as_before(lr_image, monkeypatch, tile):
+    """The preallocated uint8 output, quantized tile by tile and band by band, holds exactly the
+    bytes of the former full float output quantized at once."""
+    import sfsr.inference as inference
+
+    monkeypatch.setattr(inference, "_QUANTIZE_VALUES", 3 * 61 * 2 * 5)  # several bands per tile
+    torch.manual_seed(0)
+    model = Spread(build_generator("srresnet", 2, num_blocks=2, num_features=16))
+    got = upscale_image(lr_image, scale=2, model=model, tile=tile, tile_overlap=16)
+    np.testing.assert_array_equal(got, _upscale_before(lr_image, model, 2, tile))
+
+
 def test_tiled_equals_whole_tiny_model_and_gray_input(lr_image):
     model = _tiny_shuffle_model(2)
     gray = lr_image[:, :, 0]

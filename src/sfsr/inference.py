@@ -76,22 +76,41 @@ def upscale_image(image: np.ndarray, *, scale: int, model: nn.Module | None = No
     x = to_float(image)
     h, w = image.shape[:2]
     s = int(scale)
+    out = np.empty((h * s, w * s, 3), dtype=np.uint8)
     with eval_mode(model):
         with torch.inference_mode():
             if tile is None or (tile >= h and tile >= w):
-                out = _run_model(model, x.to(dev), s, bf16).cpu()
+                _quantize_into(out, _run_model(model, x.to(dev), s, bf16))
             else:
-                out = torch.empty(1, 3, h * s, w * s, dtype=torch.float32)
                 for y0 in range(0, h, tile):
                     y1 = min(y0 + tile, h)
                     ya, yb = max(y0 - tile_overlap, 0), min(y1 + tile_overlap, h)
                     for x0 in range(0, w, tile):
                         x1 = min(x0 + tile, w)
                         xa, xb = max(x0 - tile_overlap, 0), min(x1 + tile_overlap, w)
-                        y = _run_model(model, x[:, :, ya:yb, xa:xb].to(dev), s, bf16).cpu()
-                        out[:, :, y0 * s:y1 * s, x0 * s:x1 * s] = \
-                            y[:, :, (y0 - ya) * s:(y1 - ya) * s, (x0 - xa) * s:(x1 - xa) * s]
-    return to_uint8(out)
+                        y = _run_model(model, x[:, :, ya:yb, xa:xb].to(dev), s, bf16)
+                        core = y[:, :, (y0 - ya) * s:(y1 - ya) * s, (x0 - xa) * s:(x1 - xa) * s]
+                        del y
+                        _quantize_into(out[y0 * s:y1 * s, x0 * s:x1 * s], core)
+    return out
+
+
+#: Output values quantized per step of :func:`_quantize_into` (its float64 temporaries stay small).
+_QUANTIZE_VALUES = 1 << 20
+
+
+def _quantize_into(dst: np.ndarray, y: torch.Tensor) -> None:
+    """:func:`sfsr.metrics.to_uint8` of the ``1x3xhxw`` model output ``y`` written into ``dst``
+    (``h x w x 3`` uint8, a view of the preallocated output), a band of rows at a time: the same
+    per-pixel arithmetic (float64 clamp, x255, round half away from zero), hence the same bytes,
+    without a full-size float copy of the output (a float32 one on the host, several float64
+    temporaries in ``to_uint8``)."""
+    h, w = y.shape[2], y.shape[3]
+    band = max(1, _QUANTIZE_VALUES // max(1, 3 * w))
+    for r0 in range(0, h, band):
+        r1 = min(h, r0 + band)
+        q = to_uint8(y[0, :, r0:r1])
+        dst[r0:r1] = q if q.ndim == 3 else q[:, :, None]
 
 
 def _plan_outputs(inputs: list[Path], output: Path, single: bool) -> list[Path]:

@@ -103,7 +103,9 @@ def rgb_to_y(img: np.ndarray) -> np.ndarray:
     ``img`` holds 0-255 values (uint8 or float) as ``HxWx3`` RGB. Returns ``HxW`` float64 in
     [16, 235]: ``Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255``.
     """
-    return 16.0 + _as_rgb_array(img) @ _Y_WEIGHTS
+    y = _as_rgb_array(img) @ _Y_WEIGHTS
+    y += 16.0  # in place: the same sum as 16 + y, one temporary less
+    return y
 
 
 def rgb_to_gray(img: np.ndarray) -> np.ndarray:
@@ -128,12 +130,15 @@ def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
 
 def _psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
     """:func:`psnr` of two uint8 arrays, the same float: the squared errors are integers, so their
-    sum is exact in int64 as in float64 (every partial sum is below 2**53) and the MSE is that sum
-    over the count, as ``np.mean`` computes it."""
-    d = a.astype(np.int16) - b.astype(np.int16)
-    sq = d.astype(np.int32)
+    sum is exact in float64 as in integers (every partial sum is below 2**53) and the MSE is that
+    sum over the count, as ``np.mean`` computes it. The squares are taken in 16 bits (no BLAS:
+    OpenBLAS's spinning threads slowed the SSIM that follows 2x on 2 cores)."""
+    d = a.astype(np.int16)
+    d -= b
+    np.abs(d, out=d)
+    sq = d.view(np.uint16)  # |error| <= 255, so its square (<= 65025) fits in 16 bits
     sq *= sq
-    total = int(sq.sum(dtype=np.int64))
+    total = int(sq.sum(dtype=np.uint64))
     if total == 0:
         return float("inf")
     mse = np.float64(total) / np.float64(sq.size)
@@ -157,23 +162,27 @@ def _filter_valid(img: np.ndarray, w: np.ndarray) -> np.ndarray:
     return out[r:-r, r:-r]
 
 
-def _valid_pass(x: np.ndarray, w: np.ndarray, axis: int, tmp: np.ndarray) -> np.ndarray:
-    """Valid 1-D correlation of ``x`` along ``axis`` (1 or 2 of a stack of maps) with a symmetric
-    window, in the exact floating-point order of ``scipy.ndimage.correlate1d`` (centre tap, then
-    the outer pairs first: ``acc = x[c] w[r]; acc += (x[c-j] + x[c+j]) w[r-j]`` for ``j = r..1``),
-    so the result is bit-identical to it. ``tmp`` is scratch of the output's shape."""
+def _flat_pass(x: np.ndarray, w: np.ndarray, step: int, n: int, acc: np.ndarray, tmp: np.ndarray) -> None:
+    """1-D correlation of the rows of ``x`` (a stack of maps, each flattened) with a symmetric
+    window whose taps are ``step`` elements apart, into ``acc`` (``x.shape[0] x n``), in the exact
+    floating-point order of ``scipy.ndimage.correlate1d`` (centre tap, then the outer pairs first:
+    ``acc = x[c] w[r]; acc += (x[c-j] + x[c+j]) w[r-j]`` for ``j = r..1``), so every output is
+    bit-identical to it. ``tmp`` is scratch of ``acc``'s shape.
+
+    ``step`` = the row length filters along columns; ``step`` = 1 filters along rows of the
+    flattened maps: outputs whose window straddles two rows are computed too and thrown away by
+    the caller (2r of every row), which keeps every ufunc call one long contiguous loop (short
+    strided row slices ran at about half the speed)."""
     r = (len(w) - 1) // 2
-    n = x.shape[axis] - 2 * r
 
     def tap(k: int) -> np.ndarray:
-        return x[:, k:k + n] if axis == 1 else x[:, :, k:k + n]
+        return x[:, k * step:k * step + n]
 
-    acc = np.multiply(tap(r), w[r])
+    np.multiply(tap(r), w[r], out=acc)
     for j in range(r, 0, -1):
         np.add(tap(r - j), tap(r + j), out=tmp)
         tmp *= w[r - j]
         acc += tmp
-    return acc
 
 
 _SSIM_WINDOW = _gaussian_window_1d()
@@ -188,25 +197,44 @@ def _ssim_map_rows(a: np.ndarray, b: np.ndarray, out: np.ndarray, r0: int, r1: i
     pad = 2 * _SSIM_RADIUS
     ab = a[r0:r1 + pad]
     bb = b[r0:r1 + pad]
+    m, cols = r1 - r0, ab.shape[1]
     maps = np.empty((5,) + ab.shape)
     maps[0] = ab
     maps[1] = bb
     np.multiply(ab, ab, out=maps[2])
     np.multiply(bb, bb, out=maps[3])
     np.multiply(ab, bb, out=maps[4])
-    rows = _valid_pass(maps, w, 1, np.empty((5, r1 - r0, ab.shape[1])))
-    mu_a, mu_b, f_aa, f_bb, f_ab = _valid_pass(rows, w, 2, np.empty((5, r1 - r0, ab.shape[1] - pad)))
-    # The expressions of the whole-image form, with equal subterms computed once (``2 * mu_a *
-    # mu_b`` is ``(2 * mu_a) * mu_b``, which equals ``2 * (mu_a * mu_b)`` exactly: doubling is exact).
-    mu_aa = mu_a**2
-    mu_bb = mu_b**2
-    mu_ab = mu_a * mu_b
-    var_a = f_aa - mu_aa
-    var_b = f_bb - mu_bb
-    cov = f_ab - mu_ab
-    num = (2 * mu_ab + c1) * (2 * cov + c2)
-    den = (mu_aa + mu_bb + c1) * (var_a + var_b + c2)
-    np.divide(num, den, out=out[r0:r1])
+    flat = maps.reshape(5, -1)
+    n = m * cols
+    rows = np.empty((5, n))
+    tmp = np.empty((5, n))
+    _flat_pass(flat, w, cols, n, rows, tmp)  # along columns: m x cols per map
+    filt = np.empty((5, n))
+    valid = n - pad  # the flat outputs up to the last valid one
+    _flat_pass(rows, w, 1, valid, filt[:, :valid], tmp[:, :valid])  # along rows
+    mu_a, mu_b, f_aa, f_bb, f_ab = filt[:, :valid]
+    # The expressions of the whole-image form, evaluated in place on the flat maps (the outputs
+    # that straddle two rows are computed too: weighted means of real pixels, so no division by
+    # zero) with the same operations and operands: ``2 * mu_a * mu_b`` is ``(2 * mu_a) * mu_b``,
+    # which equals ``2 * (mu_a * mu_b)`` exactly, as doubling is exact; ``x**2`` is ``x * x``.
+    mu_ab = np.multiply(mu_a, mu_b, out=tmp[0, :valid])
+    mu_a *= mu_a  # mu_a^2
+    mu_b *= mu_b  # mu_b^2
+    f_aa -= mu_a  # var_a
+    f_bb -= mu_b  # var_b
+    f_ab -= mu_ab  # cov
+    f_ab *= 2
+    f_ab += c2  # 2 cov + c2
+    mu_ab *= 2
+    mu_ab += c1
+    mu_ab *= f_ab  # num = (2 mu_ab + c1)(2 cov + c2)
+    mu_a += mu_b
+    mu_a += c1  # mu_a^2 + mu_b^2 + c1
+    f_aa += f_bb
+    f_aa += c2  # var_a + var_b + c2
+    mu_a *= f_aa  # den
+    mu_ab /= mu_a
+    out[r0:r1] = tmp[0].reshape(m, cols)[:, :cols - pad]  # the valid columns
 
 
 def _threads() -> int:
