@@ -18,6 +18,8 @@ from sfsr.training.stages import STAGES, evaluation_name
 configfile: "config.yaml"
 
 sfsr.config.validate(config, os.path.join(workflow.basedir, "config.schema.yaml"))
+# config key 'seeds': one copy of every sr_models entry per extra training seed ({model: (base, seed)})
+MODEL_SEEDS = sfsr.config.expand_seeds(config)
 
 # `snakemake --report results/report.html` (the README's) writes into results/, which Snakemake does
 # not create; after a data-only run it would not exist yet.
@@ -40,6 +42,7 @@ rule all:
         rules.classification.input,
         rules.figures.input,
         rules.evaluate_refsr.input,
+        rules.seed_summary.output if len(config["seeds"]) > 1 else [],
 
 
 # What exists of `all`: `snakemake --report results/report.html finished` reports a partial run

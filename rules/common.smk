@@ -182,6 +182,16 @@ def trained_generators():
             for m in MODELS for stage in STAGES if m in stage_models(stage) and STAGES[stage].models == "sr_models"}
 
 
+def seed_groups():
+    """Evaluation name -> [name of the same generator trained with the first seed, its seed], for
+    the seed_summary of config key 'seeds'."""
+    out = {}
+    for name, (stage, m) in trained_generators().items():
+        base, seed = MODEL_SEEDS[m]
+        out[name] = [evaluation_name(stage, base, stage_settings(base, stage)), seed]
+    return out
+
+
 def evaluated_generators():
     """Evaluation name -> (checkpoint, scale) of every trained generator."""
     return {name: (stage_checkpoint(m, stage), config["models"][m]["scale"])

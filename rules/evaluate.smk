@@ -94,3 +94,21 @@ rule summarize:
         "../envs/light.yaml"
     script:
         "../workflow_scripts/evaluate.py"
+
+
+# config key 'seeds': mean, sd and the per-seed values of every model over its training seeds
+rule seed_summary:
+    input:
+        summary=f"{RESULTS}/metrics/summary.csv",
+        accuracy=accuracy_tables(),
+    output:
+        csv=f"{RESULTS}/seeds.csv",
+        md=f"{RESULTS}/seeds.md",
+    params:
+        groups=seed_groups(),
+    log:
+        f"{RESULTS}/logs/seed_summary.log",
+    conda:
+        "../envs/light.yaml"
+    script:
+        "../workflow_scripts/evaluate.py"

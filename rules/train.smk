@@ -23,7 +23,7 @@ for stage, st in STAGES.items():
             provenance=f"{RESULTS}/models/{{model}}/{stage}/provenance.json",
         params:
             cfg=training_setting(stage),
-            seed=config["seed"],
+            seed=lambda wc: MODEL_SEEDS[wc.model][1],  # config key 'seeds' (else 'seed')
         log:
             f"{RESULTS}/logs/train_{stage}/{{model}}.log",
         benchmark:

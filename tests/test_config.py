@@ -192,3 +192,22 @@ def test_judges_default_to_the_classifier_recipe_with_their_own_seed(base):
                        ([{"name": "x", "batch_size": 4}], "batch_size")):
         with pytest.raises(ConfigError, match=match):
             cfg.validate({**copy.deepcopy(base), "judges": bad})
+
+
+def test_seeds_copy_every_sr_model_once_per_extra_seed(base):
+    config = cfg.validate({**copy.deepcopy(base), "seeds": [3, 5, 7]})
+    names = list(config["sr_models"])
+    seeds = cfg.expand_seeds(config)
+    assert config["sr_models"] == names + [f"{n}_seed{s}" for n in names for s in (5, 7)]
+    for name in names:
+        assert seeds[name] == (name, 3)  # the original trains with the first seed
+        for s in (5, 7):
+            assert seeds[f"{name}_seed{s}"] == (name, s)
+            assert config["models"][f"{name}_seed{s}"] == config["models"][name]
+    plain = cfg.validate(copy.deepcopy(base))
+    assert set(cfg.expand_seeds(plain).values()) == {(n, plain["seed"]) for n in plain["models"]}
+    clash = copy.deepcopy(base)
+    clash["seeds"] = [0, 1]
+    clash["models"][f"{names[0]}_seed1"] = copy.deepcopy(clash["models"][names[0]])
+    with pytest.raises(ConfigError, match="already has one of that name"):
+        cfg.expand_seeds(cfg.validate(clash))

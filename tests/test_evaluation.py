@@ -204,3 +204,26 @@ def test_accuracy_table_gap_closed():
     assert same["gap_closed"].isna().all()
     with pytest.raises(DataError, match="'hr'"):
         accuracy_table({"bicubic": accs["bicubic"]})
+
+
+def test_seed_summary_gives_mean_sd_and_values_per_model_and_judge():
+    from sfsr.evaluation import seed_summary
+
+    groups = {"m": ["m", 0], "m_seed1": ["m", 1], "m_seed2": ["m", 2], "m_gan": ["m_gan", 0]}
+    summary = pd.DataFrame({"model": ["bicubic", "m", "m_seed1", "m_seed2", "m_gan"], "dataset": "set5",
+                            "scale": 4, "psnr_y": [28.0, 30.0, 31.0, 32.5, 29.0],
+                            "ssim_y": [0.8, 0.85, 0.86, 0.87, 0.84]})
+    accuracy = pd.DataFrame({"dataset": "cls", "scale": 4, "judge": ["prior"] * 3 + ["j1"] * 3,
+                             "input": ["m", "m_seed1", "m_seed2"] * 2,
+                             "top1": [0.5, 0.6, 0.7, 0.4, 0.4, 0.4], "gap_closed": [0.1, 0.2, 0.3, 0, 0, 0]})
+    table = seed_summary(summary, accuracy, groups).set_index(["model", "dataset", "judge", "metric"])
+    psnr = table.loc[("m", "set5", "", "psnr_y")]
+    assert psnr["n_seeds"] == 3 and psnr["mean"] == pytest.approx(31.166666, abs=1e-5)
+    assert psnr["sd"] == pytest.approx(np.std([30.0, 31.0, 32.5], ddof=1))
+    assert psnr["seeds"] == "0;1;2" and psnr["values"] == "30;31;32.5"
+    top1 = table.loc[("m", "cls", "prior", "top1")]
+    assert top1["mean"] == pytest.approx(0.6) and top1["sd"] == pytest.approx(0.1)
+    assert table.loc[("m", "cls", "j1", "top1")]["sd"] == pytest.approx(0.0, abs=1e-12)
+    single = table.loc[("m_gan", "set5", "", "psnr_y")]
+    assert single["n_seeds"] == 1 and np.isnan(single["sd"])
+    assert "bicubic" not in table.index.get_level_values("model")  # not trained, not summarised

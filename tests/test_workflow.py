@@ -4,6 +4,7 @@ evaluation stages on the builtin, local and url sources (the url one against a 1
 from __future__ import annotations
 
 import hashlib
+import json
 import http.server
 import os
 import shutil
@@ -206,3 +207,32 @@ def test_url_source_downloads_verifies_extracts_and_prepares(tmp_path, http_root
     assert sha in log and "0" * 64 in log
     assert not (work2 / "data" / "downloads" / "photos.zip").exists()
 
+
+
+@pytest.mark.slow
+def test_seeds_train_each_model_per_seed_and_summarise_mean_and_sd(tmp_path):
+    """seeds: [0, 1] trains srresnet_x4 (seed 0) and its twin srresnet_x4_seed1 (seed 1) from the
+    same settings; seeds.csv holds both PSNRs, their mean and sd."""
+    import pandas as pd
+    import torch
+
+    config = {"scales": [4], "train": ["builtin_valid"], "valid": ["builtin_valid"], "test": ["builtin_valid"],
+              "classification": [], "sr_models": ["srresnet_x4"], "seeds": [0, 1], **NO_REFSR,
+              "training": {"batch_size": 2, "lr_patch": 8, "val_every": 4, "checkpoint_every": 4, "log_every": 2},
+              "models": {"srresnet_x4": {"kwargs": {"num_blocks": 1, "num_features": 8},
+                                         "warmup": {"iterations": 4}, "gan": None, "semantic": None,
+                                         "shared": None}}}
+    run_snakemake(tmp_path, "seed_summary", config=config)
+    res = tmp_path / "results" / "default"
+    weights = [torch.load(res / "models" / m / "warmup" / "generator.pt", weights_only=True)["state_dict"]
+               for m in ("srresnet_x4", "srresnet_x4_seed1")]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    for m, seed in (("srresnet_x4", 0), ("srresnet_x4_seed1", 1)):
+        prov = json.loads((res / "models" / m / "warmup" / "provenance.json").read_text())
+        assert prov["seed"] == seed
+    summary = pd.read_csv(res / "metrics" / "summary.csv").set_index("model")
+    row = pd.read_csv(res / "seeds.csv").set_index(["model", "metric"]).loc[("srresnet_x4", "psnr_y")]
+    values = [summary.loc["srresnet_x4", "psnr_y"], summary.loc["srresnet_x4_seed1", "psnr_y"]]
+    assert row["n_seeds"] == 2 and row["seeds"] == "0;1"
+    assert row["mean"] == pytest.approx(sum(values) / 2, abs=1e-5)
+    assert row["sd"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5, abs=1e-5)

@@ -17,6 +17,7 @@ import pandas as pd
 
 from sfsr import io, provenance
 from sfsr.evaluation import add_lpips, evaluate_folders, summarize as summarize_table, summary_markdown
+from sfsr.evaluation import seed_summary as seed_summary_table  # noqa: E402
 from sfsr.workflow import run_rule
 
 
@@ -78,5 +79,17 @@ def summarize(smk):
                      inputs=list(map(str, smk.input)))
 
 
+def seed_summary(smk):
+    accuracy = pd.concat([pd.read_csv(p) for p in smk.input.accuracy], ignore_index=True) \
+        if smk.input.accuracy else None
+    table = seed_summary_table(pd.read_csv(smk.input.summary), accuracy, smk.params.groups)
+    io.write_csv(smk.output.csv, table)
+    io.write_text(smk.output.md, table.to_markdown(index=False, floatfmt=".4f") + "\n\n"
+                  "Every generator over its training seeds (config key 'seeds'): mean and sample sd "
+                  "of PSNR-Y/SSIM-Y (per dataset) and of each judge's top-1 and gap closed on the "
+                  "test split; 'values' lists them in the order of 'seeds'.\n")
+
+
 run_rule(snakemake, {"upscale": upscale, "image_metrics": image_metrics,  # noqa: F821
-                     "perceptual_metrics": perceptual_metrics, "summarize": summarize})
+                     "perceptual_metrics": perceptual_metrics, "summarize": summarize,
+                     "seed_summary": seed_summary})

@@ -246,6 +246,26 @@ def lr_classifier_settings(config: dict) -> dict:
     return {**base, "weights": None, **({"epochs": epochs} if epochs else {}), **({"lr": lr} if lr else {})}
 
 
+def expand_seeds(config: dict) -> dict[str, tuple[str, int]]:
+    """Apply ``seeds`` (after :func:`validate`): every ``sr_models`` entry is copied as
+    ``<name>_seed<s>`` for each seed after the first (added to ``models`` and ``sr_models``, in
+    place). Returns ``{model: (base model, training seed)}`` for every model: the first of ``seeds``
+    for the originals (``seed`` without ``seeds``), ``s`` for the copies."""
+    seeds = [int(s) for s in config.get("seeds") or []]
+    first = seeds[0] if seeds else int(config.get("seed", 0))
+    out = {name: (name, first) for name in config.get("models", {})}
+    for name in list(config.get("sr_models", [])):
+        for s in seeds[1:]:
+            twin = f"{name}_seed{s}"
+            if twin in config["models"]:
+                raise ConfigError(f"config key 'seeds' makes the model {twin!r} (a copy of {name!r} trained "
+                                  f"with seed {s}), but 'models' already has one of that name; rename it.")
+            config["models"][twin] = copy.deepcopy(config["models"][name])
+            config["sr_models"].append(twin)
+            out[twin] = (name, s)
+    return out
+
+
 def validate(config: dict, schema_path: str | Path = DEFAULT_SCHEMA, source: str = "config") -> dict:
     """Validate ``config`` in place (defaults filled by snakemake.utils.validate) and return it."""
     from snakemake.utils import validate as snakemake_validate

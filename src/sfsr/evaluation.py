@@ -439,6 +439,39 @@ def judged_accuracy_table(records: Sequence[Mapping[str, Any]],
     return pd.concat(tables, ignore_index=True)
 
 
+def seed_summary(summary: pd.DataFrame, accuracy: pd.DataFrame | None,
+                 groups: Mapping[str, Sequence[Any]]) -> pd.DataFrame:
+    """Mean, sample sd and per-seed values of every generator over its training seeds (config key
+    ``seeds``). ``groups``: evaluation name -> (name of its first-seed twin, seed). ``summary``: the
+    metrics summary (model, dataset, scale, psnr_y, ssim_y); ``accuracy``: the accuracy tables
+    (judge, input, scale, top1, gap_closed), or None. One row per (model, dataset, scale, judge,
+    metric): ``n_seeds, mean, sd, seeds, values`` (sd NaN for one seed; ``judge`` empty for the
+    image metrics)."""
+    frames = []
+    names = pd.DataFrame([{"name": n, "model": b, "seed": int(s)} for n, (b, s) in groups.items()])
+    if names.empty:
+        raise DataError("seed_summary: no trained generator to summarise over seeds")
+    metric = summary.merge(names, left_on="model", right_on="name", suffixes=("_row", ""))
+    for col in ("psnr_y", "ssim_y"):
+        part = metric[["model", "dataset", "scale", "seed", col]].rename(columns={col: "value"})
+        frames.append(part.assign(judge="", metric=col))
+    if accuracy is not None and len(accuracy):
+        acc = accuracy.merge(names, left_on="input", right_on="name")
+        for col in ("top1", "gap_closed"):
+            part = acc[["model", "dataset", "scale", "judge", "seed", col]].rename(columns={col: "value"})
+            frames.append(part.assign(metric=col))
+    long = pd.concat(frames, ignore_index=True).sort_values("seed", kind="stable")
+    rows = []
+    for key, group in long.groupby(["model", "dataset", "scale", "judge", "metric"], sort=True):
+        values = group["value"].to_numpy(dtype=np.float64)
+        rows.append({**dict(zip(["model", "dataset", "scale", "judge", "metric"], key)),
+                     "n_seeds": len(values), "mean": float(values.mean()),
+                     "sd": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
+                     "seeds": ";".join(str(int(s)) for s in group["seed"]),
+                     "values": ";".join(f"{v:.6g}" for v in values)})
+    return pd.DataFrame(rows)
+
+
 def summary_judge(judges: Sequence[str]) -> str:
     """The judge whose accuracy the study summary shows: the first independent one (by name), or
     the prior when there is none."""
