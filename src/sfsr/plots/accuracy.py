@@ -133,6 +133,7 @@ def make_tradeoff(acc_with_metrics: pd.DataFrame, colors: Mapping[str, str] | No
         axes = np.atleast_1d(fig.subplots(len(facets), 1, squeeze=False)[:, 0])
         families_seen: list[str] = []
         for ax, (label, sub) in zip(axes, facets):
+            line_labels: dict[str, list[str]] = {}  # lines at the same accuracy share one label
             for _, row in sub.iterrows():
                 m = str(row[name])
                 top1 = 100 * float(row["top1"])
@@ -141,9 +142,7 @@ def make_tradeoff(acc_with_metrics: pd.DataFrame, colors: Mapping[str, str] | No
                     if m in lines:
                         ax.axhline(top1, color=cols[m], linestyle="--" if m == "hr" else ":",
                                    linewidth=1.2)
-                        ax.annotate(f"{m} {top1:.1f}%", (0.01, top1),
-                                    xycoords=("axes fraction", "data"), xytext=(0, 2), textcoords="offset points", fontsize=9,
-                                    color=cols[m])
+                        line_labels.setdefault(f"{top1:.1f}", []).append(m)
                     continue
                 fam = family(m)
                 if fam not in families_seen:
@@ -155,6 +154,10 @@ def make_tradeoff(acc_with_metrics: pd.DataFrame, colors: Mapping[str, str] | No
                 # dozen models where full names would overlap
                 ax.annotate(str(number[m]), (float(row["psnr_y"]), top1), xytext=(5, 3),
                             textcoords="offset points", fontsize=8, fontweight="bold")
+            for value, names in line_labels.items():
+                ax.annotate(f"{' = '.join(names)} {value}%", (0.01, float(value)),
+                            xycoords=("axes fraction", "data"), xytext=(0, 2), textcoords="offset points",
+                            fontsize=9, color=cols[names[0]] if len(names) == 1 else "black")
             ax.set(xlabel="PSNR-Y (dB)", ylabel="top-1 accuracy (%)",
                    title="Quality vs recognisability" + (f" — {label}" if label else ""))
             ax.margins(x=0.15, y=0.12)
