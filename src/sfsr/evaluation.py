@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from sfsr.data.images import images_by_stem, read_image
+from sfsr.data.images import images_by_stem, read_image, to_rgb
 from sfsr.errors import DataError
 from sfsr.metrics import image_metrics, topk_accuracy
 
@@ -252,9 +252,7 @@ def _preprocess(image: np.ndarray, input_size: int, resize_size: int,
     import torch
     from torchvision.transforms.v2 import functional as TF
 
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
+    image = to_rgb(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise DataError(f"classifier input must be uint8 HxW or HxWx3, got {image.dtype} {image.shape}")
     t = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from sfsr import io
 from sfsr.data.bicubic import imresize
 from sfsr.data.images import DEFAULT_EXTENSIONS as IMAGE_EXTENSIONS
-from sfsr.data.images import list_images, read_image
+from sfsr.data.images import list_images, read_image, to_rgb
 from sfsr.errors import ConfigError, DataError, path_problem
 from sfsr.metrics import to_uint8
 from sfsr.tensors import eval_mode, resolve_device, to_float  # resolve_device: public here too
@@ -63,8 +63,7 @@ def upscale_image(image: np.ndarray, *, scale: int, model: nn.Module | None = No
         image = image[:, :, 0]
     if model is None:
         return imresize(image, scale=scale)
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
+    image = to_rgb(image)
     if image.shape[2] != 3:
         raise DataError(f"upscale_image expects gray or RGB, got {image.shape[2]} channels")
     if tile is not None and tile < 1:

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from sfsr.data.bicubic import modcrop
-from sfsr.data.images import read_image
+from sfsr.data.images import read_image, to_rgb
 from sfsr.errors import DataError
 from sfsr.evaluation import matched_images
 
@@ -104,11 +104,7 @@ def load_lpips(net: str = "alex", device: str = "cpu") -> Any:
 
 
 def _rgb(img: np.ndarray) -> np.ndarray:
-    img = np.asarray(img)
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = img[:, :, 0]
-    if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
+    img = to_rgb(img)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
         raise DataError(f"LPIPS takes uint8 gray or RGB images, got {img.dtype} {img.shape}")
     return img

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from sfsr.models.classifier import Classifier, classifier_features
 from sfsr.tensors import eval_mode
+from sfsr.training.classifier import eval_transform
 from sfsr.training.settings import SHARED_MODES  # torch-free: the config checks read it too
 
 
@@ -49,15 +50,6 @@ def straight_through_clamp(x: Tensor) -> Tensor:
     return x + (x.clamp(0.0, 1.0) - x).detach()
 
 
-def classifier_view(x: Tensor, input_size: int, resize_size: int) -> Tensor:
-    """The classifier's evaluation view of a float NCHW batch (the transforms of
-    :func:`sfsr.training.classifier.eval_transform`: short side resized to ``resize_size``,
-    antialiased bilinear, then the centre ``input_size`` crop), differentiable."""
-    from torchvision.transforms.v2 import functional as TF
-
-    return TF.center_crop(TF.resize(x, [resize_size], antialias=True), [input_size, input_size])
-
-
 class SemanticPriorLoss(nn.Module):
     """Label-free semantic prior of a frozen HR classifier on the SR output.
 
@@ -71,8 +63,9 @@ class SemanticPriorLoss(nn.Module):
     loss is put in train mode; HR logits/features are computed without grad, so gradients flow to
     ``sr`` only. ``input_size``: when given, SR and HR are resized (bilinear, antialiased,
     differentiable) to ``input_size`` x ``input_size`` before the classifier; with ``resize_size``
-    too, they get the judge's view instead (:func:`classifier_view`: short side to ``resize_size``,
-    centre ``input_size`` crop). ``clamp``: SR is clamped to [0, 1] first with a straight-through
+    too, they get the judge's view instead (the classifier's
+    :func:`~sfsr.training.classifier.eval_transform`: short side to ``resize_size``, centre
+    ``input_size`` crop). ``clamp``: SR is clamped to [0, 1] first with a straight-through
     gradient (:func:`straight_through_clamp`), as the evaluation sees it.
     """
 
@@ -96,6 +89,8 @@ class SemanticPriorLoss(nn.Module):
         self.clamp = bool(clamp)
         if resize_size is not None and input_size is None:
             raise ValueError("resize_size (the judge's view) needs input_size, the centre crop")
+        # the judge's view: the classifier's own evaluation transform (differentiable on tensors)
+        self.view = eval_transform(input_size, resize_size) if resize_size is not None else None
         if self.use_features:
             if not isinstance(net, Classifier):
                 raise ValueError("feature matching (feature_layers) needs a sfsr Classifier, got "
@@ -124,8 +119,8 @@ class SemanticPriorLoss(nn.Module):
         x = x.float()
         if self.clamp:
             x = straight_through_clamp(x)
-        if self.resize_size is not None:
-            return classifier_view(x, self.input_size, self.resize_size)
+        if self.view is not None:
+            return self.view(x)
         if self.input_size is not None and tuple(x.shape[-2:]) != (self.input_size, self.input_size):
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
                               align_corners=False, antialias=True)

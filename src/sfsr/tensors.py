@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sfsr.data.images import to_rgb
 from sfsr.errors import ConfigError
 
 
@@ -49,8 +50,7 @@ def to_float(images: torch.Tensor | np.ndarray, device: torch.device | str | Non
     as it is (e.g. an NCHW batch); a numpy ``HxW`` or ``HxWxC`` image becomes a ``1xCxHxW`` batch
     (gray replicated to three channels). ``channels_last`` sets that memory format."""
     if isinstance(images, np.ndarray):
-        if images.ndim == 2:
-            images = np.repeat(images[:, :, None], 3, axis=2)
+        images = to_rgb(images)
         images = torch.from_numpy(np.array(images)).permute(2, 0, 1)[None]  # copy: may be read-only
     if device is not None:
         images = images.to(device, non_blocking=True)

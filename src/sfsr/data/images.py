@@ -215,6 +215,14 @@ def list_images(folder: str | os.PathLike, extensions: Iterable[str] = DEFAULT_E
     return files
 
 
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """Gray HxW (or HxWx1) -> HxWx3 by replication; RGB passes through."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    return np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image
+
+
 def images_by_stem(folder: str | os.PathLike, extensions: Iterable[str] = DEFAULT_EXTENSIONS,
                    what: str = "image") -> dict[str, Path]:
     """:func:`list_images` keyed by file stem (outputs are ``<stem>.png``, and SR/HR pairs are

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from sfsr.data.images import to_rgb
 from sfsr.data.sources import load_builtin
 from sfsr.errors import ConfigError, DataError
 
@@ -45,18 +46,14 @@ LEVELS: tuple[View, ...] = (
 STEREO = "stereo_motorcycle"
 
 
-def _as_rgb(image: np.ndarray) -> np.ndarray:
-    return np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
-
-
 def _photo_pair(name: str) -> tuple[np.ndarray, np.ndarray]:
     """(photo the targets come from, photo the references come from)."""
     if name == STEREO:
         import skimage.data
 
         left, right, _ = skimage.data.stereo_motorcycle()
-        return _as_rgb(left), _as_rgb(right)
-    photo = _as_rgb(load_builtin(name))
+        return to_rgb(left), to_rgb(right)
+    photo = to_rgb(load_builtin(name))
     return photo, photo
 
 

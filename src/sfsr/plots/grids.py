@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from scipy import ndimage
 
 from sfsr.data.bicubic import imresize, modcrop
-from sfsr.data.images import read_image
+from sfsr.data.images import read_image, to_rgb
 from sfsr.errors import DataError
 from sfsr.metrics import psnr, rgb_to_gray, rgb_to_y
 from sfsr.plots.style import _canonical_order, _check_columns, _colors_for, _save_and_close, _style
@@ -29,9 +29,7 @@ def _channel(image: np.ndarray, gray_reference: bool) -> np.ndarray:
     image = np.asarray(image)
     if gray_reference:
         return image.astype(np.float64) if image.ndim == 2 else rgb_to_gray(image)
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    return rgb_to_y(image)
+    return rgb_to_y(to_rgb(image))
 
 
 def choose_crop(hr: np.ndarray, srs: Mapping[str, np.ndarray] | Sequence[np.ndarray], size: int,

@@ -41,7 +41,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from sfsr import io, provenance
-from sfsr.data.images import images_by_stem, read_image
+from sfsr.data.images import images_by_stem, read_image, to_rgb
 from sfsr.errors import ConfigError, DataError, SfsrError
 from sfsr.metrics import topk_accuracy
 from sfsr.models import build_classifier, count_parameters
@@ -153,9 +153,7 @@ class ClassificationSet(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = read_image(self.paths[index])
-        if image.ndim == 2:
-            image = np.repeat(image[:, :, None], 3, axis=2)
+        image = to_rgb(read_image(self.paths[index]))
         tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         return self.transform(tensor), self.labels[index]
 

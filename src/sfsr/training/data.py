@@ -35,17 +35,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from sfsr.data.bicubic import imresize, modcrop
-from sfsr.data.images import list_images, read_image
+from sfsr.data.images import list_images, read_image, to_rgb  # noqa: F401  (to_rgb: also this module's API)
 from sfsr.errors import ConfigError, DataError
 
 log = logging.getLogger("sfsr.training")
 
 LR_SOURCES = ("on_the_fly", "prepared")
-
-
-def to_rgb(image: np.ndarray) -> np.ndarray:
-    """Gray HxW -> HxWx3 by replication; RGB passes through."""
-    return np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image
 
 
 def prepared_lr_path(hr_path: str | os.PathLike, scale: int) -> Path:
