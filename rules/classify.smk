@@ -124,8 +124,6 @@ rule accuracy_table:
     output:
         csv=f"{RESULTS}/classification/{{dataset}}_x{{scale}}/accuracy.csv",
         md=f"{RESULTS}/classification/{{dataset}}_x{{scale}}/accuracy.md",
-    params:
-        judges={name: judge["independent"] for name, judge in JUDGES.items()},
     log:
         f"{RESULTS}/logs/accuracy_table/{{dataset}}_x{{scale}}.log",
     conda:

@@ -184,7 +184,7 @@ def test_judges_default_to_the_classifier_recipe_with_their_own_seed(base):
     config = cfg.validate(config)
     judges = cfg.judge_settings(config)
     assert list(judges) == ["prior", "seed7", "r50"]
-    assert judges["prior"] == {"cfg": config["classifier"], "seed": config["seed"], "independent": False}
+    assert judges["prior"] == {"cfg": config["classifier"], "seed": config["seed"]}
     assert judges["seed7"]["cfg"] == config["classifier"] and judges["seed7"]["seed"] == 7
     assert judges["r50"]["cfg"] == {**config["classifier"], "arch": "resnet50"}
     assert judges["r50"]["seed"] == config["seed"] + 2  # a seed of its own by default

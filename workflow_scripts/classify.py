@@ -52,7 +52,7 @@ def accuracy_table(smk):
         per_image = per_image[per_image["image"].isin(test_stems)]
         metrics[per_image["model"].iloc[0]] = mean_metrics(per_image)
     # every judge's table, with paired statistics vs bicubic and vs each model's control
-    table = judged_accuracy_table(records, metrics, smk.params.judges)
+    table = judged_accuracy_table(records, metrics)
     table.insert(0, "scale", int(smk.wildcards.scale))
     table.insert(0, "dataset", smk.wildcards.dataset)
     io.write_csv(smk.output.csv, table)

@@ -220,10 +220,10 @@ def judge_settings(config: dict) -> dict[str, dict]:
     """The classifiers whose accuracy the evaluation reports, by judge name: ``prior`` (the
     ``classifier`` section, the semantic stage's prior) and every entry of ``judges`` (the same
     section with the judge's ``arch``/``weights``/``epochs``/``lr``, trained with its own seed).
-    Each value: ``{"cfg": classifier settings, "seed": int, "independent": bool}``."""
+    Each value: ``{"cfg": classifier settings, "seed": int}``."""
     base = dict(config.get("classifier", {}))
     seed = int(config.get("seed", 0))
-    out = {"prior": {"cfg": base, "seed": seed, "independent": False}}
+    out = {"prior": {"cfg": base, "seed": seed}}
     for i, judge in enumerate(config.get("judges") or []):
         name = judge["name"]
         if name in out:
@@ -231,7 +231,7 @@ def judge_settings(config: dict) -> dict[str, dict]:
                               + ("is reserved for the prior" if name == "prior" else "another judge has")
                               + "; give every judge its own name.")
         cfg = {**base, **{k: judge[k] for k in JUDGE_KEYS if k in judge}}
-        out[name] = {"cfg": cfg, "seed": int(judge.get("seed", seed + 1 + i)), "independent": True}
+        out[name] = {"cfg": cfg, "seed": int(judge.get("seed", seed + 1 + i))}
     return out
 
 

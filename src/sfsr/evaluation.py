@@ -402,8 +402,7 @@ def accuracy_table(accuracies: Mapping[str, Mapping[str, Any]],
 
 
 def judged_accuracy_table(records: Sequence[Mapping[str, Any]],
-                          metrics: Mapping[str, Mapping[str, Any]] | None = None,
-                          independent: Mapping[str, bool] | None = None) -> pd.DataFrame:
+                          metrics: Mapping[str, Mapping[str, Any]] | None = None) -> pd.DataFrame:
     """The accuracy table of every judge: the ``classify`` records (``input``, optional ``judge``,
     default ``prior``; ``top1``/``top5``/``n`` and per-image ``correct_top1``/``images``) grouped by
     judge, each group made into :func:`accuracy_table` with the paired statistics of
@@ -413,7 +412,6 @@ def judged_accuracy_table(records: Sequence[Mapping[str, Any]],
     have judged the same test images."""
     from sfsr.stats import add_paired_columns
 
-    independent = dict(independent or {})
     by_judge: dict[str, dict[str, Mapping[str, Any]]] = {}
     for record in records:
         by_judge.setdefault(str(record.get("judge", "prior")), {})[str(record["input"])] = record
@@ -429,7 +427,7 @@ def judged_accuracy_table(records: Sequence[Mapping[str, Any]],
                             "images than the rest; re-run the classify jobs of this set")
         table = add_paired_columns(accuracy_table(accuracies, metrics),
                                    {n: accuracies[n]["correct_top1"] for n in order})
-        table.insert(0, "independent", bool(independent.get(judge, judge != "prior")))
+        table.insert(0, "independent", judge != "prior")
         table.insert(0, "judge", judge)
         tables.append(table)
     if not tables:
