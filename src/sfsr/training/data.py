@@ -6,7 +6,8 @@
   of workers and whether the run was interrupted and resumed. LR patches come either from the
   prepared ``LR_bicubic/X{s}`` files (aligned crop) or are made on the training device from the batch
   of uint8 HR patches with the MATLAB-exact bicubic (:func:`make_lr_batch`).
-* :func:`make_loader`: a DataLoader over samples ``[start_iteration * batch, iterations * batch)``.
+* :func:`make_loader`: a DataLoader over samples ``[start_iteration * batch, iterations * batch)``
+  (under DDP, each rank's contiguous share of every batch).
 * :func:`load_validation_set`: whole validation images (HR cropped to a multiple of the scale, LR).
 * Reference-based SR: :class:`RefPairDataset` (a target patch with the same window of one of its
   references), :func:`reference_groups` and :func:`load_reference_validation` (each target with its
@@ -27,12 +28,12 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sfsr.data.bicubic import imresize, modcrop
 from sfsr.data.images import list_images, read_image, to_rgb  # noqa: F401  (to_rgb: also this module's API)
@@ -172,15 +173,34 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def make_loader(dataset: PatchDataset, batch_size: int, *, start_iteration: int = 0,
-                num_workers: int = 0, seed: int = 0, device: torch.device | str = "cpu") -> DataLoader:
-    """Batches for iterations ``start_iteration + 1 ... len(dataset) // batch_size`` in order."""
-    start = int(start_iteration) * int(batch_size)
-    pin = torch.device(device).type == "cuda"
-    generator = torch.Generator().manual_seed(int(seed))
-    return DataLoader(dataset, batch_size=batch_size, sampler=range(start, len(dataset)),
-                      drop_last=True, num_workers=num_workers, pin_memory=pin,
-                      worker_init_fn=seed_worker, generator=generator,
+class GlobalBatches(Sampler):
+    """Batch sampler over iterations ``start + 1 ... n_items // batch_size``: iteration ``i`` is
+    samples ``[i * batch_size, (i + 1) * batch_size)``, of which rank ``rank`` of ``world`` processes
+    takes the contiguous ``batch_size // world`` at ``rank * batch_size // world`` (world 1: all)."""
+
+    def __init__(self, n_items: int, batch_size: int, start: int = 0, world: int = 1, rank: int = 0) -> None:
+        self.per_rank = batch_size // world
+        self.batch_size, self.rank, self.start = batch_size, rank, start
+        self.iterations = n_items // batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for it in range(self.start, self.iterations):
+            first = it * self.batch_size + self.rank * self.per_rank
+            yield list(range(first, first + self.per_rank))
+
+    def __len__(self) -> int:
+        return max(0, self.iterations - self.start)
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, start_iteration: int = 0,
+                num_workers: int = 0, seed: int = 0, device: torch.device | str = "cpu",
+                world: int = 1, rank: int = 0) -> DataLoader:
+    """Batches for iterations ``start_iteration + 1 ... len(dataset) // batch_size`` in order;
+    under DDP (``world`` > 1) this rank's share of each (:class:`GlobalBatches`)."""
+    return DataLoader(dataset, batch_sampler=GlobalBatches(len(dataset), batch_size, int(start_iteration),
+                                                           world, rank),
+                      num_workers=num_workers, pin_memory=torch.device(device).type == "cuda",
+                      worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(int(seed)),
                       persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None)
 
 

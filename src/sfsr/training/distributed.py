@@ -10,7 +10,8 @@
   ``WORLD_SIZE`` (or 1) it returns :data:`SINGLE` and nothing in the loop changes.
 * Data: ``batch_size`` stays the *global* batch. Iteration i of a one-process run trains on the
   samples ``(i-1)*B ... i*B-1`` of the iteration-indexed dataset (sample k is seeded by
-  ``(seed, k)``); rank r of W takes the r-th contiguous ``B/W`` of them (:func:`rank_loader`). The ranks
+  ``(seed, k)``); rank r of W takes the r-th contiguous ``B/W`` of them
+  (:func:`sfsr.training.data.make_loader`). The ranks
   see disjoint data, the union is exactly the one-process batch, and a resume at iteration i starts
   every rank at the same place. (This replaces torch's DistributedSampler, which is epoch based.)
 * :func:`wrap` puts the generator (with the LR head when there is one) and the discriminator in
@@ -35,11 +36,10 @@ import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, Sampler
 
 log = logging.getLogger("sfsr.training")
 
@@ -102,38 +102,6 @@ def setup(device: torch.device) -> tuple[Dist, torch.device]:
         log.info("distributed training: %d processes, backend %s, device of rank 0 %s", world,
                  dist.get_backend(), device)
     return Dist(rank, world, local_rank, owns), device
-
-
-# ----------------------------------------------------------------------------------- data
-class RankBatches(Sampler):
-    """Batch sampler: rank ``rank``'s ``batch_size // world`` indices of each global batch of
-    ``batch_size``, for iterations ``start + 1 ... n_items // batch_size``."""
-
-    def __init__(self, n_items: int, batch_size: int, world: int, rank: int, start: int = 0) -> None:
-        self.per_rank = batch_size // world
-        self.batch_size, self.rank, self.start = batch_size, rank, start
-        self.iterations = n_items // batch_size
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for it in range(self.start, self.iterations):
-            first = it * self.batch_size + self.rank * self.per_rank
-            yield list(range(first, first + self.per_rank))
-
-    def __len__(self) -> int:
-        return max(0, self.iterations - self.start)
-
-
-def rank_loader(dataset: Dataset, batch_size: int, d: Dist, *, start_iteration: int = 0,
-                num_workers: int = 0, seed: int = 0, device: torch.device | str = "cpu") -> DataLoader:
-    """What :func:`sfsr.training.data.make_loader` is for one process, for rank ``d.rank``: its share
-    of the batches of iterations ``start_iteration + 1 ...``."""
-    from sfsr.training.data import seed_worker
-
-    return DataLoader(dataset, batch_sampler=RankBatches(len(dataset), batch_size, d.world, d.rank,
-                                                         int(start_iteration)),
-                      num_workers=num_workers, pin_memory=torch.device(device).type == "cuda",
-                      worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(int(seed)),
-                      persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None)
 
 
 # ----------------------------------------------------------------------------------- models

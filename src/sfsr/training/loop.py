@@ -358,11 +358,10 @@ def _training_batches(cfg: dict, st: Stage, train_hr_dirs, scale: int, lr_patch:
         dataset = PatchDataset(train_hr_dirs, scale, lr_patch, **data_kw)
     else:
         dataset = ManifestPatchDataset(train_hr_dirs, scale, lr_patch, keep=keep, labels=labels, **data_kw)
-    if ddp.active:  # this rank's contiguous share of every global batch
-        return iter(distributed.rank_loader(dataset, cfg["batch_size"], ddp, start_iteration=start,
-                                            num_workers=cfg["num_workers"], seed=seed, device=dev))
+    # under DDP each rank gets its contiguous share of every global batch
     return iter(make_loader(dataset, cfg["batch_size"], start_iteration=start,
-                            num_workers=cfg["num_workers"], seed=seed, device=dev))
+                            num_workers=cfg["num_workers"], seed=seed, device=dev, world=ddp.world,
+                            rank=ddp.rank))
 
 
 def _validate(parts: Parts, book: TrainLog, iteration: int, valid: Sequence[ValidationImage],
