@@ -100,3 +100,17 @@ def test_confusion_matrix_numpy_matches_sklearn(logits):
         assert ours.dtype == ref.dtype and np.array_equal(ours, ref)
     ref = sklearn_metrics.confusion_matrix([0, 0, 2, 1], logits.argmax(1), labels=np.arange(3))
     assert np.array_equal(confusion_matrix(logits, np.array([0, 0, 2, 1]), 3), ref)
+
+
+def test_sr_jobs_import_torch_but_not_torchvision():
+    """torchvision's import costs ~1.5 s per job (it pulls torch._dynamo through torchvision.ops);
+    only jobs that build a classifier or deform a reference need it. The SR training and upscale
+    jobs import it only when an SSEN forward or a classifier (the semantic prior) runs."""
+    imports = "\n".join(["import sfsr.training.loop", "import sfsr.inference", "import sfsr.models",
+                         "import sfsr.training.classifier", "import sfsr.semantic"])
+    assert _heavy_after(imports) == ["torch"]
+    # and the lazy imports still work where they are needed
+    assert _heavy_after("from sfsr.training.classifier import eval_transform\neval_transform(8, 8)\n"
+                        "from sfsr.models import build_generator\nimport torch\n"
+                        "m = build_generator('ssen', 2, num_blocks=1, num_features=8, offset_features=8)\n"
+                        "m(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 16, 16))") == ["torch", "torchvision"]

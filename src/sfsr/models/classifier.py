@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-import torchvision.models as tv_models
 from torch import Tensor, nn
 
 from sfsr import io
@@ -64,6 +63,8 @@ def _disable_inplace(module: nn.Module) -> None:
 
 def _build_with_state(name: str, state: dict) -> nn.Module:
     """Build torchvision's ``name`` on the meta device (no costly random init) and assign ``state``."""
+    import torchvision.models as tv_models
+
     with torch.device("meta"):
         model = getattr(tv_models, name)(weights=None)
     model.load_state_dict(state, strict=True, assign=True)
@@ -80,6 +81,8 @@ def load_torchvision_backbone(name: str, weights: str | Path | None, alternative
 
     When the ImageNet download fails, raises :class:`SfsrError` whose message ends with
     ``alternatives`` (what the user can do instead)."""
+    import torchvision.models as tv_models  # here, not at the top: SR-only jobs never pay its import
+
     if weights is None:
         return getattr(tv_models, name)(weights=None)
     if str(weights).lower() == "imagenet":

@@ -36,7 +36,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import deform_conv2d
 
 from sfsr.models.blocks import pixel_shuffle_upsampler, upsampling_factors
 from sfsr.models.residual import SRGenerator
@@ -133,6 +132,8 @@ class DeformableAlignment(nn.Module):
         return self.to_offset(self.estimator(torch.cat([lr_features, ref_features], dim=1)))
 
     def forward(self, lr_features: Tensor, ref_features: Tensor) -> tuple[Tensor, Tensor]:
+        from torchvision.ops import deform_conv2d  # here: importing torchvision costs every job ~1.5 s
+
         offset = self.offsets(lr_features, ref_features)
         aligned = deform_conv2d(ref_features, offset.to(ref_features.dtype), self.weight, self.bias, padding=1)
         return aligned, offset

@@ -37,7 +37,6 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2
 from tqdm import tqdm
 
 from sfsr import io, provenance
@@ -160,12 +159,16 @@ class ClassificationSet(Dataset):
 
 def train_transform(input_size: int) -> nn.Module:
     """RandomResizedCrop(input_size, scale=(0.5, 1)) + horizontal flip (uint8 in, uint8 out)."""
+    from torchvision.transforms import v2  # here: SR-only jobs import this module but not torchvision
+
     return v2.Compose([v2.RandomResizedCrop(input_size, scale=(0.5, 1.0), antialias=True),
                        v2.RandomHorizontalFlip()])
 
 
 def eval_transform(input_size: int, resize_size: int) -> nn.Module:
     """Resize the short side to ``resize_size`` (antialiased bilinear) + centre crop ``input_size``."""
+    from torchvision.transforms import v2
+
     return v2.Compose([v2.Resize(resize_size, antialias=True), v2.CenterCrop(input_size)])
 
 
