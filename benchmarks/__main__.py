@@ -507,8 +507,9 @@ def bench_upscale(rec: Recorder, hr_dir: Path | None, work: Path, repeats: int, 
                  "lr_size": f"{w}x{h}", "output_size": f"{w * SCALE}x{h * SCALE}",
                  "scale": SCALE, "tile": tile or None, "tile_overlap": overlap,
                  "tiles": "balanced" if suffix == "" else f"as in {baseline_src}",
-                 "image": f"{w}x{h} crop of the exact x1/{div} of a DIV2K-sized 2040x1356 mirror of "
-                          "the largest --hr image"},
+                 "image": (f"{w}x{h} LR: " + (f"exact x1/{div} of " if div > 1 else "") +
+                           "a DIV2K-sized 2040x1356 mirror of the largest --hr image" +
+                           (", cropped" if lr.shape != lrs[div].shape else ""))},
                 load_before=load, work=out_mp, unit="mp_per_s", reference=whole if has_whole else None,
                 values=values)
             if tile == 0 and suffix == "":
