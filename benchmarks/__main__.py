@@ -24,6 +24,9 @@ Benchmarks:
   image of ``--hr``; LR by sfsr's exact x1/4: 510x339, or a crop of it, see :data:`UPSCALE_SIZES`),
   SRResNet and RRDBNet with random-init weights (speed and memory do not depend on the weights):
   the whole image against LR tiles, in output MP/s and the subprocess's peak RSS.
+  ``--upscale-large``: larger LR (1020x678 and the DIV2K-sized 2040x1356 itself, whose whole-image
+  peak is estimated by a line through the measured whole-image peaks) instead of those sizes.
+  ``--baseline-src``: the first tiled run of each size again with the older ``sfsr.inference``.
 
 Data: ``--hr`` (default ``/work/shared/data/benchmark/Set14/HR``); SR images are made here (LR by
 sfsr's exact x1/4, then sfsr's bicubic x4). ``--dry-run`` uses two tiny random images, one run per
@@ -386,22 +389,34 @@ def bench_downscale(rec: Recorder, pairs: list[tuple[np.ndarray, np.ndarray]], r
                         reference=[refname + suffix, ref1 + suffix])
 
 
-#: What the upscale benchmark runs: (arch, generator kwargs, LR crop (h, w) of the 510x339 x4 LR of
-#: the DIV2K-sized image, LR tile sizes, tile overlap). RRDBNet costs ~7x SRResNet per pixel, so it
-#: gets a quarter of the image and tiles of half the size (the same tile-to-image ratio).
-UPSCALE_SIZES: dict[str, list[tuple[str, dict[str, Any], tuple[int, int], list[int], int]]] = {
-    "full": [("srresnet", {}, (339, 510), [256, 128], 16), ("rrdbnet", {}, (170, 255), [128, 64], 16)],
-    "quick": [("srresnet", {}, (170, 255), [128], 16), ("rrdbnet", {}, (85, 128), [64], 16)],
-    "dry": [("srresnet", {"num_blocks": 1, "num_features": 8}, (20, 24), [16], 4),
-            ("rrdbnet", {"num_blocks": 1, "num_features": 8, "growth": 4}, (20, 24), [16], 4)],
+#: What the upscale benchmark runs, per mode: (arch, generator kwargs, LR factor d, LR crop (h, w),
+#: runs). The LR is sfsr's exact x1/d of a DIV2K-sized 2040x1356 image (d=4: 510x339, the x4 LR of
+#: that image; d=2: 1020x678; d=1: the DIV2K-sized image itself), cropped to (h, w); each run is
+#: (LR tile size, tile overlap), tile 0 being the whole image. RRDBNet costs ~7x SRResNet per pixel,
+#: so in ``full`` it gets a quarter of the image and tiles of half the size. ``large``
+#: (``--upscale-large``, ~15-20 min on 2 cores, ~7 GB peak) has sizes where a tile of 256 is small
+#: against the image: SRResNet whole at three sizes (for a linear fit of the whole-image peak), tiles
+#: of 256 with 16 and 8 px of overlap on 1020x678 -> 4080x2712, tiles of 256 only on a DIV2K-sized
+#: input (2040x1356 -> 8160x5424, whole ~22 GB: its whole-image peak is estimated by the fit).
+UPSCALE_SIZES: dict[str, list[tuple[str, dict[str, Any], int, tuple[int, int], list[tuple[int, int]]]]] = {
+    "full": [("srresnet", {}, 4, (339, 510), [(0, 16), (256, 16), (128, 16)]),
+             ("rrdbnet", {}, 4, (170, 255), [(0, 16), (128, 16), (64, 16)])],
+    "quick": [("srresnet", {}, 4, (170, 255), [(0, 16), (128, 16)]),
+              ("rrdbnet", {}, 4, (85, 128), [(0, 16), (64, 16)])],
+    "large": [("srresnet", {}, 4, (170, 255), [(0, 16)]),
+              ("srresnet", {}, 4, (339, 510), [(0, 16), (256, 16)]),
+              ("srresnet", {}, 2, (678, 1020), [(0, 16), (256, 16), (256, 8)]),
+              ("srresnet", {}, 1, (1356, 2040), [(256, 16)]),
+              ("rrdbnet", {}, 4, (339, 510), [(0, 16), (256, 16)])],
+    "dry": [("srresnet", {"num_blocks": 1, "num_features": 8}, 4, (20, 24), [(0, 4), (16, 4)]),
+            ("rrdbnet", {"num_blocks": 1, "num_features": 8, "growth": 4}, 4, (20, 24), [(0, 4), (16, 4)])],
 }
 DIV2K_SIZE = (1356, 2040)  # (h, w) of a DIV2K HR image
 
 
-def div2k_sized_lr(hr_dir: Path | None, dry_run: bool) -> np.ndarray:
-    """The exact x1/4 LR of a DIV2K-sized (2040x1356) image made by mirroring the largest RGB image
-    of ``hr_dir`` (no pixels are stored in the repository); a random image for a dry run."""
-    from sfsr.data.bicubic import imresize
+def div2k_sized_image(hr_dir: Path | None, dry_run: bool) -> np.ndarray:
+    """A DIV2K-sized (2040x1356) image made by mirroring the largest RGB image of ``hr_dir`` (no
+    pixels are stored in the repository); a random 24x20 image for a dry run."""
     from sfsr.data.images import read_image
 
     if dry_run or hr_dir is None:
@@ -413,7 +428,23 @@ def div2k_sized_lr(hr_dir: Path | None, dry_run: bool) -> np.ndarray:
     rows = [np.concatenate([img if (i + j) % 2 == 0 else img[:, ::-1] for j in range(reps[1])], axis=1)
             for i in range(reps[0])]
     big = np.concatenate([r if i % 2 == 0 else r[::-1] for i, r in enumerate(rows)], axis=0)
-    return imresize(np.ascontiguousarray(big[:h, :w]), 1 / SCALE)
+    return np.ascontiguousarray(big[:h, :w])
+
+
+def _upscale_name(arch: str, tile: int, overlap: int, lr_label: str, overlap_label: bool) -> str:
+    name = f"{arch} whole image" if tile == 0 else f"{arch} tiles of {tile}"
+    if tile and overlap_label:
+        name += f" overlap {overlap}"
+    return name + lr_label
+
+
+def fit_whole_peak(points: list[tuple[int, float]]) -> tuple[float, float] | None:
+    """Least-squares line (intercept MB, MB per LR pixel) through (LR pixels, whole-image peak
+    increase MB) of at least two sizes; None with fewer."""
+    if len({n for n, _ in points}) < 2:
+        return None
+    slope, intercept = np.polyfit([n for n, _ in points], [mb for _, mb in points], 1)
+    return float(intercept), float(slope)
 
 
 def bench_upscale(rec: Recorder, hr_dir: Path | None, work: Path, repeats: int, mode: str,
@@ -421,51 +452,90 @@ def bench_upscale(rec: Recorder, hr_dir: Path | None, work: Path, repeats: int, 
     import torch
 
     from sfsr import io
+    from sfsr.data.bicubic import imresize
     from sfsr.models import build_generator, generator_spec, save_generator
 
-    lr_full = div2k_sized_lr(hr_dir, dry_run)
+    big = div2k_sized_image(hr_dir, dry_run)
+    lrs: dict[int, np.ndarray] = {}
     paths = {"": f"{SRC}{os.pathsep}{REPO}"}
     if baseline_src is not None:  # an older sfsr.inference, same child script and checkpoint
         paths[f" @ {baseline_src}"] = f"{baseline_src}{os.pathsep}{REPO}"
-    for arch, kwargs, (h, w), tiles, overlap in UPSCALE_SIZES[mode]:
+    entries = UPSCALE_SIZES[mode]
+    archs = [e[0] for e in entries]
+    whole_points: dict[str, list[tuple[int, float]]] = {}
+    tiled_without_whole: list[tuple[str, int, dict[str, Any]]] = []
+    for arch, kwargs, div, (h, w), runs in entries:
+        if div not in lrs:
+            lrs[div] = big if dry_run or div == 1 else imresize(big, 1 / div)
+        lr = np.ascontiguousarray(lrs[div][:h, :w])
+        h, w = lr.shape[:2]
         torch.manual_seed(0)
         ckpt = work / f"{arch}.pt"
         save_generator(ckpt, build_generator(arch, SCALE, **kwargs), generator_spec(arch, SCALE, **kwargs))
-        lr_path = work / f"{arch}_lr.png"
-        io.save_image(lr_path, np.ascontiguousarray(lr_full[:h, :w]))
+        lr_path = work / f"{arch}_{w}x{h}_lr.png"
+        io.save_image(lr_path, lr)
         out_mp = h * w * SCALE * SCALE / 1e6
-        whole = f"{arch} whole image"
+        lr_label = f" {w}x{h}" if archs.count(arch) > 1 else ""
+        tiles = [t for t, _ in runs if t]
+        has_whole = any(t == 0 for t, _ in runs)
+        whole = _upscale_name(arch, 0, 0, lr_label, False)
+        # the baseline (--baseline-src) runs the first tiled run of entries with a whole-image run,
+        # against the current code's whole image
+        all_runs = [(t, ov, "") for t, ov in runs]
+        if has_whole and tiles:
+            first = next((t, ov) for t, ov in runs if t)
+            all_runs += [(*first, k) for k in paths if k]
         rows = {}
-        runs = [(tile, "") for tile in [0, *tiles]] + [(tile, k) for k in paths if k for tile in [0, tiles[0]]]
-        for tile, suffix in runs:
+        for tile, overlap, suffix in all_runs:
             env = {**os.environ, "PYTHONPATH": paths[suffix]}
-            name = (whole if tile == 0 else f"{arch} tiles of {tile}") + suffix
+            name = _upscale_name(arch, tile, overlap, lr_label, tiles.count(tile) > 1) + suffix
             cmd = [sys.executable, "-m", "benchmarks.upscale_child", "--checkpoint", str(ckpt),
-                   "--input", str(lr_path), "--output", str(work / f"{arch}_sr_{tile}.png"),
+                   "--input", str(lr_path), "--output", str(work / f"{arch}_sr.png"),
                    "--tile", str(tile), "--overlap", str(overlap), "--repeats", str(repeats)]
             load = _load()
             proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
             if proc.returncode != 0:
                 raise RuntimeError(f"upscale {name} failed: {proc.stderr[-2000:]}")
+            (work / f"{arch}_sr.png").unlink(missing_ok=True)
             res = json.loads(proc.stdout.strip().splitlines()[-1])
             values = {"peak_rss_mb": round(res["peak_rss_mb"], 1),
                       "peak_rss_mb_before": round(res["peak_rss_mb_before"], 1),
                       "peak_increase_mb": round(res["peak_rss_mb"] - res["peak_rss_mb_before"], 1)}
-            rows[(tile, suffix)] = rec.add("upscale", name, res["times"],
-                                 {"arch": arch, "kwargs": kwargs, "weights": "random init (seed 0)",
-                                  "lr_size": f"{w}x{h}", "output_size": f"{w * SCALE}x{h * SCALE}",
-                                  "scale": SCALE, "tile": tile or None, "tile_overlap": overlap,
-                                  "image": "x1/4 of a DIV2K-sized 2040x1356 mirror of the largest --hr image"},
-                                 load_before=load, work=out_mp, unit="mp_per_s", reference=whole,
-                                 values=values)
-        for tile, suffix in runs:  # memory against the whole-image run of the same model and code
+            rows[(tile, overlap, suffix)] = rec.add(
+                "upscale", name, res["times"],
+                {"arch": arch, "kwargs": kwargs, "weights": "random init (seed 0)",
+                 "lr_size": f"{w}x{h}", "output_size": f"{w * SCALE}x{h * SCALE}",
+                 "scale": SCALE, "tile": tile or None, "tile_overlap": overlap,
+                 "tiles": "balanced" if suffix == "" else f"as in {baseline_src}",
+                 "image": (f"{w}x{h} LR: " + (f"exact x1/{div} of " if div > 1 else "") +
+                           "a DIV2K-sized 2040x1356 mirror of the largest --hr image" +
+                           (", cropped" if lr.shape != lrs[div].shape else ""))},
+                load_before=load, work=out_mp, unit="mp_per_s", reference=whole if has_whole else None,
+                values=values)
+            if tile == 0 and suffix == "":
+                whole_points.setdefault(arch, []).append((h * w, values["peak_increase_mb"]))
+        for (tile, overlap, suffix), row in rows.items():  # memory against the whole image, same model
             if tile == 0:
                 continue
-            base = rows[(0, suffix)]["values"]
-            v = rows[(tile, suffix)]["values"]
+            v = row["values"]
+            if not has_whole:
+                tiled_without_whole.append((arch, h * w, v))
+                continue
+            base = next(r for (t, _, sfx), r in rows.items() if t == 0 and sfx == "")["values"]
             v["peak_rss_vs_whole"] = round(v["peak_rss_mb"] / base["peak_rss_mb"], 3)
             if base["peak_increase_mb"] > 0:
                 v["peak_increase_vs_whole"] = round(v["peak_increase_mb"] / base["peak_increase_mb"], 3)
+    for arch, pixels, v in tiled_without_whole:  # the whole image did not run: its peak estimated
+        fit = fit_whole_peak(whole_points.get(arch, []))
+        if fit is None:
+            continue
+        est = fit[0] + fit[1] * pixels
+        v["whole_peak_increase_mb_estimated"] = round(est, 1)
+        v["whole_peak_rss_mb_estimated"] = round(v["peak_rss_mb_before"] + est, 1)
+        v["whole_fit"] = {"intercept_mb": round(fit[0], 1), "kb_per_lr_pixel": round(fit[1] * 1024, 3),
+                          "sizes_lr_pixels": [n for n, _ in whole_points[arch]]}
+        v["peak_rss_vs_whole_estimated"] = round(v["peak_rss_mb"] / v["whole_peak_rss_mb_estimated"], 3)
+        v["peak_increase_vs_whole_estimated"] = round(v["peak_increase_mb"] / est, 3)
 
 
 # ------------------------------------------------------------------------------------ main
@@ -481,6 +551,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, help="runs per variant (overrides --quick)")
     parser.add_argument("--no-busy", action="store_true", help="skip the runs with a busy core")
     parser.add_argument("--upscale-repeats", type=int, help="runs per upscale variant (default 1)")
+    parser.add_argument("--upscale-large", action="store_true",
+                        help="upscale at large sizes (LR up to 2040x1356; ~15-20 min, ~7 GB peak)")
     parser.add_argument("--baseline-src", type=Path,
                         help="an older checkout's src/: one more variant per benchmark")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
@@ -504,7 +576,8 @@ def main(argv: list[str] | None = None) -> int:
                             baseline_src=args.baseline_src)
         if "upscale" in only:  # one run per variant (seconds to minutes each on a 2-core CPU)
             bench_upscale(rec, hr_dir, Path(tmp), args.upscale_repeats or 1,
-                          "dry" if args.dry_run else "quick" if args.quick else "full", args.dry_run,
+                          "dry" if args.dry_run else "large" if args.upscale_large
+                          else "quick" if args.quick else "full", args.dry_run,
                           baseline_src=args.baseline_src)
     path = rec.finish()
     m = rec.common["machine"]

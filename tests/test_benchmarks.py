@@ -61,3 +61,13 @@ def test_reference_imresize_is_close_but_not_exact():
     hr = rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)
     diff = np.abs(ref.imresize_uint8(hr, 1 / 4).astype(int) - imresize(hr, 1 / 4).astype(int))
     assert diff.max() <= 1
+
+
+def test_fit_whole_peak_is_a_line_through_the_sizes():
+    """The whole-image peak of a size too large to run is estimated by a line through measured ones."""
+    from benchmarks.__main__ import fit_whole_peak
+
+    assert fit_whole_peak([(1000, 50.0)]) is None  # one size: no line
+    assert fit_whole_peak([(1000, 50.0), (1000, 52.0)]) is None
+    intercept, slope = fit_whole_peak([(1000, 50.0), (3000, 90.0), (2000, 70.0)])
+    assert abs(intercept - 30.0) < 1e-9 and abs(slope - 0.02) < 1e-12

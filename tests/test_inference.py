@@ -66,9 +66,16 @@ def test_tiled_equals_whole_srresnet(lr_image, tile):
     assert np.abs(whole.astype(int) - seams.astype(int)).max() > 1
 
 
+def _equal_splits(n, tile):
+    """Tile starts and stops of n pixels in ceil(n / tile) tiles whose sizes differ by at most 1."""
+    k = -(-n // tile)
+    cuts = [i * n // k for i in range(k + 1)]
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
 def _upscale_before(image, model, scale, tile=None, overlap=16):
     """upscale_image as it was before the output was quantized tile by tile into a preallocated
-    uint8 image: a full float32 output, then one to_uint8 of all of it."""
+    uint8 image: a full float32 output, then one to_uint8 of all of it (with today's tiles)."""
     from sfsr.metrics import to_uint8
     from sfsr.tensors import to_float
 
@@ -79,10 +86,10 @@ def _upscale_before(image, model, scale, tile=None, overlap=16):
         if tile is None:
             return to_uint8(model(x).float())
         out = torch.empty(1, 3, h * scale, w * scale)
-        for y0 in range(0, h, tile):
-            y1, ya, yb = min(y0 + tile, h), max(y0 - overlap, 0), min(y0 + tile + overlap, h)
-            for x0 in range(0, w, tile):
-                x1, xa, xb = min(x0 + tile, w), max(x0 - overlap, 0), min(x0 + tile + overlap, w)
+        for y0, y1 in _equal_splits(h, tile):
+            ya, yb = max(y0 - overlap, 0), min(y1 + overlap, h)
+            for x0, x1 in _equal_splits(w, tile):
+                xa, xb = max(x0 - overlap, 0), min(x1 + overlap, w)
                 y = model(x[:, :, ya:yb, xa:xb]).float()
                 out[:, :, y0 * scale:y1 * scale, x0 * scale:x1 * scale] = \
                     y[:, :, (y0 - ya) * scale:(y1 - ya) * scale, (x0 - xa) * scale:(x1 - xa) * scale]
@@ -100,6 +107,35 @@ def test_tiles_quantized_in_place_give_the_same_bytes_as_before(lr_image, monkey
     model = Spread(build_generator("srresnet", 2, num_blocks=2, num_features=16))
     got = upscale_image(lr_image, scale=2, model=model, tile=tile, tile_overlap=16)
     np.testing.assert_array_equal(got, _upscale_before(lr_image, model, 2, tile))
+
+
+class RecordInputs(nn.Module):
+    """Records the (h, w) of every input of the wrapped model."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.shapes: list[tuple[int, int]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.shapes.append((x.shape[2], x.shape[3]))
+        return self.inner(x)
+
+
+@pytest.mark.parametrize(("tile", "overlap", "rows", "cols"), [
+    # 72 rows, 61 columns: tiles of 25 are 24+24+24 x 20+20+21, not 25+25+22 x 25+25+11
+    (25, 0, [24, 24, 24], [20, 20, 21]),
+    (25, 4, [28, 32, 28], [24, 28, 25]),  # + 4 px of context inside the image
+    (16, 3, [17, 20, 21, 20, 18], [18, 21, 21, 19]),  # cores 14,14,15,14,15 x 15,15,15,16
+    (40, 2, [38, 38], [32, 33]),
+])
+def test_tiles_are_balanced(lr_image, tile, overlap, rows, cols):
+    """Each axis is split into ceil(n / tile) tiles of nearly equal size (differing by at most one
+    pixel, none above ``tile``): the same tile count as steps of ``tile``, a smaller largest tile."""
+    model = RecordInputs(_tiny_shuffle_model(2))
+    out = upscale_image(lr_image, scale=2, model=model, tile=tile, tile_overlap=overlap)
+    assert out.shape == (144, 122, 3)
+    assert model.shapes == [(r, c) for r in rows for c in cols]
 
 
 def test_tiled_equals_whole_tiny_model_and_gray_input(lr_image):

@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="interpolation method when no --checkpoint is given")
     p.add_argument("--checkpoint", help="generator checkpoint written by sfsr training")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--tile", type=int, default=None, help="LR tile size (pixels) to bound memory")
+    p.add_argument("--tile", type=int, default=None,
+                   help="largest LR tile (pixels; each axis split into equal tiles) to bound memory")
     p.add_argument("--tile-overlap", type=int, default=16, help="LR pixels of overlap between tiles")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA only; ignored on CPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -3,10 +3,11 @@
 A generator always sees a float RGB ``1x3xHxW`` tensor in [0, 1] (gray images are replicated to
 three channels) and its output is quantized with :func:`sfsr.metrics.to_uint8` (clamp, x255,
 round half away from zero), so a saved PNG holds exactly the pixels the metrics evaluate. Large
-images can be processed in overlapping LR tiles: each tile is extended by ``tile_overlap`` LR
-pixels on every side, run through the model, and only its core is kept, so the result equals the
-whole-image result whenever the model's receptive-field radius is at most ``tile_overlap`` LR
-pixels (up to float rounding: within one grey level).
+images can be processed in overlapping LR tiles (each axis split into nearly equal tiles of at most
+``tile`` pixels): each tile is extended by ``tile_overlap`` LR pixels on every side, run through the
+model, and only its core is kept, so the result equals the whole-image result whenever the model's
+receptive-field radius is at most ``tile_overlap`` LR pixels (up to float rounding: within one grey
+level).
 """
 
 from __future__ import annotations
@@ -44,6 +45,16 @@ def _run_model(model: nn.Module, x: torch.Tensor, scale: int, bf16: bool) -> tor
     return y.float()
 
 
+def tile_bounds(n: int, tile: int) -> list[tuple[int, int]]:
+    """Split ``n`` pixels into ``ceil(n / tile)`` nearly equal tiles (sizes differ by at most one,
+    each at most ``tile``) as ``(start, stop)`` pairs: 510 with tiles of 256 is 255 + 255, not 256 +
+    254, and 339 is 169 + 170, not 256 + 83. The same number of tiles as fixed steps of ``tile``,
+    with the largest tile (which sets the peak memory) no larger and usually smaller."""
+    count = -(-n // tile)
+    cuts = [i * n // count for i in range(count + 1)]
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
 def upscale_image(image: np.ndarray, *, scale: int, model: nn.Module | None = None,
                   device: str | torch.device = "cpu", tile: int | None = None,
                   tile_overlap: int = 16, bf16: bool = False) -> np.ndarray:
@@ -51,8 +62,9 @@ def upscale_image(image: np.ndarray, *, scale: int, model: nn.Module | None = No
 
     ``model=None``: MATLAB-exact bicubic (:func:`sfsr.data.bicubic.imresize`), gray stays gray.
     With a model: the image is fed as float RGB in [0, 1] (gray replicated), under
-    ``torch.inference_mode`` in eval mode, optionally in overlapping LR tiles of ``tile`` pixels
-    with ``tile_overlap`` pixels of context on each side; bf16 autocast is used only when
+    ``torch.inference_mode`` in eval mode, optionally in overlapping LR tiles of at most ``tile``
+    pixels (each axis split into nearly equal tiles, :func:`tile_bounds`) with ``tile_overlap``
+    pixels of context on each side; bf16 autocast is used only when
     ``bf16`` is set and the device is CUDA. The model is moved to ``device``. Returns uint8
     ``(H*scale) x (W*scale) x 3``.
     """
@@ -81,11 +93,9 @@ def upscale_image(image: np.ndarray, *, scale: int, model: nn.Module | None = No
             if tile is None or (tile >= h and tile >= w):
                 _quantize_into(out, _run_model(model, x.to(dev), s, bf16))
             else:
-                for y0 in range(0, h, tile):
-                    y1 = min(y0 + tile, h)
+                for y0, y1 in tile_bounds(h, tile):
                     ya, yb = max(y0 - tile_overlap, 0), min(y1 + tile_overlap, h)
-                    for x0 in range(0, w, tile):
-                        x1 = min(x0 + tile, w)
+                    for x0, x1 in tile_bounds(w, tile):
                         xa, xb = max(x0 - tile_overlap, 0), min(x1 + tile_overlap, w)
                         y = _run_model(model, x[:, :, ya:yb, xa:xb].to(dev), s, bf16)
                         core = y[:, :, (y0 - ya) * s:(y1 - ya) * s, (x0 - xa) * s:(x1 - xa) * s]
