@@ -13,6 +13,23 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# The suite runs on two pytest-xdist workers (pyproject: -n 2 --dist loadfile), each on one torch /
+# OpenMP thread: two workers with two threads each oversubscribe a 2-core machine, where torch's
+# intra-op threads collapse (docs/PERFORMANCE.md). Set before any test module imports torch; the
+# snakemake jobs the tests start inherit it. A run without xdist (-n 0, -p no:xdist) keeps the defaults.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+#: Test files that take minutes (whole studies, installs, clusters, real signals): collected first, so
+#: that ``--dist loadfile`` starts them on the two workers at once instead of leaving one for last.
+HEAVY_FIRST = ["test_study.py", "test_readme.py", "test_bicubic.py", "test_config.py", "test_slurm.py",
+               "test_faults.py", "test_ddp.py", "test_training.py", "test_refsr.py", "test_workflow.py"]
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise
+
 
 def shared_data_dir() -> Path | None:
     env = os.environ.get("SFSR_SHARED_DATA")

@@ -17,7 +17,7 @@ from PIL import Image
 
 from sfsr.data.bicubic import imresize, modcrop
 from sfsr.errors import ConfigError, SfsrError
-from sfsr.metrics import image_metrics
+from sfsr.metrics import image_metrics, to_uint8
 from sfsr.models import build_generator, load_generator
 from sfsr.training import parts
 from sfsr.training.data import PatchDataset, load_validation_set, make_loader, make_lr_batch
@@ -143,7 +143,7 @@ def test_warmup_learns_to_beat_bicubic(photos, tmp_path):
     model, scale = load_generator(out)
     with torch.no_grad():
         lr = torch.from_numpy(imresize(hr, 1 / 2)).permute(2, 0, 1)[None].float() / 255
-        sr = (model(lr)[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+        sr = to_uint8(model(lr)[0])  # the pipeline's quantization (round half away from zero)
     psnr = image_metrics(hr, sr, 2)["psnr_y"]
     assert scale == 2
     assert psnr > bicubic + 0.3, f"trained {psnr:.2f} dB vs bicubic {bicubic:.2f} dB"
