@@ -130,7 +130,7 @@ SIGNAL_CASES = {  # model name: (what receives the signal, signal)
 }
 SIGNAL_MODEL = {"arch": "edsr_baseline", "scale": 2,
                 "kwargs": {"num_blocks": 1, "num_features": 16, "base": "bicubic"},
-                "warmup": {"iterations": 1000, "checkpoint_every": 25, "val_every": 100_000,
+                "warmup": {"iterations": 300, "checkpoint_every": 25, "val_every": 100_000,
                            "log_every": 50, "batch_size": 4, "lr_patch": 16, "lr": 1.0e-3, "threads": 1},
                 "gan": None, "semantic": None, "shared": None}
 
