@@ -71,3 +71,28 @@ def test_fit_whole_peak_is_a_line_through_the_sizes():
     assert fit_whole_peak([(1000, 50.0), (1000, 52.0)]) is None
     intercept, slope = fit_whole_peak([(1000, 50.0), (3000, 90.0), (2000, 70.0)])
     assert abs(intercept - 30.0) < 1e-9 and abs(slope - 0.02) < 1e-12
+
+
+def test_cpu_ceiling_counts_forward_and_backward_and_dry_run_writes_nothing(tmp_path):
+    """benchmarks/cpu_ceiling.py (issue 14 item 4's bound): a training step's counted FLOPs are its
+    forward's plus the backward's (about twice the forward: input and weight gradients, none for
+    the first layer's input), and the dry run leaves the results file alone."""
+    import torch
+
+    from benchmarks.cpu_ceiling import count_flops, training_step
+    from sfsr.models import build_generator
+
+    torch.manual_seed(0)
+    model = build_generator("msrresnet", 4, num_blocks=2, num_features=8, base="bilinear")
+    lr, hr = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 32, 32)
+    forward = count_flops(model, lr)
+    step = count_flops(training_step, model, torch.optim.Adam(model.parameters()), lr, hr)
+    assert forward > 0 and 2.5 * forward < step <= 3.0 * forward, (forward, step)
+
+    results = REPO / "benchmarks" / "results" / "cpu.jsonl"
+    before = results.read_bytes() if results.exists() else None
+    proc = subprocess.run([sys.executable, "benchmarks/cpu_ceiling.py", "--dry-run"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "fp32 GEMM ceiling" in proc.stdout and "2x BasicSR needs" in proc.stdout
+    assert (results.read_bytes() if results.exists() else None) == before
