@@ -22,8 +22,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 #: Test files that take minutes (whole studies, installs, clusters, real signals), collected first so
 #: that ``--dist loadfile`` starts the two longest on the two workers at once instead of leaving one for
-#: last. xdist queues two files per worker from the start: the two short files in third and fourth
-#: place are what waits behind the study and the README install, not the SLURM or signal tests.
+#: last. xdist hands a worker its next file while it has two or fewer tests pending, so the README's
+#: worker (two tests) takes a third file at once: two short ones sit there, not the SLURM or signal
+#: tests, which would wait behind the install.
 HEAVY_FIRST = ["test_study.py", "test_readme.py", "test_bicubic.py", "test_config.py", "test_slurm.py",
                "test_faults.py", "test_ddp.py", "test_training.py", "test_refsr.py", "test_workflow.py"]
 
