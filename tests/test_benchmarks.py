@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,10 +74,10 @@ def test_fit_whole_peak_is_a_line_through_the_sizes():
     assert abs(intercept - 30.0) < 1e-9 and abs(slope - 0.02) < 1e-12
 
 
-def test_cpu_ceiling_counts_forward_and_backward_and_dry_run_writes_nothing(tmp_path):
+def test_cpu_ceiling_counts_forward_and_backward_and_records_like_the_suite(tmp_path):
     """benchmarks/cpu_ceiling.py (issue 14 item 4's bound): a training step's counted FLOPs are its
     forward's plus the backward's (about twice the forward: input and weight gradients, none for
-    the first layer's input), and the dry run leaves the results file alone."""
+    the first layer's input), and its records carry what the suite's carry."""
     import torch
 
     from benchmarks.cpu_ceiling import count_flops, training_step
@@ -89,10 +90,18 @@ def test_cpu_ceiling_counts_forward_and_backward_and_dry_run_writes_nothing(tmp_
     step = count_flops(training_step, model, torch.optim.Adam(model.parameters()), lr, hr)
     assert forward > 0 and 2.5 * forward < step <= 3.0 * forward, (forward, step)
 
-    results = REPO / "benchmarks" / "results" / "cpu.jsonl"
-    before = results.read_bytes() if results.exists() else None
-    proc = subprocess.run([sys.executable, "benchmarks/cpu_ceiling.py", "--dry-run"], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.cpu_ceiling", "--dry-run", "--out", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "fp32 GEMM ceiling" in proc.stdout and "2x BasicSR needs" in proc.stdout
-    assert (results.read_bytes() if results.exists() else None) == before
+    rows = {r["variant"]: r for r in map(json.loads, (tmp_path / "cpu.jsonl").read_text().splitlines())}
+    assert set(rows) == {"fp32 GEMM 256x256", "bf16 GEMM 256x256", "msrresnet training step"}
+    for r in rows.values():
+        assert r["benchmark"] == "cpu_ceiling" and r["dry_run"] is True
+        for key in ("machine", "git_commit", "torch", "load_before", "median_s", "gflop_per_s"):
+            assert key in r, key
+    bound = rows["msrresnet training step"]["values"]
+    # the bound is the arithmetic of the measured numbers: the fastest step runs at the ceiling
+    assert bound["fastest_possible_step_s"] * bound["fp32_ceiling_gflop_per_s"] == \
+        pytest.approx(bound["step_gflop"])
+    assert bound["fp32_ceiling_gflop_per_s"] == pytest.approx(rows["fp32 GEMM 256x256"]["values"]["best_gflop_per_s"])
