@@ -66,16 +66,11 @@ def test_tiled_equals_whole_srresnet(lr_image, tile):
     assert np.abs(whole.astype(int) - seams.astype(int)).max() > 1
 
 
-def _equal_splits(n, tile):
-    """Tile starts and stops of n pixels in ceil(n / tile) tiles whose sizes differ by at most 1."""
-    k = -(-n // tile)
-    cuts = [i * n // k for i in range(k + 1)]
-    return list(zip(cuts[:-1], cuts[1:]))
-
-
 def _upscale_before(image, model, scale, tile=None, overlap=16):
     """upscale_image as it was before the output was quantized tile by tile into a preallocated
-    uint8 image: a full float32 output, then one to_uint8 of all of it (with today's tiles)."""
+    uint8 image: a full float32 output, then one to_uint8 of all of it (with today's tiles;
+    their shapes are pinned by test_tiles_are_balanced)."""
+    from sfsr.inference import tile_bounds
     from sfsr.metrics import to_uint8
     from sfsr.tensors import to_float
 
@@ -86,9 +81,9 @@ def _upscale_before(image, model, scale, tile=None, overlap=16):
         if tile is None:
             return to_uint8(model(x).float())
         out = torch.empty(1, 3, h * scale, w * scale)
-        for y0, y1 in _equal_splits(h, tile):
+        for y0, y1 in tile_bounds(h, tile):
             ya, yb = max(y0 - overlap, 0), min(y1 + overlap, h)
-            for x0, x1 in _equal_splits(w, tile):
+            for x0, x1 in tile_bounds(w, tile):
                 xa, xb = max(x0 - overlap, 0), min(x1 + overlap, w)
                 y = model(x[:, :, ya:yb, xa:xb]).float()
                 out[:, :, y0 * scale:y1 * scale, x0 * scale:x1 * scale] = \
