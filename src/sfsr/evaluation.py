@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -245,20 +245,18 @@ def summary_markdown(df: pd.DataFrame) -> str:
 # Classification accuracy of a frozen classifier
 # --------------------------------------------------------------------------------------------
 
-def _preprocess(image: np.ndarray, input_size: int, resize_size: int,
+def _preprocess(image: np.ndarray, view: Callable[[torch.Tensor], torch.Tensor],
                 mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 HxW[x3] -> float 3 x input_size x input_size (resize short side, centre crop, then
-    ``(x / 255 - mean) / std``)."""
+    """uint8 HxW[x3] -> float 3 x input_size x input_size: the classifier's evaluation ``view``
+    (:func:`sfsr.training.classifier.eval_transform`: short side resized, centre crop), then
+    ``(x / 255 - mean) / std``."""
     import torch
-    from torchvision.transforms.v2 import functional as TF
 
     image = to_rgb(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise DataError(f"classifier input must be uint8 HxW or HxWx3, got {image.dtype} {image.shape}")
     t = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)
-    t = TF.resize(t, [resize_size], antialias=True)
-    t = TF.center_crop(t, [input_size, input_size])
-    return (t.float() / 255.0 - mean) / std
+    return (view(t).float() / 255.0 - mean) / std
 
 
 def _manifest_items(folder: Path, manifest: pd.DataFrame | str | os.PathLike,
@@ -330,6 +328,7 @@ def classification_accuracy(
 
     from sfsr.models.classifier import Classifier
     from sfsr.tensors import eval_mode
+    from sfsr.training.classifier import eval_transform
 
     if isinstance(images, (str, os.PathLike)):
         if manifest is None:
@@ -351,16 +350,17 @@ def classification_accuracy(
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
     mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    view = eval_transform(input_size, resize_size)
     classifier.to(device)
     logits = []
     with eval_mode(classifier):
         with torch.inference_mode():
             for batch in tqdm(list(_batches(items, batch_size)), desc="classify", disable=not progress):
                 arrays = [read_image(x) if isinstance(x, Path) else x for x in batch]
-                x = torch.stack([_preprocess(a, input_size, resize_size, mean_t, std_t) for a in arrays])
+                x = torch.stack([_preprocess(a, view, mean_t, std_t) for a in arrays])
                 logits.append(classifier(x.to(device)).float().cpu())
-    acc = topk_accuracy(torch.cat(logits), torch.tensor(labels), ks=(1, 5))
     all_logits = torch.cat(logits)
+    acc = topk_accuracy(all_logits, torch.tensor(labels), ks=(1, 5))
     correct = (all_logits.topk(1, dim=1).indices[:, 0] == torch.tensor(labels)).tolist()  # as top1, per image
     names = [x.stem if isinstance(x, Path) else str(i) for i, x in enumerate(items)]
     return {"top1": acc[1], "top5": acc[5], "n": len(items), "correct_top1": correct, "images": names}
