@@ -73,8 +73,9 @@ def speed_flags(cfg: dict, device: torch.device, cpu_bf16: bool | None = None) -
     Each setting is ``false``, ``true`` (= ``auto``) or ``always``. ``true``/``auto``: on CUDA; on a
     CPU, bf16 only where it computes bfloat16 natively (:func:`cpu_has_native_bf16`; ``cpu_bf16``
     overrides the detection), channels_last and compile not at all, so the CPU default stays
-    bit-identical to contiguous float32 (emulated bf16 and compile were slower or no faster,
-    channels_last 1.15-1.35x faster on the AVX-512 test VM: docs/PERFORMANCE.md). ``always``: on
+    bit-identical to contiguous float32 (on the AVX-512 test VM emulated bf16 was 2.7-5.5x slower;
+    channels_last and compile 1.15-1.35x faster, compile after ~1 min of compilation:
+    docs/PERFORMANCE.md). ``always``: on
     any device (e.g. ``channels_last: always`` on a CPU)."""
     cuda = device.type == "cuda"
     native_bf16 = cuda or (cpu_has_native_bf16() if cpu_bf16 is None else cpu_bf16)
