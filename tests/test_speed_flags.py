@@ -1,5 +1,5 @@
-"""The training speed settings on CPU (sfsr.training.parts.speed_flags): native-bf16 detection from
-the CPU flags, bf16 only where the CPU has it unless forced (``always``), the default on a CPU
+"""The training speed settings on CPU (sfsr.training.speed.speed_flags): native-bf16 detection from
+the CPU flags (or SFSR_CPU_BF16), bf16 only where the CPU has it unless forced (``always``), the default on a CPU
 without it bit-identical to float32, and a forced bf16 run that follows the float32 one.
 
 Tiny models, real photo crops, CPU only.
@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from sfsr.errors import ConfigError
-from sfsr.training import parts
+from sfsr.training import speed
 from sfsr.training.loop import train
 from sfsr.training.settings import TRAINING_DEFAULTS, resolve_config
 
@@ -26,30 +26,71 @@ bugs\t\t: spectre_v1
 """
 
 
-def test_cpu_flags_and_native_bf16_detection():
-    plain = parts.cpu_flags(CPUINFO.format(extra=""))
-    assert {"avx512f", "avx512_vnni"} <= plain and not parts.cpu_has_native_bf16(plain)
-    assert parts.cpu_has_native_bf16(parts.cpu_flags(CPUINFO.format(extra=" avx512_bf16")))
-    assert parts.cpu_has_native_bf16(parts.cpu_flags(CPUINFO.format(extra=" amx_tile amx_bf16")))
-    assert not parts.cpu_has_native_bf16(parts.cpu_flags(CPUINFO.format(extra=" amx_tile")))
-    assert parts.cpu_flags("no flags here") == set()
+def test_cpu_flags_and_native_bf16_detection(detect):
+    plain = speed.cpu_flags(CPUINFO.format(extra=""))
+    assert {"avx512f", "avx512_vnni"} <= plain and not speed.cpu_has_native_bf16(plain)
+    assert speed.cpu_has_native_bf16(speed.cpu_flags(CPUINFO.format(extra=" avx512_bf16")))
+    assert speed.cpu_has_native_bf16(speed.cpu_flags(CPUINFO.format(extra=" amx_tile amx_bf16")))
+    assert not speed.cpu_has_native_bf16(speed.cpu_flags(CPUINFO.format(extra=" amx_tile")))
+    assert speed.cpu_flags("no flags here") == set()
+
+
+@pytest.fixture
+def detect(monkeypatch):
+    """The CPU detection, whatever SFSR_CPU_BF16 the suite runs under."""
+    monkeypatch.delenv(speed.CPU_BF16_ENV, raising=False)
 
 
 @pytest.mark.parametrize("native", [False, True])
-def test_speed_flags_on_cpu_follow_the_detected_flags(monkeypatch, native):
+def test_speed_flags_on_cpu_follow_the_detected_flags(monkeypatch, detect, native):
     extra = " amx_bf16" if native else ""
-    real = parts.cpu_flags
-    monkeypatch.setattr(parts, "cpu_flags", lambda cpuinfo=None: real(CPUINFO.format(extra=extra)))
+    real = speed.cpu_flags
+    monkeypatch.setattr(speed, "cpu_flags", lambda cpuinfo=None: real(CPUINFO.format(extra=extra)))
     cpu = torch.device("cpu")
-    defaults = {k: TRAINING_DEFAULTS[k] for k in parts.SPEED_FLAGS}
+    defaults = {k: TRAINING_DEFAULTS[k] for k in speed.SPEED_FLAGS}
     assert defaults == {"bf16": True, "channels_last": True, "compile": False}
-    assert parts.speed_flags(defaults, cpu) == {"bf16": native, "channels_last": False, "compile": False}
+    assert speed.speed_flags(defaults, cpu) == {"bf16": native, "channels_last": False, "compile": False}
     auto = {"bf16": "auto", "channels_last": "auto", "compile": "auto"}
-    assert parts.speed_flags(auto, cpu) == {"bf16": native, "channels_last": False, "compile": False}
+    assert speed.speed_flags(auto, cpu) == {"bf16": native, "channels_last": False, "compile": False}
     forced = {"bf16": "always", "channels_last": "always", "compile": False}
-    assert parts.speed_flags(forced, cpu) == {"bf16": True, "channels_last": True, "compile": False}
+    assert speed.speed_flags(forced, cpu) == {"bf16": True, "channels_last": True, "compile": False}
     off = {"bf16": False, "channels_last": False, "compile": False}
-    assert parts.speed_flags(off, cpu) == {"bf16": False, "channels_last": False, "compile": False}
+    assert speed.speed_flags(off, cpu) == {"bf16": False, "channels_last": False, "compile": False}
+
+
+@pytest.mark.parametrize("value,native", [("native", True), ("none", False), ("NATIVE", True), ("", None)])
+def test_the_detection_can_be_overridden(monkeypatch, value, native):
+    """SFSR_CPU_BF16 decides what ``bf16: true`` does on a CPU, whatever the CPU has; empty = detect."""
+    monkeypatch.setattr(speed, "cpu_flags", lambda cpuinfo=None: {"avx2"})  # no native bf16
+    monkeypatch.setenv(speed.CPU_BF16_ENV, value)
+    expected = False if native is None else native
+    assert speed.cpu_has_native_bf16() is expected
+    flags = speed.speed_flags({"bf16": True, "channels_last": True}, torch.device("cpu"))
+    assert flags == {"bf16": expected, "channels_last": False, "compile": False}
+
+
+def test_a_bad_override_names_the_variable(monkeypatch):
+    monkeypatch.setenv(speed.CPU_BF16_ENV, "yes")
+    with pytest.raises(ConfigError, match="SFSR_CPU_BF16='yes'.*'native'.*'none'"):
+        speed.cpu_has_native_bf16()
+
+
+def test_one_log_line_says_what_runs(monkeypatch, caplog):
+    monkeypatch.setattr(speed, "cpu_flags", lambda cpuinfo=None: {"avx2"})
+    cpu = torch.device("cpu")
+    cases = [({"bf16": True, "channels_last": True}, "", "float32 (bf16: True, ignored: no AVX512-BF16/AMX on "
+              "this CPU), contiguous, channels_last ignored on cpu (set 'always' to force)"),
+             ({"bf16": True}, "native", "bf16 autocast on (SFSR_CPU_BF16=native), contiguous"),
+             ({"bf16": "always", "channels_last": "always", "compile": "always"}, "",
+              "bf16 autocast on (forced: bf16 always; this CPU emulates bf16, slower than float32), "
+              "channels_last, torch.compile"),
+             ({"bf16": False}, "", "float32, contiguous")]
+    for cfg, env, line in cases:
+        monkeypatch.setenv(speed.CPU_BF16_ENV, env)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="sfsr.training"):
+            speed.speed_flags(cfg, cpu, what="classifier training")
+        assert caplog.messages == [f"classifier training on cpu: {line}"]
 
 
 def test_speed_settings_accept_auto_and_always_only():
@@ -57,7 +98,7 @@ def test_speed_settings_accept_auto_and_always_only():
         assert resolve_config({"arch": "srresnet", "scale": 4, "bf16": value})["bf16"] == value
     bad = resolve_config({"arch": "srresnet", "scale": 4, "bf16": "sometimes"})
     with pytest.raises(ConfigError, match="'bf16' is 'sometimes'"):
-        parts.speed_flags(bad, torch.device("cpu"))
+        speed.speed_flags(bad, torch.device("cpu"))
 
 
 def _cfg(**over) -> dict:
@@ -82,7 +123,7 @@ def _run(train_dir, out, **over):
 
 
 def test_default_on_a_cpu_without_native_bf16_is_float32_bit_for_bit(train_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(parts, "cpu_flags", lambda cpuinfo=None: {"avx512f", "avx512bw"})
+    monkeypatch.setenv(speed.CPU_BF16_ENV, "none")  # a CPU without native bf16
     default, flags, loss = _run(train_dir, tmp_path / "default", bf16=True, channels_last=True)
     assert flags == {"bf16": False, "channels_last": False, "compile": False}
     fp32, flags32, loss32 = _run(train_dir, tmp_path / "fp32", bf16=False, channels_last=False)

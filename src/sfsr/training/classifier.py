@@ -46,6 +46,7 @@ from sfsr.metrics import topk_accuracy
 from sfsr.models import build_classifier, count_parameters
 from sfsr.models.classifier import CLASSIFIER_NAMES, Classifier
 from sfsr.tensors import eval_mode, resolve_device, to_float
+from sfsr.training.speed import autocast_context, speed_flags
 from sfsr.training.state import load_state, save_state
 
 log = logging.getLogger("sfsr.training")
@@ -73,7 +74,7 @@ CLASSIFIER_DEFAULTS: dict[str, Any] = {
     "eta_min": 0.0,
     "label_smoothing": 0.0,
     "device": "auto",
-    "bf16": True,
+    "bf16": True,  # true = auto (sfsr.training.speed), always, false
     "channels_last": True,
     "num_workers": 4,
 }
@@ -275,7 +276,8 @@ def train_classifier(cfg: dict, *, dataset_dir: str | os.PathLike, out_dir: str 
     start from that classifier.pt's weights (same classes) instead of ``cfg['weights']``.
 
     ``cfg``: settings over :data:`CLASSIFIER_DEFAULTS`. ``device='auto'`` defers to
-    ``cfg['device']``. bf16 autocast and channels_last are used on CUDA only. An existing
+    ``cfg['device']``. bf16 autocast and channels_last as the SR stages' (:mod:`sfsr.training.speed`:
+    true = on CUDA, bf16 also on a CPU with native bf16; always = on any device). An existing
     ``out_dir/state/last.pt`` is resumed (epoch granularity; the data order and augmentation of
     epoch ``e`` depend only on ``(seed, e)``, so an interrupted run ends where an uninterrupted one
     would). A non-finite training loss raises SfsrError; the last saved state is kept."""
@@ -284,10 +286,9 @@ def train_classifier(cfg: dict, *, dataset_dir: str | os.PathLike, out_dir: str 
     state_path, best_path = out_dir / "state" / "last.pt", out_dir / "state" / "best.pt"
     dev = resolve_device(cfg["device"] if device == "auto" else device, "classifier.device")
     cuda = dev.type == "cuda"
-    bf16, channels_last = bool(cfg["bf16"]) and cuda, bool(cfg["channels_last"]) and cuda
-    if not cuda and (cfg["bf16"] or cfg["channels_last"]):
-        log.info("classifier training on %s: bf16/channels_last ignored (GPU-only)", dev.type)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    flags = speed_flags(cfg, dev, what="classifier training")
+    bf16, channels_last = flags["bf16"], flags["channels_last"]
+    autocast = autocast_context(flags, dev)
     epochs = cfg["epochs"]
     stop = epochs if max_epochs is None else min(epochs, int(max_epochs))
     provenance.seed_everything(seed)

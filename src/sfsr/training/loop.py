@@ -52,9 +52,9 @@ from sfsr.training.data import (ManifestPatchDataset, PatchDataset, RefPairDatas
                                 load_reference_validation, load_validation_items, make_loader, make_lr_batch,
                                 select_training_images, whole_image_lr_patch)
 from sfsr.training.lr_head import save_lr_head, validate_head
-from sfsr.training.parts import (FrozenClassifier, Parts, build_generator_part, build_parts,
-                                 frozen_classifier, speed_flags)
+from sfsr.training.parts import FrozenClassifier, Parts, build_generator_part, build_parts, frozen_classifier
 from sfsr.training.settings import resolve_config, stage_weights
+from sfsr.training.speed import speed_flags
 from sfsr.training.stages import STAGES, Stage
 from sfsr.training.state import (file_sha256, load_state, rng_state, run_fingerprint, save_state,
                                  set_rng_state)

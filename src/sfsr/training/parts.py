@@ -1,4 +1,4 @@
-"""What one training stage trains and with what: device and speed settings, the frozen classifier,
+"""What one training stage trains and with what: the frozen classifier,
 the generator (and LR head), EMA, discriminator, loss terms and optimisers, built from the stage's
 entry in :data:`sfsr.training.stages.STAGES` and its settings.
 
@@ -9,7 +9,6 @@ training state (``state/last.pt``).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -26,80 +25,10 @@ from sfsr.models import build_discriminator, build_generator
 from sfsr.semantic import LRClassificationHead, SharedFeatureModel, load_semantic_prior
 from sfsr.training.classifier import load_classifier
 from sfsr.training.ema import make_ema
+from sfsr.training.speed import autocast_context
 from sfsr.training.stages import SEMANTIC_TERMS, Stage
 
 log = logging.getLogger("sfsr.training")
-
-SPEED_FLAGS = ("bf16", "channels_last", "compile")
-
-
-# ----------------------------------------------------------------------------- speed
-#: CPU flags (``/proc/cpuinfo``) of native bfloat16 arithmetic: AVX512-BF16 or AMX-BF16 (Intel
-#: Cooper Lake / Sapphire Rapids and later, AMD Zen 4 and later). Without them oneDNN emulates bf16
-#: with AVX-512 and a bf16 step is slower than float32 (docs/PERFORMANCE.md).
-CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-def cpu_flags(cpuinfo: str | None = None) -> set[str]:
-    """The CPU feature flags of the first processor in ``/proc/cpuinfo`` (or of ``cpuinfo``, its
-    text); empty where there is none (not Linux)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return set(value.split())
-    return set()
-
-
-def cpu_has_native_bf16(flags: set[str] | None = None) -> bool:
-    """Whether the CPU computes bfloat16 natively (:data:`CPU_BF16_FLAGS`). ``flags``: the CPU's
-    flags (default: :func:`cpu_flags`, and torch's own check where /proc/cpuinfo says nothing)."""
-    if flags is None:
-        flags = cpu_flags()
-        if not flags:
-            cpu = getattr(torch, "cpu", None)
-            return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
-                        or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
-    return any(f in flags for f in CPU_BF16_FLAGS)
-
-
-def speed_flags(cfg: dict, device: torch.device, cpu_bf16: bool | None = None) -> dict[str, bool]:
-    """bf16 / channels_last / compile as they apply on ``device``; also sets the CUDA matmul settings.
-
-    Each setting is ``false``, ``true`` (= ``auto``) or ``always``. ``true``/``auto``: on CUDA; on a
-    CPU, bf16 only where it computes bfloat16 natively (:func:`cpu_has_native_bf16`; ``cpu_bf16``
-    overrides the detection), channels_last and compile not at all, so the CPU default stays
-    bit-identical to contiguous float32 (on the AVX-512 test VM emulated bf16 was 2.7-5.5x slower;
-    channels_last and compile 1.15-1.35x faster, compile after ~1 min of compilation:
-    docs/PERFORMANCE.md). ``always``: on
-    any device (e.g. ``channels_last: always`` on a CPU)."""
-    cuda = device.type == "cuda"
-    native_bf16 = cuda or (cpu_has_native_bf16() if cpu_bf16 is None else cpu_bf16)
-    flags = {}
-    for k in SPEED_FLAGS:
-        value = cfg[k]
-        if not any(value is v for v in (True, False)) and value not in ("auto", "always"):
-            raise ConfigError(f"training setting '{k}' is {value!r}; allowed: true, false, auto, always")
-        if value == "always":
-            flags[k] = True
-        elif value is True or value == "auto":
-            flags[k] = native_bf16 if k == "bf16" else cuda
-        else:
-            flags[k] = False
-    ignored = [k for k in SPEED_FLAGS if cfg[k] and not flags[k]]
-    if ignored:
-        log.info("training on %s: %s ignored (GPU-only speed settings, or bf16 on a CPU without "
-                 "AVX512-BF16/AMX)", device.type, ", ".join(ignored))
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
-    return flags
-
 
 # ----------------------------------------------------------------------------- optimisation
 def make_optimizer(params, cfg: dict, lr: float) -> torch.optim.Optimizer:
@@ -282,8 +211,7 @@ def build_parts(st: Stage, cfg: dict, weights: dict[str, float], generator: nn.M
         [*weights, "g_total"] + (["d_loss"] if disc is not None else [])
     if hasattr(generator, "offset_magnitudes") and getattr(generator, "use_reference", False):
         columns.append("offset")  # mean |offset| of the deformable layers (LR-feature pixels), logged
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if flags["bf16"] \
-        else contextlib.nullcontext
+    autocast = autocast_context(flags, device)
     return Parts(generator=generator, head=head, trainable=trainable, ema=ema, opt_g=opt_g,
                  sched_g=sched_g, disc=disc, opt_d=opt_d, sched_d=sched_d, weights=weights,
                  columns=columns, pixel=pix, perceptual=perceptual, adversarial=adv, ragan=ragan,
