@@ -135,8 +135,12 @@ class DeformableAlignment(nn.Module):
         from torchvision.ops import deform_conv2d  # here: importing torchvision costs every job ~1.5 s
 
         offset = self.offsets(lr_features, ref_features)
-        aligned = deform_conv2d(ref_features, offset.to(ref_features.dtype), self.weight, self.bias, padding=1)
-        return aligned, offset
+        # torchvision's CPU kernel has no bfloat16 (half) version: under autocast the op runs in
+        # float32 and returns the input's dtype, as torchvision's own CUDA autocast wrapper does
+        with torch.autocast(ref_features.device.type, enabled=False):
+            aligned = deform_conv2d(ref_features.float(), offset.float(), self.weight.float(),
+                                    self.bias.float(), padding=1)
+        return aligned.to(ref_features.dtype), offset
 
 
 class SSEN(SRGenerator):
