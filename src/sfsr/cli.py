@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=None,
                    help="largest LR tile (pixels; each axis split into equal tiles) to bound memory")
     p.add_argument("--tile-overlap", type=int, default=16, help="LR pixels of overlap between tiles")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA only; ignored on CPU)")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (on a CPU without AVX512-BF16/AMX emulated: slower than float32)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("input", help="an image file or a folder of images")
     p.add_argument("output", help="output PNG file (for one image) or folder")

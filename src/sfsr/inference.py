@@ -33,8 +33,7 @@ from sfsr.tensors import eval_mode, resolve_device, to_float  # resolve_device: 
 
 
 def _run_model(model: nn.Module, x: torch.Tensor, scale: int, bf16: bool) -> torch.Tensor:
-    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and x.device.type == "cuda"
-           else contextlib.nullcontext())
+    amp = torch.autocast(x.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     with amp:
         y = model(x)
     expected = (x.shape[2] * scale, x.shape[3] * scale)
@@ -64,8 +63,8 @@ def upscale_image(image: np.ndarray, *, scale: int, model: nn.Module | None = No
     With a model: the image is fed as float RGB in [0, 1] (gray replicated), under
     ``torch.inference_mode`` in eval mode, optionally in overlapping LR tiles of at most ``tile``
     pixels (each axis split into nearly equal tiles, :func:`tile_bounds`) with ``tile_overlap``
-    pixels of context on each side; bf16 autocast is used only when
-    ``bf16`` is set and the device is CUDA. The model is moved to ``device``. Returns uint8
+    pixels of context on each side; ``bf16``: bfloat16 autocast on the device (on a CPU without
+    native bf16 it is emulated: correct, slower than float32). The model is moved to ``device``. Returns uint8
     ``(H*scale) x (W*scale) x 3``.
     """
     image = np.asarray(image)
