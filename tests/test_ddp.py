@@ -49,7 +49,8 @@ def _cfg(**over) -> dict:
     Adam amplifies it to ~5e-4 after 200 iterations)."""
     cfg = dict(arch="edsr_baseline", scale=2, kwargs=dict(num_blocks=1, num_features=8, base="bicubic"),
                iterations=20, batch_size=4, lr_patch=8, lr=1e-3, log_every=1, val_every=10,
-               checkpoint_every=5, num_workers=0, ema_decay=0.9)
+               checkpoint_every=5, num_workers=0, ema_decay=0.9,
+               bf16=False)  # the tolerances are float32 rounding's (on a native-bf16 CPU, true = bf16)
     cfg.update(over)
     return cfg
 

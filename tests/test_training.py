@@ -164,7 +164,8 @@ def test_residual_warmup_starts_at_bicubic_and_improves_in_100_iterations(shared
     # SRResNet's 9x9 convs need a lower learning rate to start (docs/training.md, finding 2)
     cfg = tiny_cfg(arch=arch, scale=4, kwargs=kwargs, iterations=100, batch_size=8, lr_patch=12,
                    lr=2e-4 if arch == "srresnet" else 1e-3, val_every=100, checkpoint_every=100,
-                   log_every=20, ema_decay=None, scheduler="constant")
+                   log_every=20, ema_decay=None, scheduler="constant",
+                   bf16=False)  # float32 on every CPU: the residual base is tested, not the dtype
     train("warmup", cfg, train_hr_dirs=[set5], valid_hr_dirs=[set5], out_dir=tmp_path, device="cpu", seed=0)
     log = pd.read_csv(tmp_path / "train_log.csv")
     val = log.dropna(subset=["val_psnr_y"]).set_index("iteration")
@@ -175,11 +176,13 @@ def test_residual_warmup_starts_at_bicubic_and_improves_in_100_iterations(shared
     assert val.loc[100, "val_psnr_y"] > val.loc[0, "val_psnr_y"] + 0.05, val[["val_psnr_y"]]
 
 
-def test_resume_after_forced_stop(photos, tmp_path, caplog):
+def test_resume_after_forced_stop(photos, tmp_path, caplog, monkeypatch):
+    monkeypatch.setenv("SFSR_CPU_BF16", "none")  # as on a CPU without native bf16, whatever runs the test
     kw = dict(train_hr_dirs=[photos["train"]], valid_hr_dirs=[photos["valid"]], device="cpu", seed=0)
     with caplog.at_level(logging.INFO, logger="sfsr.training"):
         first = train("warmup", tiny_cfg(), out_dir=tmp_path / "a", max_iterations=3, **kw)
-    assert "bf16, channels_last ignored" in caplog.text
+    assert ("training on cpu: float32 (bf16: True, ignored: SFSR_CPU_BF16=none), contiguous, "
+            "channels_last ignored on cpu (set 'always' to force)") in caplog.text
     assert first == tmp_path / "a" / "state" / "last.pt" and not (tmp_path / "a" / "generator.pt").exists()
     state = torch.load(first, weights_only=True)
     assert state["iteration"] == 3
