@@ -1,6 +1,7 @@
 """Loading and checking the study configuration.
 
-``config.yaml`` is validated against ``config.schema.yaml`` (JSON Schema): first by
+``config.yaml`` is validated against ``config.schema.yaml`` (JSON Schema; shipped inside the package,
+:mod:`sfsr.schema`): first by
 :func:`check_schema`, which turns the most relevant schema violation into one sentence naming the key
 and its location, then by ``snakemake.utils.validate``, which also fills in every default. After
 that :func:`check_references` verifies what a schema cannot express (a dataset referenced by a split
@@ -17,11 +18,13 @@ from typing import Any
 import jsonschema
 import yaml
 
+from sfsr import schema as _schema
 from sfsr.errors import ConfigError
 from sfsr.training.stages import CLASSIFIER_STAGES
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_SCHEMA = REPO_ROOT / "config.schema.yaml"
+#: The schema shipped with this package (:func:`sfsr.schema.resource`; in a checkout the top-level
+#: ``config.schema.yaml`` links to it).
+DEFAULT_SCHEMA = _schema.resource()
 
 #: Top-level keys that list dataset names.
 DATASET_LISTS = ("train", "valid", "test", "classification", "refsr", "refsr_train", "refsr_valid")
@@ -69,9 +72,9 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"'{where}': {error.message}."
 
 
-def load_schema(path: str | Path = DEFAULT_SCHEMA) -> dict:
-    with open(path, encoding="utf-8") as fh:
-        return yaml.safe_load(fh)
+def load_schema(path: str | Path | None = None) -> dict:
+    """The schema at ``path`` (default: the package's own); :class:`ConfigError` if it cannot be read."""
+    return _schema.load(path)
 
 
 def check_schema(config: dict, schema: dict, source: str = "config") -> None:
@@ -266,13 +269,17 @@ def expand_seeds(config: dict) -> dict[str, tuple[str, int]]:
     return out
 
 
-def validate(config: dict, schema_path: str | Path = DEFAULT_SCHEMA, source: str = "config") -> dict:
-    """Validate ``config`` in place (defaults filled by snakemake.utils.validate) and return it."""
+def validate(config: dict, schema_path: str | Path | None = None, source: str = "config") -> dict:
+    """Validate ``config`` in place (defaults filled by snakemake.utils.validate) and return it
+    (``schema_path``: default the package's own schema)."""
+    from importlib.resources import as_file
+
     from snakemake.utils import validate as snakemake_validate
 
     schema = load_schema(schema_path)
     check_schema(config, schema, source)
-    snakemake_validate(config, str(schema_path), set_default=True)
+    with as_file(_schema.resource() if schema_path is None else Path(schema_path)) as path:
+        snakemake_validate(config, str(path), set_default=True)
     # snakemake fills defaults of properties it visits; nested $ref'd objects inside
     # additionalProperties that were absent (e.g. datasets.X.split) get theirs here.
     split_defaults = {k: v["default"] for k, v in schema["$defs"]["split"]["properties"].items()}
@@ -307,7 +314,7 @@ def check_training(config: dict) -> None:
                 raise ConfigError(f"config key 'models.{name}.{stage}' (merged over 'training'): {exc}") from None
 
 
-def load(path: str | Path, schema_path: str | Path = DEFAULT_SCHEMA) -> dict:
+def load(path: str | Path, schema_path: str | Path | None = None) -> dict:
     """Read a YAML config file and validate it (for scripts and tests outside Snakemake)."""
     path = Path(path)
     try:

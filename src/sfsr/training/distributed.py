@@ -166,6 +166,19 @@ def _stream(stream: Any) -> Any:
         return None
 
 
+def _worker_path() -> list[str]:
+    """The workers' PYTHONPATH: the folder holding this sfsr first, so that they import the same
+    code (a checkout's src/, which the workflow scripts put on sys.path, or a ``pip install --target``
+    folder), then the current PYTHONPATH. An installed sfsr's site-packages is left off: the
+    interpreter finds it there anyway, and on PYTHONPATH it would come before the standard library."""
+    import site
+
+    here = Path(__file__).resolve().parents[2]  # <folder>/sfsr/training/distributed.py
+    site_dirs = {Path(p).resolve() for p in [*site.getsitepackages(), site.getusersitepackages()]}
+    current = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return current if here in site_dirs else [str(here), *current]
+
+
 def launch(nproc: int, stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
            valid_hr_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
            init_checkpoint: str | os.PathLike | None = None, device: str = "auto", seed: int = 0,
@@ -181,8 +194,9 @@ def launch(nproc: int, stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | o
                 init_checkpoint=str(init_checkpoint) if init_checkpoint is not None else None,
                 device=device, seed=seed, max_iterations=max_iterations,
                 classifier_checkpoint=str(classifier_checkpoint) if classifier_checkpoint is not None else None)
-    src = str(Path(__file__).resolve().parents[2])  # this checkout's sfsr, also in the workers
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(_worker_path())}
+    if not env["PYTHONPATH"]:
+        del env["PYTHONPATH"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={int(nproc)}",
            "-m", "sfsr.training.distributed", json.dumps(args)]
     log.info("training on %d processes: %s '<train arguments>'", nproc, " ".join(cmd[:-1]))

@@ -1,6 +1,7 @@
 """Settings of one SR training stage, torch-free (the workflow checks them when it is parsed).
 
-* :data:`TRAINING_DEFAULTS`: the ``training`` config section's defaults, read from config.schema.yaml.
+* :data:`TRAINING_DEFAULTS`: the ``training`` config section's defaults, read from config.schema.yaml
+  (the package's own, :mod:`sfsr.schema`).
 * :func:`stage_config`: the flat settings of ``models.<model>.<stage>`` (defaults < ``training`` <
   the model's stage section, plus the model's arch, scale and kwargs; the stages on the
   classification set take the top-level ``semantic_train_split`` as their ``train_split``).
@@ -12,26 +13,23 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
-import yaml
-
+from sfsr import schema as _schema
 from sfsr.errors import ConfigError
 from sfsr.training.stages import LOSS_TERMS, STAGES
 
-#: The configuration schema, whose ``training`` section holds the training defaults.
-SCHEMA_PATH = Path(__file__).resolve().parents[3] / "config.schema.yaml"
 
-
-def _schema_training_defaults(path: Path = SCHEMA_PATH) -> dict[str, Any]:
-    """``{key: default}`` of the schema's ``training`` properties (read once, at import)."""
+def _schema_training_defaults(path=None) -> dict[str, Any]:
+    """``{key: default}`` of the schema's ``training`` properties (read once, at import; ``path``:
+    default the package's own schema, :func:`sfsr.schema.resource`)."""
+    schema = _schema.load(path)  # ConfigError naming the file (and how to reinstall) if unreadable
     try:
-        schema = yaml.safe_load(path.read_text(encoding="utf-8"))
         return {k: v["default"] for k, v in schema["properties"]["training"]["properties"].items()}
-    except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
-        raise ConfigError(f"cannot read the training defaults from {path} ({type(exc).__name__}: {exc}); "
-                          "the schema at the repository root is their one source") from exc
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"cannot read the training defaults from the configuration schema "
+                          f"{path or _schema.resource()} ({type(exc).__name__}: {exc}); its "
+                          "properties.training section is their one source") from exc
 
 
 #: Defaults of the ``training`` config section, as config.schema.yaml gives them (its one source);
