@@ -1,7 +1,10 @@
 """A whole (tiny) study through the DAG: data -> classifier -> warm-up -> GAN -> evaluation ->
 classification accuracy -> figures -> summary -> Snakemake report, then the report in a browser.
 
-One module-scoped run serves all tests here; the settings only shrink sizes and budgets.
+One module-scoped run serves all tests here; the settings only shrink sizes and budgets. It runs as
+on a CPU with native bf16 (``SFSR_CPU_BF16=native``: config.yaml's ``bf16: true`` then turns CPU
+autocast on in every training job), whatever CPU runs the suite; the README test runs the default
+study with the CPU's own detection.
 """
 
 from __future__ import annotations
@@ -51,8 +54,20 @@ STAGES = {"warmup": 6, "gan": 4, "semantic": 4, "shared": 4, "semantic_control":
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     work = tmp_path_factory.mktemp("study")
-    run_snakemake(work, config=TINY)  # rule all
+    run_snakemake(work, config=TINY, env={"SFSR_CPU_BF16": "native"})  # rule all
     return work, work / "results" / "default"
+
+
+def test_every_training_job_ran_bf16_autocast_as_on_a_native_bf16_cpu(study):
+    _, res = study
+    provenances = [*res.glob("models/*/*/provenance.json"), *res.glob("classifier/*/**/provenance.json")]
+    assert len(provenances) >= len(STAGES) + 2 + 3  # SR stages, both SSEN, prior + judge + LR baseline
+    for path in provenances:
+        assert json.loads(path.read_text())["speed_flags"]["bf16"] is True, path
+    logs = [p for pattern in ("train_*", "pretrain_*", "finetune_*") for p in res.glob(f"logs/{pattern}/**/*.log")]
+    assert len(logs) == len(provenances)
+    for log in logs:
+        assert "on cpu: bf16 autocast on (SFSR_CPU_BF16=native)" in log.read_text(), log
 
 
 def test_every_stage_produced_its_outputs(study):

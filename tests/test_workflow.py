@@ -29,8 +29,9 @@ NO_REFSR = {"refsr_models": [], "refsr_train": [], "refsr_valid": [], "refsr": [
 
 
 def run_snakemake(workdir: Path, *args: str, config: dict | None = None, check: bool = True,
-                  configfile: Path | None = None) -> subprocess.CompletedProcess:
-    """Run the repo's Snakefile in ``workdir`` with data/results redirected there."""
+                  configfile: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the repo's Snakefile in ``workdir`` with data/results redirected there (``env``: extra
+    environment variables of the run and its jobs)."""
     overrides = {"data_dir": str(workdir / "data"), "results_dir": str(workdir / "results")}
     overrides.update(config or {})
     override_file = workdir / "test-overrides.yaml"
@@ -43,7 +44,7 @@ def run_snakemake(workdir: Path, *args: str, config: dict | None = None, check: 
         cmd.append(str(configfile))
     cmd.append(str(override_file))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
                              f"{proc.stderr[-8000:]}")
