@@ -147,3 +147,17 @@ def test_forced_bf16_on_cpu_follows_the_float32_run(train_dir, tmp_path):
     for k in fp32:
         if fp32[k].is_floating_point():
             assert torch.allclose(bf16[k], fp32[k], rtol=0.05, atol=2e-3), k
+
+
+def test_provenance_records_the_cpu_and_the_override(monkeypatch):
+    """What can change the last bits of a result across machines is recorded beside it."""
+    from sfsr import provenance
+
+    text = "processor\t: 0\nmodel name\t: AMD EPYC 9R14 96-Core Processor\nflags\t\t: avx2\n"
+    assert provenance.cpu_model(text) == "AMD EPYC 9R14 96-Core Processor"
+    monkeypatch.setenv(speed.CPU_BF16_ENV, "native")
+    info = provenance.device_info()
+    assert info["SFSR_CPU_BF16"] == "native" and info["torch_threads"] == torch.get_num_threads()
+    assert info["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and info["cpu"]
+    monkeypatch.delenv(speed.CPU_BF16_ENV)
+    assert "SFSR_CPU_BF16" not in provenance.device_info()

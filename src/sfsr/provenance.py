@@ -46,12 +46,32 @@ def git_commit(start: str | os.PathLike | None = None) -> str:
     return sha + ("-dirty" if dirty else "")
 
 
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's model name (``/proc/cpuinfo``; else :func:`platform.processor`)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            return value.strip()
+    return platform.processor() or "unknown"
+
+
 def device_info() -> dict[str, Any]:
+    """The machine: host, platform, CPU model and count, torch's CPU kernel level (AVX2, AVX512, ...)
+    and threads, ``SFSR_CPU_BF16`` where set (results can differ in the last bits across these:
+    docs/reproducibility.md), and the GPU."""
     info: dict[str, Any] = {"host": platform.node(), "platform": platform.platform(),
-                            "cpu_count": os.cpu_count()}
+                            "cpu": cpu_model(), "cpu_count": os.cpu_count()}
+    if os.environ.get("SFSR_CPU_BF16"):
+        info["SFSR_CPU_BF16"] = os.environ["SFSR_CPU_BF16"]
     try:
         import torch
 
+        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        info["torch_threads"] = torch.get_num_threads()
         info["cuda"] = torch.cuda.is_available()
         if info["cuda"]:
             info["gpu"] = torch.cuda.get_device_name(0)
