@@ -105,3 +105,33 @@ def test_cpu_ceiling_counts_forward_and_backward_and_records_like_the_suite(tmp_
     assert bound["fastest_possible_step_s"] * bound["fp32_ceiling_gflop_per_s"] == \
         pytest.approx(bound["step_gflop"])
     assert bound["fp32_ceiling_gflop_per_s"] == pytest.approx(rows["fp32 GEMM 256x256"]["values"]["best_gflop_per_s"])
+
+
+def test_compare_studies_pairs_the_rows_and_flags_a_large_difference(tmp_path, capsys):
+    """benchmarks.compare_studies on two results folders: differences per (model, dataset, scale) and
+    per (set, judge, input), b - a; exit 1 when |ΔPSNR-Y| exceeds --max-db."""
+    import pandas as pd
+
+    from benchmarks import compare_studies
+
+    def run(name, psnr, top1):
+        root = tmp_path / name
+        (root / "metrics").mkdir(parents=True)
+        (root / "classification" / "cls_x4").mkdir(parents=True)
+        pd.DataFrame({"model": ["bicubic", "srresnet_x4"], "dataset": "test", "scale": 4, "n": 3,
+                      "psnr_y": psnr, "ssim_y": [0.8, 0.82], "psnr_rgb": psnr}).to_csv(root / "metrics" / "summary.csv")
+        pd.DataFrame({"dataset": "cls", "scale": 4, "judge": ["prior", "prior"], "input": ["hr", "srresnet_x4"],
+                      "top1": top1, "n": 48}).to_csv(root / "classification" / "cls_x4" / "accuracy.csv")
+        return root
+
+    a = run("fp32", [29.19, 29.91], [0.75, 0.5])
+    b = run("bf16", [29.19, 29.82], [0.75, 0.5208])
+    q, acc = compare_studies.quality(a, b), compare_studies.accuracy(a, b)
+    assert q.set_index("model").loc["srresnet_x4", "psnr_y_diff"] == pytest.approx(-0.09)
+    assert q.set_index("model").loc["bicubic", "psnr_y_diff"] == 0
+    assert acc.set_index("input").loc["srresnet_x4", "top1_diff"] == pytest.approx(0.0208)
+    out = tmp_path / "table.md"
+    assert compare_studies.main([str(a), str(b), "--labels", "fp32", "bf16", "--out", str(out)]) == 0
+    assert "ΔPSNR-Y (dB)" in out.read_text() and "-0.0900" in out.read_text()
+    assert compare_studies.main([str(a), str(b), "--max-db", "0.05"]) == 1
+    assert "largest |ΔPSNR-Y| 0.0900 dB > 0.05 dB" in capsys.readouterr().err
