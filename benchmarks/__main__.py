@@ -56,6 +56,7 @@ SRC = REPO / "src"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
+import sfsr  # noqa: E402,F401  first: sfsr's threading policy (sfsr.threads) before anything loads torch
 from benchmarks import basicsr_ref as ref  # noqa: E402
 
 DEFAULT_HR = Path("/work/shared/data/benchmark/Set14/HR")
