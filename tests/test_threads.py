@@ -125,7 +125,7 @@ HEAVY = {"torch", "torchvision", "sklearn", "lpips"}
 
 @pytest.mark.parametrize("path", sorted((REPO / "workflow_scripts").glob("*.py")) +
                          [REPO / "benchmarks" / name for name in
-                          ("__main__.py", "train_speed.py", "cpu_ceiling.py")],
+                          ("__main__.py", "train_speed.py", "cpu_ceiling.py", "contention.py")],
                          ids=lambda p: p.name)
 def test_entry_points_import_sfsr_before_torch(path):
     """Every torch job imports sfsr (and so its threading policy) before anything that loads torch.
