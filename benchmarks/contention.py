@@ -17,7 +17,8 @@ is a child process of its own (``python -m benchmarks.contention --child``) star
 environment, which imports torch before sfsr (so sfsr's own policy, :mod:`sfsr.threads`, cannot
 change the candidate), except the candidate ``sfsr policy``, which imports sfsr first as every job
 does and so measures what sfsr applies. All children are started at once and wait on a pipe; steps are
-interleaved (one step per candidate in turn, the order rotated every round), so drift in the load
+interleaved (one step per candidate in turn, the order rotated every round, 50 ms between steps so
+that the spin-waiting threads of one child do not run into the next one's step), so drift in the load
 affects all alike. Warm-up steps are run before the timed ones of each model and phase.
 
 Each row (one per model, candidate and phase) is recorded through the suite's :class:`Recorder`
@@ -58,6 +59,9 @@ CANDIDATES: dict[str, tuple[dict[str, str], int | None, bool]] = {
 }
 DRY_CANDIDATES = ["default", "sfsr policy"]
 REFERENCE = "default"
+#: Pause before each timed step: longer than libgomp's default spin (300000 iterations, a few ms) of
+#: the child that ran the step before, which would otherwise take a core from the next one.
+SETTLE_S = 0.05
 
 #: MSRResNet as benchmarks/train_speed.py and cpu_ceiling.py time it (issue 14's setting).
 MSRRESNET = ("msrresnet_16x64", {"arch": "msrresnet", "scale": 4, "kwargs": {"num_blocks": 16, "num_features": 64},
@@ -223,6 +227,7 @@ def bench_contention(rec: Any, repeats: int, dry_run: bool, busy: bool = True,
     if REFERENCE not in names:
         names = [REFERENCE, *names]
     warmup = warmup if warmup is not None else (0 if dry_run else 2)
+    settle = 0.0 if dry_run else SETTLE_S
     children = {n: Child(n, *CANDIDATES[n]) for n in names}
     rows = []
     try:
@@ -241,6 +246,7 @@ def bench_contention(rec: Any, repeats: int, dry_run: bool, busy: bool = True,
                     for r in range(repeats):  # one step per candidate in turn, the order rotated
                         order = names[r % len(names):] + names[:r % len(names)]
                         for n in order:
+                            time.sleep(settle)  # the previous child's threads stop spinning first
                             times[n] += children[n].ask(op="steps", n=1)["times"]
                     for n in names:
                         s = setup[n]
