@@ -18,6 +18,10 @@ Benchmarks:
   (one thread and the default), a uint8 torch CPU tensor (default routing: numpy kernels), the
   torch kernels forced, and the reference ``imresize``; each again with a competing busy process
   on one core (``--no-busy`` skips that). With ``--device cuda``, the torch kernels on the GPU too.
+* ``contention``: a warm-up training step of each of the default config's warm-up models and of
+  MSRResNet 16x64, per threading policy (``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``, threads; a child
+  process each: :mod:`benchmarks.contention`), quiet and beside a busy core (``--no-busy``: quiet
+  only), against today's quiet default.
 * ``upscale``: ``sfsr upscale --checkpoint G.pt --device cpu [--tile N]`` (its code path,
   :func:`sfsr.inference.upscale_path`, in a subprocess per variant: :mod:`benchmarks.upscale_child`)
   of the x4 LR of a DIV2K-sized image (2040x1356, made at run time by mirroring the largest RGB
@@ -56,6 +60,7 @@ SRC = REPO / "src"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
+import sfsr  # noqa: E402,F401  first: sfsr's threading policy (sfsr.threads) before anything loads torch
 from benchmarks import basicsr_ref as ref  # noqa: E402
 
 DEFAULT_HR = Path("/work/shared/data/benchmark/Set14/HR")
@@ -547,7 +552,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="tiny random images, one run each")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--hr", type=Path, default=DEFAULT_HR, help="folder of HR images (Set14)")
-    parser.add_argument("--only", nargs="+", choices=["evaluate_process", "metrics", "downscale", "upscale"])
+    parser.add_argument("--only", nargs="+",
+                        choices=["evaluate_process", "metrics", "downscale", "upscale", "contention"])
     parser.add_argument("--repeats", type=int, help="runs per variant (overrides --quick)")
     parser.add_argument("--no-busy", action="store_true", help="skip the runs with a busy core")
     parser.add_argument("--upscale-repeats", type=int, help="runs per upscale variant (default 1)")
@@ -555,6 +561,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="upscale at large sizes (LR up to 2040x1356; ~15-20 min, ~7 GB peak)")
     parser.add_argument("--baseline-src", type=Path,
                         help="an older checkout's src/: one more variant per benchmark")
+    parser.add_argument("--contention-candidates", nargs="+", metavar="NAME",
+                        help="threading policies of the contention benchmark (default: all of "
+                             "benchmarks.contention.CANDIDATES)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.dry_run else 3 if args.quick else 7)
@@ -565,8 +574,9 @@ def main(argv: list[str] | None = None) -> int:
         if hr_dir is not None and not hr_dir.is_dir():
             print(f"{hr_dir} not found; using tiny random images", file=sys.stderr)
             hr_dir = None
-        hr, sr = prepare_data(hr_dir, Path(tmp), args.dry_run)
-        pairs = _pairs(hr, sr)
+        if only & {"evaluate_process", "metrics", "downscale"}:
+            hr, sr = prepare_data(hr_dir, Path(tmp), args.dry_run)
+            pairs = _pairs(hr, sr)
         if "evaluate_process" in only:
             bench_evaluate_process(rec, hr, sr, repeats, args.baseline_src)
         if "metrics" in only:
@@ -579,11 +589,19 @@ def main(argv: list[str] | None = None) -> int:
                           "dry" if args.dry_run else "large" if args.upscale_large
                           else "quick" if args.quick else "full", args.dry_run,
                           baseline_src=args.baseline_src)
+        if "contention" in only:  # a child process per threading policy (benchmarks/contention.py)
+            from benchmarks.contention import bench_contention, summary
+
+            contention = bench_contention(rec, repeats, args.dry_run, busy=not args.no_busy,
+                                          candidates=args.contention_candidates)
     path = rec.finish()
     m = rec.common["machine"]
     print(f"machine: {m['cpu']}, {m['cpus']} CPUs; torch {rec.common['torch']} "
           f"({rec.common['torch_threads']} threads); device {args.device}; commit {rec.common['git_commit']}")
     print(rec.table())
+    if "contention" in only:
+        print("\ncontention: s/step (median) and throughput against today's quiet default")
+        print(summary(contention))
     print(f"records appended to {path}")
     return 0
 

@@ -28,12 +28,12 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
-
-from benchmarks.__main__ import REPO, Recorder, _load
+from benchmarks.__main__ import REPO, Recorder, _load  # imports sfsr (threading policy) before torch
 from sfsr.models import build_generator
+
+import torch  # noqa: E402  isort: skip
+import torch.nn.functional as F  # noqa: E402  isort: skip
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402  isort: skip
 
 BASICSR_S_PER_ITER = 0.64  # issue 14's quiet measurement of BasicSR on this VM
 

@@ -27,11 +27,12 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-from sfsr import io
+from sfsr import io  # sfsr before torch: its threading policy (sfsr.threads), as a training job has it
 from sfsr.data.sources import load_builtin
 from sfsr.training.loop import train
+
+import torch  # noqa: E402  isort: skip
 
 BUILTIN_TRAIN = ["astronaut", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
                  "stereo_motorcycle", "china", "brick", "grass"]

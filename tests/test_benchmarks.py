@@ -135,3 +135,34 @@ def test_compare_studies_pairs_the_rows_and_flags_a_large_difference(tmp_path, c
     assert "ΔPSNR-Y (dB)" in out.read_text() and "-0.0900" in out.read_text()
     assert compare_studies.main([str(a), str(b), "--max-db", "0.05"]) == 1
     assert "largest |ΔPSNR-Y| 0.0900 dB > 0.05 dB" in capsys.readouterr().err
+
+
+def test_contention_dry_run_measures_each_policy_in_its_own_process(tmp_path):
+    """``python -m benchmarks --only contention --dry-run``: every model of the default config's
+    sr_models and MSRResNet, per candidate (a child process each, its environment as given), quiet and
+    beside a busy core, against today's quiet default; the "sfsr policy" child imports sfsr first and
+    so runs with what sfsr.threads sets."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "contention", "--dry-run",
+                           "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "busy / today quiet (>= 0.45)" in proc.stdout
+    rows = [json.loads(line) for line in (tmp_path / "cpu.jsonl").read_text().splitlines()]
+    assert {r["benchmark"] for r in rows} == {"contention"}
+    models = {r["parameters"]["model"] for r in rows}
+    assert models == {"srresnet_x4", "edsr_baseline_x4", "rrdbnet_x4", "autoencoder_x4", "msrresnet_16x64"}
+    by = {(r["parameters"]["model"], r["parameters"]["candidate"], r["parameters"]["competing_busy_process"]): r
+          for r in rows}
+    candidates = {c for _, c, _ in by}
+    assert {"default", "sfsr policy"} <= candidates
+    assert len(by) == len(rows) == len(models) * len(candidates) * 2
+    for r in rows:
+        for key in ("machine", "git_commit", "torch", "load_before", "load_after", "median_s",
+                    "speedup_vs_reference"):
+            assert key in r, key
+        assert r["reference"] == f"{r['parameters']['model']} default"
+    default = by[("rrdbnet_x4", "default", False)]["parameters"]
+    sfsr = by[("rrdbnet_x4", "sfsr policy", True)]["parameters"]
+    assert default["env"] == {} and sfsr["env"] == {}  # both started without threading variables
+    assert sfsr["sfsr_policy"]["applied_before_torch"] is True
+    assert sfsr["sfsr_policy"]["env"]["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert by[("rrdbnet_x4", "default", False)]["speedup_vs_reference"] == 1.0

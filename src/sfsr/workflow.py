@@ -15,6 +15,9 @@ training job started again resumes from its last checkpoint (docs/reliability.md
 A job with ``resources: gpu=N`` (N > 0) first takes N GPU slots of its own
 (:func:`sfsr.gpu_slots.acquire_for_job`: ``CUDA_VISIBLE_DEVICES`` set to them, waiting while they
 are busy) and frees them when it ends; handlers must therefore not initialise CUDA at import time.
+
+The job's log starts with one line saying its threading (:func:`sfsr.threads.policy_line`: torch's
+threads, the job's ``threads``, ``OMP_WAIT_POLICY`` and where it came from).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import sys
 import traceback
 from typing import Any, Callable
 
+from sfsr import threads
 from sfsr.errors import WORKFLOW, SfsrError, describe_os_error
 
 
@@ -55,6 +59,8 @@ def run_rule(smk: Any, handlers: dict[str, Callable[[Any], None]]) -> None:
     # SIGINT too, even where the job was started with it ignored (a shell starts background jobs so)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     log = logging.getLogger("sfsr")
+    # threads (Snakemake starts the script with OMP_NUM_THREADS = the job's threads) and wait policy
+    log.info("%s", threads.policy_line(getattr(smk, "threads", None)))
     slots = None
     try:
         from sfsr.data.images import set_max_image_pixels
