@@ -120,8 +120,9 @@ def child_main(interop: int | None, sfsr_first: bool) -> int:
     if interop:
         torch.set_num_interop_threads(interop)
     from sfsr.models import generator_spec
-    from sfsr.training.parts import build_generator_part, build_parts, speed_flags
+    from sfsr.training.parts import build_generator_part, build_parts
     from sfsr.training.settings import resolve_config, stage_config, stage_weights
+    from sfsr.training.speed import speed_flags
     from sfsr.training.stages import STAGES
     from sfsr.training.step import train_step
 

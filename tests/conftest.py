@@ -16,7 +16,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # The suite runs on two pytest-xdist workers (pyproject: -n 2 --dist loadfile), each on one torch /
 # OpenMP thread: two workers with two threads each oversubscribe a 2-core machine, where torch's
 # intra-op threads collapse (docs/PERFORMANCE.md). Set before any test module imports torch; the
-# snakemake jobs the tests start inherit it. A run without xdist (-n 0, -p no:xdist) keeps the defaults.
+# snakemake jobs the tests start do not inherit it (Snakemake sets OMP_NUM_THREADS to each job's
+# `threads`). A run without xdist (-n 0, -p no:xdist) keeps the defaults.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
