@@ -107,8 +107,8 @@ def _expected(setting: dict, keys=("bf16", "channels_last", "compile")) -> dict:
 class Study:
     """The default study's jobs under one forced setting, each run once (on first use) and kept."""
 
-    def __init__(self, name: str, data: dict[str, Path]):
-        self.name, self.setting, self.data = name, SETTINGS[name], data
+    def __init__(self, name: str, setting: dict, data: dict[str, Path]):
+        self.setting, self.data = setting, data
         self.out = data["root"] / name.replace("+", "_")
         self.done: dict = {}
 
@@ -149,7 +149,7 @@ class Study:
 
 @pytest.fixture(scope="module")
 def studies(data) -> dict[str, Study]:
-    return {name: Study(name, data) for name in SETTINGS}
+    return {name: Study(name, setting, data) for name, setting in SETTINGS.items()}
 
 
 @pytest.mark.parametrize("setting", SETTINGS)
@@ -260,10 +260,7 @@ COMPILED_JOBS = [(s, next(m for st, m in JOBS if st == s)) for s in STAGES if no
 
 @pytest.fixture(scope="module")
 def compiled(data) -> Study:
-    study = Study("bf16+channels_last", data)
-    study.setting = {"bf16": "always", "channels_last": "always", "compile": "always"}
-    study.out = data["root"] / "compiled"
-    return study
+    return Study("compiled", {"bf16": "always", "channels_last": "always", "compile": "always"}, data)
 
 
 @pytest.mark.parametrize("stage,model", COMPILED_JOBS, ids=[f"{s}-{m}" for s, m in COMPILED_JOBS])

@@ -4,12 +4,10 @@ torch's intra-op threads are OpenMP (libgomp) threads. By default a thread that 
 share of a parallel region spin-waits (libgomp: ~300000 iterations, a few ms) for the next region
 instead of sleeping. When another process takes one of the cores, the spinning thread keeps its core
 busy waiting for a partner the kernel has descheduled, and every one of the thousands of parallel
-regions of a training step pays for it: on the 2-core VM one busy-loop process left the default
-models 0.29-0.54 of their quiet speed, and beside other developers' jobs they ran 1.5-11x slower
-than with ``OMP_WAIT_POLICY=PASSIVE``, under which a thread sleeps at once and a busy core left
-0.51-0.73 (at a cost of 0-25% of the quiet speed of the tiny default models, none on MSRResNet
-16x64: ``python -m benchmarks --only contention``; docs/PERFORMANCE.md "Threading under
-contention").
+regions of a training step pays for it: one busy process costs far more than the fair share. With
+``OMP_WAIT_POLICY=PASSIVE`` a thread sleeps at once, and a busy core costs about what it should,
+at some quiet speed on tiny models (measured: ``python -m benchmarks --only contention``;
+docs/PERFORMANCE.md "Threading under contention").
 
 libgomp reads ``OMP_WAIT_POLICY`` once, when torch loads it, so the setting must be in the
 environment before torch is imported: :func:`apply_env_defaults` runs at the top of
@@ -21,8 +19,8 @@ process's OpenMP any more; it is still put in the environment (child processes g
 :func:`describe` says it was too late.
 
 The number of threads is left as it is: Snakemake already starts every job's script with
-``OMP_NUM_THREADS`` set to the job's ``threads`` (which torch reads); and with the passive policy two
-threads beside a busy core ran at 0.8-1.2x one thread's speed, and 1.1-1.7x faster when quiet.
+``OMP_NUM_THREADS`` set to the job's ``threads`` (which torch reads), and one thread was slower
+than two in the benchmark (docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations

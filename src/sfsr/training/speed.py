@@ -86,20 +86,22 @@ def cpu_has_native_bf16(flags: set[str] | None = None) -> bool:
     return any(f in flags for f in CPU_BF16_FLAGS)
 
 
-def _bf16_source() -> str:
-    """How the CPU's bf16 was decided, for the log line."""
+def cpu_bf16() -> tuple[bool, str]:
+    """Whether this CPU runs bf16 natively, and why that was decided (for the log line): the
+    ``SFSR_CPU_BF16`` override, else the detection (:func:`cpu_has_native_bf16`)."""
     forced = cpu_bf16_override()
     if forced is not None:
-        return f"{CPU_BF16_ENV}={os.environ[CPU_BF16_ENV].strip()}"
-    return "detected: AVX512-BF16/AMX" if cpu_has_native_bf16() else "no AVX512-BF16/AMX on this CPU"
+        return forced, f"{CPU_BF16_ENV}={os.environ[CPU_BF16_ENV].strip()}"
+    native = cpu_has_native_bf16()
+    return native, "detected: AVX512-BF16/AMX" if native else "no AVX512-BF16/AMX on this CPU"
 
 
-def speed_flags(cfg: dict, device: torch.device, cpu_bf16: bool | None = None,
-                what: str = "training") -> dict[str, bool]:
+def speed_flags(cfg: dict, device: torch.device, what: str = "training") -> dict[str, bool]:
     """The settings of :data:`SPEED_FLAGS` in ``cfg`` (a missing one is off) as they apply on
-    ``device`` (see the module docstring; ``cpu_bf16`` overrides the CPU detection). Logs one INFO
-    line of what runs, and sets the CUDA matmul settings on CUDA."""
+    ``device`` (see the module docstring). Logs one INFO line of what runs, and sets the CUDA matmul
+    settings on CUDA."""
     cuda = device.type == "cuda"
+    native, why = (True, "CUDA") if cuda else cpu_bf16()
     flags = {}
     for k in SPEED_FLAGS:
         value = cfg.get(k, False)
@@ -108,13 +110,10 @@ def speed_flags(cfg: dict, device: torch.device, cpu_bf16: bool | None = None,
         if value == "always":
             flags[k] = True
         elif value is True or value == "auto":
-            if k == "bf16" and not cuda:
-                flags[k] = cpu_has_native_bf16() if cpu_bf16 is None else bool(cpu_bf16)
-            else:
-                flags[k] = cuda
+            flags[k] = native if k == "bf16" else cuda
         else:
             flags[k] = False
-    log.info("%s on %s: %s", what, device.type, describe(cfg, flags, device))
+    log.info("%s on %s: %s", what, device.type, describe(cfg, flags, device, native, why))
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -122,17 +121,17 @@ def speed_flags(cfg: dict, device: torch.device, cpu_bf16: bool | None = None,
     return flags
 
 
-def describe(cfg: dict, flags: dict[str, bool], device: torch.device) -> str:
-    """One line of what runs: the dtype and why, the memory format, compile."""
-    cpu = device.type != "cuda"
+def describe(cfg: dict, flags: dict[str, bool], device: torch.device, native: bool, why: str) -> str:
+    """One line of what runs: the dtype and why (``native``, ``why``: :func:`cpu_bf16`'s answer),
+    the memory format, compile."""
     setting = cfg.get("bf16", False)
     if flags["bf16"]:
-        why = "forced: bf16 always" if setting == "always" else ("CUDA" if not cpu else _bf16_source())
-        if cpu and setting == "always" and not cpu_has_native_bf16():
-            why += "; this CPU emulates bf16, slower than float32"
-        dtype = f"bf16 autocast on ({why})"
-    elif setting and cpu:
-        dtype = f"float32 (bf16: {setting}, ignored: {_bf16_source()})"
+        reason = "forced: bf16 always" if setting == "always" else why
+        if setting == "always" and not native:
+            reason += "; this CPU emulates bf16, slower than float32"
+        dtype = f"bf16 autocast on ({reason})"
+    elif setting:
+        dtype = f"float32 (bf16: {setting}, ignored: {why})"
     else:
         dtype = "float32"
     parts = [dtype, "channels_last" if flags["channels_last"] else "contiguous"]
