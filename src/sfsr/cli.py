@@ -28,27 +28,37 @@ def _pixel_limit(args: argparse.Namespace) -> None:
 
 def _cmd_make_lr(args: argparse.Namespace) -> int:
     from sfsr.data.prepare import make_lr_folder
+    from sfsr.outputs import describe_outputs, folder_entries
 
     _pixel_limit(args)
+    before = folder_entries(args.output_dir)
     written = make_lr_folder(args.input_dir, args.output_dir, args.scale, device=args.device,
                              progress=not args.quiet)
     if not args.quiet:
-        print(f"wrote {len(written)} LR images (x{args.scale}) to {args.output_dir}", file=sys.stderr)
+        print(f"wrote {len(written)} LR images (x{args.scale}) to {args.output_dir} "
+              f"({describe_outputs(args.output_dir, written, before)})", file=sys.stderr)
     return 0
 
 
 def _cmd_upscale(args: argparse.Namespace) -> int:
     from sfsr.inference import upscale_path
+    from sfsr.outputs import describe_outputs, folder_entries
 
     _pixel_limit(args)
     if args.checkpoint is None and args.scale is None:
         raise SfsrError("sfsr upscale: give --scale S with --method bicubic, or --checkpoint CKPT "
                         "(the checkpoint knows its scale)")
+    before = folder_entries(args.output)
+    existed = os.path.lexists(args.output)
     written = upscale_path(args.input, args.output, scale=args.scale, method=args.method,
                            checkpoint=args.checkpoint, device=args.device, tile=args.tile,
                            tile_overlap=args.tile_overlap, progress=not args.quiet, bf16=args.bf16)
     if not args.quiet:
-        print(f"wrote {len(written)} image(s) to {args.output}", file=sys.stderr)
+        if before is not None:  # an existing folder: say what was replaced and what was kept
+            note = f" ({describe_outputs(args.output, written, before)})"
+        else:
+            note = " (replaced)" if existed else ""
+        print(f"wrote {len(written)} image(s) to {args.output}{note}", file=sys.stderr)
     return 0
 
 

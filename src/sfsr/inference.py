@@ -28,6 +28,7 @@ from sfsr.data.images import DEFAULT_EXTENSIONS as IMAGE_EXTENSIONS
 from sfsr.data.images import list_images, read_image, to_rgb
 from sfsr.errors import ConfigError, DataError, path_problem
 from sfsr.metrics import to_uint8
+from sfsr.outputs import check_output_folder
 from sfsr.tensors import eval_mode, resolve_device, to_float  # resolve_device: public here too
 
 
@@ -184,6 +185,8 @@ def upscale_path(input: str | os.PathLike, output: str | os.PathLike, *, scale: 
     clash = [o for i, o in zip(inputs, outputs) if os.path.realpath(o) == os.path.realpath(i)]
     if clash:
         raise ConfigError(f"output {clash[0]} would overwrite its input; choose another output path")
+    if not single:
+        check_output_folder(src, dst, [o.name for o in outputs])  # a file, the input's parent or inside it
     if single:
         sr = upscale_image(read_image(src), scale=scale, model=model, device=dev, tile=tile,
                            tile_overlap=tile_overlap, bf16=bf16)

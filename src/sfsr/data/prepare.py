@@ -3,8 +3,10 @@
 ``prepare_dataset`` turns one catalogue entry (config ``datasets.<name>``) into
 ``out_dir/HR/<stem>.png`` + ``out_dir/manifest.csv`` (+ ``skipped.csv`` with ``on_bad_image: skip``).
 ``make_lr_folder`` writes ``imresize(modcrop(hr, s), 1/s)`` of every image of a folder.
-Both build their output in a hidden temporary sibling folder and rename it into place at the end, so
-a failure leaves no half-written output. See docs/data.md for the layouts and split rules.
+Both build their output in a hidden temporary sibling folder and move it into place at the end, so
+a failure leaves no half-written output. ``prepare_dataset`` replaces its (workflow-owned) output
+folder; ``make_lr_folder`` writes only its own files into an existing folder and deletes nothing.
+See docs/data.md for the layouts and split rules.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from sfsr.data.layouts import (REFERENCE_COLUMNS, SPLITS, _collect_builtin_class
                                _collect_refgroups, _collect_refpairs, _round_half_up,
                                resize_short_side_center_crop)  # the last: public here too
 from sfsr.errors import BAD_IMAGE_HINTS, ConfigError, DataError, ImageError
+from sfsr.outputs import check_output_folder, move_into_folder
 
 MANIFEST_COLUMNS = ["stem", "file", "height", "width", "channels", "gray", "class_id", "class_name",
                     "split", "group", "role", "source_path"]
@@ -48,7 +51,11 @@ _SPLIT_DEFAULTS: dict[str, Any] = {"dirs": {}, "carve_val_from": "train", "carve
 @contextlib.contextmanager
 def build_folder(out_dir: str | os.PathLike) -> Iterator[Path]:
     """Yield a hidden temporary sibling of ``out_dir``; on success it replaces ``out_dir``
-    (an existing ``out_dir`` is swapped out and deleted), on failure it is removed."""
+    (an existing ``out_dir`` is swapped out and deleted), on failure it is removed.
+
+    For workflow-owned outputs only (folders under the workflow's results, which Snakemake deletes
+    before it reruns a job): it deletes whatever ``out_dir`` held. Folders a user names on the
+    command line go through :mod:`sfsr.outputs` instead, which deletes nothing."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = io.make_temp_dir(out_dir, ".tmp")
@@ -256,17 +263,20 @@ def make_lr_folder(input_dir: str | os.PathLike, output_dir: str | os.PathLike, 
     """Write ``imresize(modcrop(hr, scale), 1/scale)`` (MATLAB-exact bicubic, uint8) of every image
     in ``input_dir`` to ``output_dir/<stem>.png``; returns the written paths.
 
-    ``device`` other than cpu runs the torch implementation there (same bits). The folder is built
-    in a temporary sibling and renamed into place; a bad or too small input raises an
-    :class:`ImageError` naming the file and leaves ``output_dir`` untouched.
+    ``device`` other than cpu runs the torch implementation there (same bits). Every file is built
+    in a temporary sibling folder first, then moved in (:func:`sfsr.outputs.move_into_folder`): an
+    existing ``output_dir`` keeps its other files, a same-named ``<stem>.png`` is replaced. An
+    output that is a file, or holds or sits inside ``input_dir``, is refused before any work
+    (:func:`sfsr.outputs.check_output_folder`); a bad or too small input raises an
+    :class:`ImageError` naming the file and leaves ``output_dir`` as it was.
     """
     scale = int(scale)
     if scale < 1:
         raise ConfigError(f"scale must be a positive integer, got {scale}")
     input_dir, output_dir = Path(input_dir), Path(output_dir)
-    if os.path.realpath(input_dir) == os.path.realpath(output_dir):
-        raise ConfigError(f"output folder {output_dir} is the input folder; choose another one")
     files = list(images_by_stem(input_dir, DEFAULT_EXTENSIONS, "input").values())
+    names = [f"{path.stem}.png" for path in files]
+    check_output_folder(input_dir, output_dir, names)
     if device == "cpu":
         dev = None
     else:
@@ -277,8 +287,8 @@ def make_lr_folder(input_dir: str | os.PathLike, output_dir: str | os.PathLike, 
     if progress:
         from tqdm import tqdm
         iterator = tqdm(files, desc=f"make LR x{scale}", unit="img")
-    written = []
-    with build_folder(output_dir) as tmp:
+    tmp = io.make_temp_dir(output_dir, ".tmp")
+    try:
         for path in iterator:
             hr = read_image(path)
             if min(hr.shape[:2]) < scale:
@@ -290,8 +300,11 @@ def make_lr_folder(input_dir: str | os.PathLike, output_dir: str | os.PathLike, 
             else:
                 lr = _imresize_on_device(hr, scale, dev)
             io.save_image(tmp / f"{path.stem}.png", lr)
-            written.append(output_dir / f"{path.stem}.png")
-    return written
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    move_into_folder(tmp, output_dir, names)
+    return [output_dir / name for name in names]
 
 
 def _imresize_on_device(hr: np.ndarray, scale: int, device: Any) -> np.ndarray:
