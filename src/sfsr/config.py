@@ -4,9 +4,12 @@
 :mod:`sfsr.schema`): first by
 :func:`check_schema`, which turns the most relevant schema violation into one sentence naming the key
 and its location, then by ``snakemake.utils.validate``, which also fills in every default. After
-that :func:`check_references` verifies what a schema cannot express (a dataset referenced by a split
-must be defined, builtin photo names must exist, ...). All of it happens when the Snakefile is
-parsed, so a bad config fails before any job runs.
+that :func:`check_paths` makes sure the folders the workflow writes into can be folders,
+:func:`check_references` verifies what a schema cannot express (a dataset referenced by a split
+must be defined, builtin photo names must exist, generator options, ...) and :func:`check_training`
+resolves every trained stage's settings as its job will (values, discriminator options, batch_size
+against gpus, reference_levels against the training sets). All of it happens when the Snakefile is
+parsed, so a bad config fails before any job runs or anything is written.
 """
 
 from __future__ import annotations
@@ -337,8 +340,7 @@ def check_paths(config: dict) -> None:
             problem = _not_a_folder(folder / experiment)
         if problem:
             raise ConfigError(f"config key '{key}' is {value!r}, a folder the workflow writes into, but "
-                              f"{problem}; point '{key}' at a folder (or a path that does not exist yet), "
-                              "or move that file away.")
+                              f"{problem}; point '{key}' at a folder, or at a path that does not exist yet.")
 
 
 def check_training(config: dict) -> None:
