@@ -4,9 +4,12 @@
 :mod:`sfsr.schema`): first by
 :func:`check_schema`, which turns the most relevant schema violation into one sentence naming the key
 and its location, then by ``snakemake.utils.validate``, which also fills in every default. After
-that :func:`check_references` verifies what a schema cannot express (a dataset referenced by a split
-must be defined, builtin photo names must exist, ...). All of it happens when the Snakefile is
-parsed, so a bad config fails before any job runs.
+that :func:`check_paths` makes sure the folders the workflow writes into can be folders,
+:func:`check_references` verifies what a schema cannot express (a dataset referenced by a split
+must be defined, builtin photo names must exist, generator options, ...) and :func:`check_training`
+resolves every trained stage's settings as its job will (values, discriminator options, batch_size
+against gpus, reference_levels against the training sets). All of it happens when the Snakefile is
+parsed, so a bad config fails before any job runs or anything is written.
 """
 
 from __future__ import annotations
@@ -66,6 +69,10 @@ def _describe(error: jsonschema.ValidationError) -> str:
         return f"missing key at '{where}': {error.message}."
     if error.validator == "enum":
         return f"'{where}' is {error.instance!r}; allowed values: {error.validator_value}."
+    if error.validator == "minLength" and error.instance == "":
+        default = error.schema.get("default")
+        example = f", e.g. its default {default!r}" if isinstance(default, str) and default else ""
+        return f"'{where}' is empty (''); give a path{example}."
     if error.validator == "type":
         return (f"'{where}' must be of type {error.validator_value}, "
                 f"got {type(error.instance).__name__} {error.instance!r}.")
@@ -183,7 +190,8 @@ def check_references(config: dict) -> None:
         try:
             generator_kwargs(model["arch"], model["scale"], dict(model.get("kwargs") or {}))
         except ValueError as exc:
-            raise ConfigError(f"config key 'models.{name}.kwargs': {exc}.") from None
+            option = getattr(exc, "option", None)  # one option's value at fault: name it
+            raise ConfigError(f"config key 'models.{name}.kwargs{'.' + option if option else ''}': {exc}.") from None
     used = {n for key in DATASET_LISTS for n in config.get(key, [])}
     for name in sorted(used):
         spec = datasets[name]
@@ -287,9 +295,52 @@ def validate(config: dict, schema_path: str | Path | None = None, source: str = 
         split = spec.setdefault("split", {})
         for key, value in split_defaults.items():
             split.setdefault(key, copy.deepcopy(value))
+    check_paths(config)
     check_references(config)
     check_training(config)
     return config
+
+
+#: Config keys naming a folder the workflow writes into (relative: to the working directory).
+FOLDER_KEYS = ("data_dir", "results_dir")
+
+
+def _not_a_folder(path: Path) -> str | None:
+    """Why ``path`` cannot be (or become) a folder: it, or the nearest of its parents that exists,
+    is a file, a dangling link or a symlink loop; None when it can."""
+    from sfsr.errors import path_problem
+
+    problem = path_problem(path)
+    if problem:
+        return f"{path} {problem}"
+    for part in (path, *path.parents):
+        if part.exists():
+            return None if part.is_dir() else (f"{path} is a file, not a folder" if part == path
+                                               else f"{part}, a part of it, is a file, not a folder")
+    return None
+
+
+def check_paths(config: dict) -> None:
+    """The folders the workflow writes into (``data_dir``, ``results_dir`` and its ``experiment``
+    folder) must be folders or creatable as folders: :class:`ConfigError` naming the key, the value
+    and the fix, raised when the Snakefile is parsed, before anything is written. (The schema
+    refuses empty values: ``data_dir: ''`` would put prepared/, logs/, ... at the file-system root.)"""
+    experiment = config.get("experiment", "default")
+    if experiment in (".", ".."):
+        raise ConfigError(f"config key 'experiment' is {experiment!r}, which would put the study's outputs "
+                          f"{'into' if experiment == '.' else 'beside'} results_dir itself instead of a "
+                          "folder of their own; give the study a name (letters, digits, _ . -).")
+    for key in FOLDER_KEYS:
+        value = config.get(key)
+        if not isinstance(value, str) or not value:  # the schema says which (run without it: tests)
+            continue
+        folder = Path(value)  # as the rules use it (no ~ expansion)
+        problem = _not_a_folder(folder)
+        if not problem and key == "results_dir":  # the study's own folder in it
+            problem = _not_a_folder(folder / experiment)
+        if problem:
+            raise ConfigError(f"config key '{key}' is {value!r}, a folder the workflow writes into, but "
+                              f"{problem}; point '{key}' at a folder, or at a path that does not exist yet.")
 
 
 def check_training(config: dict) -> None:
@@ -309,9 +360,86 @@ def check_training(config: dict) -> None:
             if st.control_of and not config.get("controls", True):
                 continue
             try:
-                resolve_config(stage_config(config, name, stage))
+                cfg = resolve_config(stage_config(config, name, stage))
             except ConfigError as exc:
                 raise ConfigError(f"config key 'models.{name}.{stage}' (merged over 'training'): {exc}") from None
+            _check_gpus(config, name, stage, cfg)
+            if not st.pixel_only:  # stages that may train a discriminator (sfsr.training.parts)
+                _check_discriminator(config, name, stage, cfg)
+            if st.data == "refsr":
+                _check_reference_levels(config, name, stage, cfg)
+
+
+def _setting_key(config: dict, model: str, stage: str, key: str) -> str:
+    """Where the training setting ``key`` of ``models.<model>.<stage>`` comes from: the model's stage
+    section (a control's: the section of the stage it controls), else ``training`` (or its default)."""
+    from sfsr.training.stages import STAGES
+
+    section_name = STAGES[stage].control_of or stage
+    section = config["models"][model].get(section_name) or {}
+    head, _, rest = key.partition(".")
+    if head in section and (not rest or rest in (section[head] or {})):
+        return f"models.{model}.{section_name}.{key}"
+    return f"training.{key}"
+
+
+def _check_gpus(config: dict, model: str, stage: str, cfg: dict) -> None:
+    """A job on several GPUs splits every batch evenly over them (sfsr.training.distributed: each
+    process takes batch_size / gpus), so batch_size must be a multiple of gpus."""
+    gpus, batch = cfg["gpus"], cfg["batch_size"]
+    if gpus > 1 and batch % gpus:
+        lower, upper = batch // gpus * gpus, (batch // gpus + 1) * gpus
+        sizes = " or ".join(str(b) for b in (lower, upper) if b > 0)
+        fits = [g for g in range(gpus - 1, 0, -1) if batch % g == 0]
+        raise ConfigError(f"config key '{_setting_key(config, model, stage, 'batch_size')}' is {batch} but "
+                          f"'{_setting_key(config, model, stage, 'gpus')}' is {gpus} (models.{model}.{stage}): "
+                          f"each GPU trains batch_size / gpus samples, so batch_size must be a multiple of gpus; "
+                          f"set batch_size to {sizes}, or gpus to {fits[0]}.")
+
+
+def _check_discriminator(config: dict, model: str, stage: str, cfg: dict) -> None:
+    """The discriminator's arch and kwargs as the gan stage will build them (sfsr.model_options)."""
+    from sfsr.model_options import discriminator_kwargs
+
+    disc = cfg.get("discriminator") or {}
+    try:
+        discriminator_kwargs(disc.get("arch", "vgg"), dict(disc.get("kwargs") or {}))
+    except ValueError as exc:
+        key = _setting_key(config, model, stage, "discriminator.kwargs")
+        option = getattr(exc, "option", None)
+        raise ConfigError(f"config key '{key}{'.' + option if option else ''}' (discriminator of "
+                          f"models.{model}.{stage}): {exc}.") from None
+
+
+#: Reference levels a prepared set of each layout holds (refpairs: CUFED's one reference per input;
+#: builtin_refgroups: sfsr.data.refgroups.LEVELS, read when needed); refgroups: known once prepared.
+def _layout_levels(layout: str) -> int | None:
+    if layout == "refpairs":
+        return 1
+    if layout == "builtin_refgroups":
+        from sfsr.data.refgroups import LEVELS  # imports PIL: only when reference_levels is set
+
+        return len(LEVELS)
+    return None
+
+
+def _check_reference_levels(config: dict, model: str, stage: str, cfg: dict) -> None:
+    """``reference_levels`` must name levels the reference-based training sets hold, where their layout
+    says how many (a refgroups set's levels are known only once it is prepared)."""
+    levels = cfg.get("reference_levels")
+    if not levels:
+        return
+    names = config.get("refsr_train", [])
+    held = {n: _layout_levels(config["datasets"][n].get("layout", "flat")) for n in names}
+    if not held or None in held.values():
+        return
+    most = max(held.values())
+    missing = sorted({k for k in levels if k > most})
+    if missing:
+        sets = ", ".join(f"{n} ({config['datasets'][n]['layout']}: levels 1..{k})" for n, k in held.items())
+        raise ConfigError(f"config key '{_setting_key(config, model, stage, 'reference_levels')}' is {levels}, but "
+                          f"no training set of 'refsr_train' holds level(s) {missing}: {sets}; use levels 1..{most}, "
+                          "or null for every reference.")
 
 
 def load(path: str | Path, schema_path: str | Path | None = None) -> dict:

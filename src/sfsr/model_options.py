@@ -27,27 +27,87 @@ GENERATOR_KWARGS: dict[str, dict[str, Any]] = {
 #: Generators that take a reference image: forward(lr, ref).
 REFERENCE_GENERATORS = ("ssen",)
 GENERATOR_NAMES = tuple(GENERATOR_KWARGS)
+#: SSEN's deformable alignment layers: 1..MAX_DEFORM (sfsr.models.ssen; the paper uses 3).
+MAX_DEFORM = 5
+#: options that take true/false, and those that take a number
+BOOL_OPTIONS = ("use_bn", "non_local", "use_reference")
+NUMBER_OPTIONS = ("res_scale", "negative_slope")
+POSITIVE_INT_OPTIONS = ("num_blocks", "num_features", "growth", "extract_blocks", "num_deform", "offset_features")
+
+#: keyword arguments each discriminator accepts (sfsr.models.build_discriminator) and their
+#: defaults, the constructors' own (tests/test_config_checks.py compares them); the gan stage builds
+#: ``cls(**kwargs)``, so the workflow checks a config's kwargs against this table when it is parsed.
+DISCRIMINATOR_KWARGS: dict[str, dict[str, Any]] = {
+    "vgg": {"in_channels": 3, "num_features": 64, "pool_size": 6, "dense_features": 1024},
+    "patchgan": {"in_channels": 3, "num_features": 64, "n_layers": 3},
+}
+
+
+class OptionError(ValueError):
+    """A bad option of a generator or discriminator; ``option``: the option's name when one value is
+    at fault (None for unknown names, which the message lists)."""
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def generator_kwargs(name: str, scale: int, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Validate name/scale/kwargs; return the full keyword set (defaults + overrides). Raises
     ValueError listing the valid names/options/values."""
     if name not in GENERATOR_KWARGS:
-        raise ValueError(f"unknown generator {name!r}; valid names: {', '.join(GENERATOR_NAMES)}")
+        raise OptionError(f"unknown generator {name!r}; valid names: {', '.join(GENERATOR_NAMES)}")
     if scale not in SUPPORTED_SCALES:
-        raise ValueError(f"unsupported scale {scale!r} for {name}; supported: {list(SUPPORTED_SCALES)}")
+        raise OptionError(f"unsupported scale {scale!r} for {name}; supported: {list(SUPPORTED_SCALES)}")
     allowed = GENERATOR_KWARGS[name]
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for generator {name!r}; valid: {sorted(allowed)}")
+        raise OptionError(f"unknown option(s) {unknown} for generator {name!r}; valid: {sorted(allowed)}")
     full = {**allowed, **kwargs}
     if full.get("ref_downsample", "conv") not in ("conv", "unshuffle"):
-        raise ValueError(f"option 'ref_downsample' of generator {name!r} must be 'conv' or 'unshuffle', "
-                         f"got {full['ref_downsample']!r}")
+        raise OptionError(f"option 'ref_downsample' of generator {name!r} must be 'conv' or 'unshuffle', "
+                          f"got {full['ref_downsample']!r}", "ref_downsample")
     if full["base"] not in BASES:
-        raise ValueError(f"unknown base {full['base']!r} for generator {name!r}; valid: {', '.join(BASES)}")
-    for key in ("num_blocks", "num_features", "growth", "extract_blocks", "num_deform", "offset_features"):
-        if key in full and (isinstance(full[key], bool) or not isinstance(full[key], int) or full[key] < 1):
-            raise ValueError(f"option {key!r} of generator {name!r} must be a positive integer, "
-                             f"got {full[key]!r}")
+        raise OptionError(f"unknown base {full['base']!r} for generator {name!r}; valid: {', '.join(BASES)}",
+                          "base")
+    for key in POSITIVE_INT_OPTIONS:
+        if key in full and not _positive_int(full[key]):
+            raise OptionError(f"option {key!r} of generator {name!r} must be a positive integer, "
+                              f"got {full[key]!r}", key)
+    if "num_deform" in full and full["num_deform"] > MAX_DEFORM:
+        raise OptionError(f"option 'num_deform' of generator {name!r} is {full['num_deform']!r}; it takes 1 to "
+                          f"{MAX_DEFORM} deformable alignment layers (the paper uses 3)", "num_deform")
+    for key in BOOL_OPTIONS:
+        if key in full and not isinstance(full[key], bool):
+            raise OptionError(f"option {key!r} of generator {name!r} must be true or false, got {full[key]!r}",
+                              key)
+    for key in NUMBER_OPTIONS:
+        if key in full and (isinstance(full[key], bool) or not isinstance(full[key], (int, float))):
+            hint = " (YAML 1.1 reads 1e-1 as text: write 1.0e-1)" if isinstance(full[key], str) else ""
+            raise OptionError(f"option {key!r} of generator {name!r} must be a number, got {full[key]!r}{hint}",
+                              key)
+    return full
+
+
+def discriminator_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Validate a discriminator's name and kwargs (torch-free); return the full keyword set. Raises
+    :class:`OptionError` listing the valid names/options."""
+    if name not in DISCRIMINATOR_KWARGS:
+        raise OptionError(f"unknown discriminator {name!r}; valid names: {', '.join(DISCRIMINATOR_KWARGS)}")
+    allowed = DISCRIMINATOR_KWARGS[name]
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise OptionError(f"unknown option(s) {unknown} for discriminator {name!r}; valid: {sorted(allowed)}")
+    full = {**allowed, **kwargs}
+    for key, value in full.items():
+        if not _positive_int(value):
+            raise OptionError(f"option {key!r} of discriminator {name!r} must be a positive integer, got "
+                              f"{value!r}", key)
+    if full["in_channels"] != 3:
+        raise OptionError(f"option 'in_channels' of discriminator {name!r} is {full['in_channels']!r}, but the "
+                          "discriminator sees RGB images: 3 (or leave it out)", "in_channels")
     return full

@@ -37,12 +37,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sfsr.model_options import MAX_DEFORM
 from sfsr.models.blocks import pixel_shuffle_upsampler, upsampling_factors
 from sfsr.models.residual import SRGenerator
 
 __all__ = ["SSEN", "NonLocalBlock", "DynamicOffsetEstimator", "DeformableAlignment"]
 
-MAX_DEFORM = 5
+# MAX_DEFORM (1..5 deformable layers) lives in the torch-free sfsr.model_options: the workflow checks it
+# when it is parsed.
 
 
 class ResidualBlock(nn.Module):
