@@ -17,12 +17,20 @@ from sfsr.training.stages import STAGES, evaluation_name
 
 configfile: "config.yaml"
 
-sfsr.config.validate(config, os.path.join(workflow.basedir, "config.schema.yaml"))
-# config key 'seeds': one copy of every sr_models entry per extra training seed ({model: (base, seed)})
-MODEL_SEEDS = sfsr.config.expand_seeds(config)
+# A bad config stops the parse with one line naming the key, the value and the fix (no traceback:
+# the message is the whole story, docs/reliability.md).
+try:
+    sfsr.config.validate(config, os.path.join(workflow.basedir, "config.schema.yaml"))
+    # config key 'seeds': one copy of every sr_models entry per extra training seed ({model: (base, seed)})
+    MODEL_SEEDS = sfsr.config.expand_seeds(config)
+except sfsr.config.ConfigError as exc:
+    sys.exit(f"ConfigError: {exc}")
 
 # `snakemake --report results/report.html` (the README's) writes into results/, which Snakemake does
 # not create; after a data-only run it would not exist yet.
+if os.path.exists("results") and not os.path.isdir("results"):
+    sys.exit("ConfigError: ./results is a file; the report (snakemake --report results/report.html) "
+             "is written into the folder results/; move the file away")
 os.makedirs("results", exist_ok=True)
 
 include: "rules/common.smk"
