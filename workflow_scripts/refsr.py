@@ -28,7 +28,7 @@ def refsr_summary(smk):
     from sfsr.refsr import (gain_over_bicubic, paired_against_controls, paired_markdown, reference_summary,
                             summary_markdown)
 
-    table = pd.concat([pd.read_csv(p) for p in smk.input.tables], ignore_index=True)
+    table = pd.concat([pd.read_csv(p, dtype={"group": str}) for p in smk.input.tables], ignore_index=True)
     summary = reference_summary(table)
     io.write_csv(smk.output.csv, summary)
     paired = paired_against_controls(table)  # each reference-based run vs the no-reference control

@@ -21,7 +21,10 @@ to use, so all of them would land on GPU 0. :func:`acquire` gives a job ``n`` GP
   GPUs, or when there is no GPU: ``CUDA_VISIBLE_DEVICES`` set to an empty list or ``-1``, no
   ``nvidia-smi``, or no GPU listed.
 * A job asking for more GPUs than there are candidates fails at once (:class:`ConfigError`)
-  instead of waiting for ever.
+  instead of waiting for ever; so does a candidate list naming one id twice (``CUDA_VISIBLE_DEVICES=0,0``:
+  both would be the same lock, which the job could never take twice), and a lock folder that cannot
+  be used (``SFSR_GPU_SLOT_DIR`` naming a file, a read-only or unwritable folder): one line naming the
+  variable, its value and the fix.
 
 Where the lock files are: ``SFSR_GPU_SLOT_DIR`` when set, else ``$XDG_RUNTIME_DIR/sfsr-gpu-slots``,
 else ``<tmp>/sfsr-gpu-slots-<uid>``: node-local folders, so that jobs on different machines sharing
@@ -86,6 +89,49 @@ def candidate_ids(env: Mapping[str, str] | None = None,
     if env.get(ENV_IDS, "").strip():
         return _id_list(env[ENV_IDS])
     return [str(i) for i in detect()]
+
+
+def candidate_source(env: Mapping[str, str] | None = None) -> str:
+    """Where :func:`candidate_ids` takes the ids from, for messages: ``CUDA_VISIBLE_DEVICES=<value>``,
+    ``SFSR_GPU_IDS=<value>`` or ``nvidia-smi -L``."""
+    env = os.environ if env is None else env
+    if CUDA_ENV in env:
+        return f"{CUDA_ENV}={env[CUDA_ENV]}"
+    if env.get(ENV_IDS, "").strip():
+        return f"{ENV_IDS}={env[ENV_IDS]}"
+    return "nvidia-smi -L"
+
+
+def _check_unique(candidates: Sequence[str], source: str) -> None:
+    """Refuse a list naming one device twice (or two ids that share a lock file name)."""
+    seen: dict[str, str] = {}
+    for device_id in candidates:
+        key = _slot_file(Path("."), device_id).name
+        if key in seen:
+            same = repr(device_id) if seen[key] == device_id else f"{seen[key]!r} and {device_id!r}"
+            raise ConfigError(f"{source} names GPU {same} twice; list each GPU once (e.g. "
+                              f"{','.join(dict.fromkeys(candidates))})")
+        seen[key] = device_id
+
+
+def _unusable_folder(where: Path, env: Mapping[str, str], given: bool, exc: OSError) -> ConfigError:
+    """The one-line error for a lock folder that cannot be made or written."""
+    if where.exists() and not where.is_dir():
+        reason = "it is a file, not a folder"
+    elif exc.errno == errno.ENOTDIR or any(p.exists() and not p.is_dir() for p in where.parents):
+        reason = "a part of that path is a file, not a folder"
+    else:
+        reason = exc.strerror or str(exc)
+    if given:
+        return ConfigError(f"GPU lock folder {where}: cannot keep the slot lock files there ({reason}); "
+                           f"give a folder you can write to")
+    if env.get(ENV_DIR):
+        there = "there" if Path(env[ENV_DIR]) == where else f"in {where}"
+        return ConfigError(f"{ENV_DIR}={env[ENV_DIR]}: cannot keep the GPU slot lock files {there} "
+                           f"({reason}); set {ENV_DIR} to a folder you can write to (made if missing), "
+                           f"or unset it")
+    return ConfigError(f"GPU lock folder {where}: cannot keep the slot lock files there ({reason}); set "
+                       f"{ENV_DIR} to a folder you can write to (made if missing)")
 
 
 def lock_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -168,6 +214,8 @@ def acquire(n: int, *, ids: Sequence[str] | None = None, folder: str | os.PathLi
     if n <= 0:
         return None
     candidates = list(candidate_ids(env) if ids is None else ids)
+    if candidates:
+        _check_unique(candidates, candidate_source(env) if ids is None else f"the id list {','.join(candidates)}")
     if not candidates:
         log.info("job asks for %d GPU(s) but none is visible (no CUDA_VISIBLE_DEVICES ids, %s or "
                  "nvidia-smi GPUs): no GPU slot taken", n, ENV_IDS)
@@ -177,13 +225,20 @@ def acquire(n: int, *, ids: Sequence[str] | None = None, folder: str | os.PathLi
                           f"are available to it ({', '.join(candidates)}); lower the job's gpus setting or "
                           f"run it where {n} GPUs are visible")
     where = Path(folder) if folder is not None else lock_dir(env)
-    where.mkdir(parents=True, exist_ok=True)
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _unusable_folder(where, env, folder is not None, exc) from None
     holder = holder or f"pid {os.getpid()} on {socket.gethostname()}"
     start, waited = time.monotonic(), False
     while True:
         files, taken = [], []
         for device_id in candidates:
-            fh = _try_lock(_slot_file(where, device_id), holder)
+            try:
+                fh = _try_lock(_slot_file(where, device_id), holder)
+            except OSError as exc:  # the folder exists but cannot take the lock file
+                Slots(taken, files).release()
+                raise _unusable_folder(where, env, folder is not None, exc) from None
             if fh is not None:
                 files.append(fh)
                 taken.append(device_id)

@@ -3,11 +3,17 @@
 Every result, table, image and checkpoint the pipeline writes goes through these helpers: the data
 is written to a temporary file in the same folder, flushed, fsync'ed and renamed over the target, so
 a job killed at any point leaves either the old file or the new one, never half of one.
+
+A write that fails (a full disk, a quota, an I/O error: from ``write``, ``fsync``, ``close`` or the
+rename) raises :class:`sfsr.errors.PathError` naming the file the caller asked for, not the temporary
+file, and not nameless either (``write()`` on a full disk raises an ``OSError`` without a file name);
+a file written into a folder made by :func:`make_temp_dir` is named at its final place.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -17,6 +23,10 @@ from typing import IO, Any, Iterator
 import numpy as np
 
 from sfsr.errors import PathError, writing
+
+#: Temporary folders of :func:`make_temp_dir` -> the folder they become (to name a failed write
+#: inside one at the place the user asked for).
+_TEMP_DIRS: dict[Path, Path] = {}
 
 
 def default_mode(directory: bool = False) -> int:
@@ -35,7 +45,31 @@ def make_temp_dir(target: str | os.PathLike, suffix: str = ".tmp") -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent))
         os.chmod(tmp, default_mode(directory=True))
+    _TEMP_DIRS[tmp] = target
     return tmp
+
+
+def _final_name(path: Path) -> Path:
+    """``path``, or where it will be once the :func:`make_temp_dir` folder it lies in is renamed."""
+    for parent in path.parents:
+        if parent in _TEMP_DIRS:
+            return _TEMP_DIRS[parent] / path.relative_to(parent)
+    return path
+
+
+@contextlib.contextmanager
+def _writes_of(path: Path, tmp: str) -> Iterator[None]:
+    """Turn an :class:`OSError` of writing ``tmp`` (the temporary sibling of ``path``) into a
+    :class:`PathError` naming ``path``: one raised by our own write, fsync, close or rename, or by the
+    caller's block when it names no file or ``tmp`` (``fh.write`` on a full disk). An OSError that
+    names another file (the block read something else) is left alone."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename not in (None, tmp, os.fsencode(tmp)):
+            raise
+        with writing(_final_name(path)):
+            raise
 
 
 def _check_target(path: Path) -> None:
@@ -77,7 +111,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
         raise ValueError(f"atomic_open is for writing only, got mode {mode!r}")
     path = Path(path)
     fd, tmp = _temp_file(path, f".{path.name}.", ".tmp")
-    with _replace_when_done(tmp, path):
+    with _writes_of(path, tmp), _replace_when_done(tmp, path):
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
             fh.flush()
@@ -92,7 +126,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     fd, tmp = _temp_file(path, f".{path.stem}.", f".tmp{path.suffix}")
     os.close(fd)
-    with _replace_when_done(tmp, path):
+    with _writes_of(path, tmp), _replace_when_done(tmp, path):
         yield Path(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -128,12 +162,41 @@ def save_image(path: str | os.PathLike, image: np.ndarray) -> None:
         Image.fromarray(image).save(tmp, format="PNG")
 
 
+def _write_error(exc: BaseException, folder: Path) -> OSError | None:
+    """The :class:`OSError` behind a failed ``torch.save``: one in the exception's chain (torch
+    re-raises a failed ``write`` as a ``RuntimeError`` from its zip writer's cleanup), else ENOSPC
+    when ``folder``'s file system has no free block left (torch's own C++ writer reports a full disk
+    only as ``basic_ios::clear: iostream error``); None otherwise."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    try:
+        free = os.statvfs(folder)
+    except OSError:
+        return None
+    if free.f_bavail == 0 or free.f_bavail * free.f_frsize < 64 * 1024:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return None
+
+
 def torch_save(path: str | os.PathLike, obj: Any) -> None:
-    """``torch.save`` atomically (checkpoints)."""
+    """``torch.save`` atomically (checkpoints). A failed write (a full disk) raises
+    :class:`PathError` ``"cannot write <path>: No space left on device; the disk is full; ..."``,
+    leaving ``path`` as it was and no temporary file."""
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    path = Path(path)
+    with atomic_open(path, "wb") as fh:  # a Python file: a failed write raises OSError with its errno
+        try:
+            torch.save(obj, fh)
+        except RuntimeError as exc:
+            cause = _write_error(exc, path.parent)
+            if cause is None:
+                raise
+            raise OSError(cause.errno, cause.strerror) from exc
 
 
 def torch_load(path: str | os.PathLike, what: str, missing: str, unreadable: str) -> Any:

@@ -52,13 +52,13 @@ def reference_table(hr_dir: str | os.PathLike, scale: int, *, model_name: str, d
                     checkpoint: str | os.PathLike | None = None, device: str = "cpu") -> pd.DataFrame:
     """Per-group metrics of ``model_name`` on the reference set ``hr_dir`` (a prepared ``HR``
     folder); ``checkpoint`` None: bicubic. Columns :data:`TABLE_COLUMNS`."""
-    from sfsr.training.data import reference_groups
+    from sfsr.training.data import reference_levels
 
     hr_dir = Path(hr_dir)
-    groups = reference_groups(hr_dir)
+    groups = reference_levels(hr_dir)  # levels from the file names: a missing level is a gap
     names = [g for g, _, _ in groups]
     photos = _photos(hr_dir, names)
-    first_ref = {g: refs[0] for g, _, refs in groups}
+    first_ref = {g: refs[0][1] for g, _, refs in groups}
     model, upscale = None, None
     if checkpoint is not None:
         upscale, model = _upscaler(checkpoint, scale, device)
@@ -71,7 +71,7 @@ def reference_table(hr_dir: str | os.PathLike, scale: int, *, model_name: str, d
         elif not getattr(model, "use_reference", False):
             runs = [("none", np.nan, upscale(lr, None))]
         else:
-            runs = [(f"ref{k}", float(k), upscale(lr, read_image(p))) for k, p in enumerate(ref_paths, start=1)]
+            runs = [(f"ref{k}", float(k), upscale(lr, read_image(p))) for k, p in ref_paths]
             try:
                 other = random_reference_group(names, photos, group)
             except DataError as exc:  # one photo only (e.g. a single CUFED5 group): no random control

@@ -7,6 +7,7 @@ the images and the manifest; see docs/data.md for the layouts.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass
@@ -19,7 +20,9 @@ from PIL import Image
 
 from sfsr.data.images import images_by_stem, list_images, read_image
 from sfsr.data.sources import load_builtin
-from sfsr.errors import ConfigError, DataError
+from sfsr.errors import CLI, WORKFLOW, ConfigError, DataError, ImageError
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 #: Per file of a builtin_refgroups set: how its reference was made (written as references.csv).
@@ -195,7 +198,34 @@ def _collect_cub200(name: str, spec: dict, root: Path) -> tuple[list[_Item], set
     return items, {"train", "test"}
 
 
+#: Fixes for a reference level missing from a group (refgroups layout).
+MISSING_LEVEL_HINTS = {
+    WORKFLOW: "restore the file, or set on_bad_image: skip in the dataset's settings to keep the group "
+              "without that level",
+    CLI: "restore the file",
+}
+
+
+def _missing_level(name: str, path: Path, group: str, level: int, have: list[int]) -> _Item:
+    """A placeholder for the absent level-``level`` reference ``path`` of ``group``: loading it raises
+    :class:`ImageError`, so that ``on_bad_image`` decides (fail: the job stops naming the file;
+    skip: the group is kept without that level, the file listed in skipped.csv)."""
+    def load() -> np.ndarray:
+        raise ImageError(f"{path}: not found: group {group!r} of dataset {name} has references of levels "
+                         f"{', '.join(map(str, have))} but not level {level} (a reference's level is the number "
+                         f"in its file name, 1 = most similar)", hints=MISSING_LEVEL_HINTS)
+    return _Item(stem=path.stem, source=str(path), load=load, group=group, role=f"ref{level}")
+
+
 def _collect_refgroups(name: str, spec: dict, root: Path) -> list[_Item]:
+    """CUFED5's naming: ``<group>_0`` the target, ``<group>_<k>`` its level-k reference (1 = most
+    similar). The group id is the text before the last ``_`` (``"001"`` stays ``"001"``) and a
+    reference's level is ``k`` from its name, never its rank among the group's files. A gap in a
+    group's levels (``001_3`` gone while ``001_4`` is there) is reported in one warning line, and the
+    absent files are listed as items that cannot be read: ``on_bad_image: fail`` stops the job naming
+    the first, ``skip`` keeps the group without those levels and lists them in skipped.csv. Groups
+    with fewer levels than others (``002_1..3`` beside ``001_1..5``) are allowed, with one warning
+    line."""
     parsed = []
     for path in list_images(root, spec["extensions"]):
         match = re.fullmatch(r"(.+)_(\d+)", path.stem)
@@ -214,8 +244,30 @@ def _collect_refgroups(name: str, spec: dict, root: Path) -> list[_Item]:
         if len(ks) < 2:
             raise DataError(f"dataset {name}: group {group!r} in {root} has no reference images "
                             f"({group}_1, ...)")
-    return [_file_item(p, p.stem, group=g, role="target" if k == 0 else f"ref{k}")
-            for g, k, p in parsed]
+    top = max(k for ks in groups.values() for k in ks)
+    suffix = {g: p.suffix for g, k, p in parsed if k == 0}
+    items, missing, fewer = [], [], []
+    for group, ks in groups.items():
+        have = sorted(k for k in ks if k > 0)
+        for level in range(1, have[-1]):  # a gap below the group's last level: a file is gone
+            if level not in ks:
+                path = root / f"{group}_{level}{suffix[group]}"
+                missing.append(f"{path.name} (group {group!r} has levels {', '.join(map(str, have))})")
+                items.append((group, level, _missing_level(name, path, group, level, have)))
+        if have[-1] < top:
+            fewer.append(f"{group!r} (up to {have[-1]})")
+    if missing:
+        log.warning("dataset %s: %d reference file(s) missing in %s, the levels of the others kept from "
+                    "their file names: %s%s", name, len(missing), root, "; ".join(missing[:5]),
+                    " ..." if len(missing) > 5 else "")
+    if fewer:  # allowed (a set may rank fewer references for some targets), but said
+        log.warning("dataset %s: %d of %d group(s) in %s have fewer reference levels than the set's %d, so "
+                    "the means of the higher levels have fewer groups: %s%s", name, len(fewer), len(groups),
+                    root, top, ", ".join(fewer[:5]), " ..." if len(fewer) > 5 else "")
+    items += [(g, k, _file_item(p, p.stem, group=g, role="target" if k == 0 else f"ref{k}"))
+              for g, k, p in parsed]
+    items.sort(key=lambda t: (_natural_key(t[0]), t[1]))
+    return [item for _, _, item in items]
 
 
 def _collect_refpairs(name: str, spec: dict, root: Path) -> list[_Item]:

@@ -10,8 +10,8 @@
   (under DDP, each rank's contiguous share of every batch).
 * :func:`load_validation_set`: whole validation images (HR cropped to a multiple of the scale, LR).
 * Reference-based SR: :class:`RefPairDataset` (a target patch with the same window of one of its
-  references), :func:`reference_groups` and :func:`load_reference_validation` (each target with its
-  most similar reference).
+  references), :func:`reference_groups` and :func:`reference_levels` (with each reference's level)
+  and :func:`load_reference_validation` (each target with its most similar reference).
 * Manifest splits and labels of prepared classification sets: :func:`select_training_images`,
   :class:`ManifestPatchDataset` (patches of the selected images, with labels),
   :func:`load_validation_items` (validation images of one split, with labels),
@@ -243,7 +243,8 @@ def _read_manifest(hr_dir: str | os.PathLike) -> pd.DataFrame | None:
     path = manifest_path(hr_dir)
     if not path.is_file():
         return None
-    frame = pd.read_csv(path, dtype={"stem": str, "split": str})
+    # ids as written: a group "001" or a stem "0001" must not come back as the number 1
+    frame = pd.read_csv(path, dtype={"stem": str, "split": str, "group": str, "role": str})
     if "stem" not in frame.columns:
         raise DataError(f"{path} has no 'stem' column (has {list(frame.columns)}); re-run prepare")
     return frame
@@ -373,9 +374,11 @@ def load_validation_items(valid_hr_dirs: Sequence[str | os.PathLike], scale: int
 
 
 # ------------------------------------------------------------------ reference-based SR
-def reference_groups(hr_dir: str | os.PathLike) -> list[tuple[str, Path, list[Path]]]:
-    """``(group, target, [references, most similar first])`` of a prepared reference set, from its
-    manifest (roles ``target`` and ``ref<k>``)."""
+def reference_levels(hr_dir: str | os.PathLike) -> list[tuple[str, Path, list[tuple[int, Path]]]]:
+    """``(group, target, [(level, reference), most similar first])`` of a prepared reference set, from
+    its manifest (roles ``target`` and ``ref<k>``): a reference's level is the ``k`` of its role, so a
+    group kept without a level (``on_bad_image: skip``) has a gap there, never renumbered references.
+    Group ids are the manifest's text (``"001"``)."""
     frame = _read_manifest(hr_dir)
     if frame is None or "role" not in frame.columns or not frame["role"].notna().any():
         raise DataError(f"{hr_dir} is not a prepared reference set: {manifest_path(hr_dir)} has no roles "
@@ -383,12 +386,18 @@ def reference_groups(hr_dir: str | os.PathLike) -> list[tuple[str, Path, list[Pa
     out = []
     for group, rows in frame.groupby("group", sort=False):
         roles = dict(zip(rows["role"].astype(str), rows["stem"].astype(str)))
-        refs = sorted((r for r in roles if r.startswith("ref")), key=lambda r: int(r[3:]))
+        refs = sorted((int(r[3:]), r) for r in roles if r.startswith("ref") and r[3:].isdigit())
         if "target" not in roles or not refs:
             raise DataError(f"group {group!r} of {manifest_path(hr_dir)} lacks its target or references")
         out.append((str(group), Path(hr_dir) / f"{roles['target']}.png",
-                    [Path(hr_dir) / f"{roles[r]}.png" for r in refs]))
+                    [(k, Path(hr_dir) / f"{roles[r]}.png") for k, r in refs]))
     return out
+
+
+def reference_groups(hr_dir: str | os.PathLike) -> list[tuple[str, Path, list[Path]]]:
+    """``(group, target, [references, most similar first])`` of a prepared reference set
+    (:func:`reference_levels` without the levels)."""
+    return [(group, target, [path for _, path in refs]) for group, target, refs in reference_levels(hr_dir)]
 
 
 def fit_reference(ref: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -418,15 +427,14 @@ class RefPairDataset(Dataset):
         self.groups: list[tuple[np.ndarray, list[np.ndarray]]] = []
         too_small = []
         for folder in hr_dirs:
-            for group, target_path, ref_paths in reference_groups(folder):
+            for group, target_path, leveled in reference_levels(folder):
                 target = to_rgb(modcrop(read_image(target_path), self.scale))
                 if min(target.shape[:2]) < self.hr_patch:
                     too_small.append(group)
                     continue
-                if levels is not None:  # references of these levels only (1 = most similar)
-                    ref_paths = [r for k, r in enumerate(ref_paths, start=1) if k in set(levels)]
-                    if not ref_paths:
-                        continue
+                ref_paths = [r for k, r in leveled if levels is None or k in set(levels)]
+                if not ref_paths:  # references of these levels only (1 = most similar)
+                    continue
                 refs = [fit_reference(read_image(r), target.shape[:2]) for r in ref_paths]
                 self.groups.append((np.ascontiguousarray(target), refs))
         if too_small:
