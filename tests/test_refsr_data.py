@@ -15,7 +15,7 @@ import pytest
 
 from sfsr.data.images import read_image
 from sfsr.data.prepare import prepare_dataset
-from sfsr.errors import WORKFLOW, ImageError
+from sfsr.errors import WORKFLOW, ConfigError, ImageError
 from sfsr.training import data as training_data
 from sfsr.training.data import RefPairDataset, fit_reference, reference_groups
 
@@ -71,6 +71,12 @@ def test_with_skip_the_group_keeps_its_levels_from_the_file_names(cufed5, tmp_pa
     [(group, _, refs)] = training_data.reference_levels(out / "HR")
     assert group == "001" and [(k, p.name) for k, p in refs] == [(1, "001_1.png"), (2, "001_2.png"),
                                                                  (4, "001_4.png"), (5, "001_5.png")]
+    # a level the data does not hold is named with the levels it does (was: "lower lr_patch")
+    with pytest.raises(ConfigError) as info:
+        RefPairDataset([out / "HR"], 4, 8, length=2, seed=0, levels=[3, 9])
+    assert str(info.value) == (f"training setting 'reference_levels' is [3, 9], but the reference groups in "
+                               f"{out / 'HR'} hold level(s) 1, 2, 4, 5; choose among those, or null for "
+                               f"every reference")
 
 
 def test_the_evaluation_table_reports_the_levels_of_the_file_names(cufed5, tmp_path):

@@ -44,11 +44,11 @@ def classify(smk):
 
 def accuracy_table(smk):
     records = [json.loads(Path(path).read_text()) for path in smk.input.accuracies]
-    manifest = pd.read_csv(smk.input.manifest)
+    manifest = pd.read_csv(smk.input.manifest, dtype={"stem": str, "split": str})
     test_stems = set(manifest.loc[manifest["split"] == "test", "stem"])
     metrics = {}
     for path in smk.input.metrics:  # PSNR/SSIM on the same test images
-        per_image = pd.read_csv(path)
+        per_image = pd.read_csv(path, dtype={"image": str})
         per_image = per_image[per_image["image"].isin(test_stems)]
         metrics[per_image["model"].iloc[0]] = mean_metrics(per_image)
     # every judge's table, with paired statistics vs bicubic and vs each model's control

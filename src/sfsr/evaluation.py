@@ -488,7 +488,7 @@ def split_accuracy(classifier_checkpoint: str | os.PathLike, images: str | os.Pa
     from sfsr.training.classifier import load_classifier
 
     classifier, meta = load_classifier(classifier_checkpoint)
-    frame = pd.read_csv(manifest)
+    frame = pd.read_csv(manifest, dtype={"stem": str, "split": str})
     if "split" not in frame.columns or not (frame["split"] == split).any():
         raise DataError(f"{manifest} has no images in split {split!r}; is it a prepared "
                         "classification set?")

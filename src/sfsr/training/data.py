@@ -394,6 +394,17 @@ def reference_levels(hr_dir: str | os.PathLike) -> list[tuple[str, Path, list[tu
     return out
 
 
+def _ranges(levels: list[int]) -> str:
+    """``[1, 2, 3, 5]`` -> ``"1..3, 5"``."""
+    runs: list[list[int]] = []
+    for k in levels:
+        if runs and k == runs[-1][-1] + 1:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    return ", ".join(f"{r[0]}..{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)
+
+
 def reference_groups(hr_dir: str | os.PathLike) -> list[tuple[str, Path, list[Path]]]:
     """``(group, target, [references, most similar first])`` of a prepared reference set
     (:func:`reference_levels` without the levels)."""
@@ -426,8 +437,10 @@ class RefPairDataset(Dataset):
         self.augment = False if augment == "none" else augment  # True / 'dihedral', 'hflip' or off
         self.groups: list[tuple[np.ndarray, list[np.ndarray]]] = []
         too_small = []
+        held: set[int] = set()  # the levels the data holds (the check of ``levels`` below)
         for folder in hr_dirs:
             for group, target_path, leveled in reference_levels(folder):
+                held.update(k for k, _ in leveled)
                 target = to_rgb(modcrop(read_image(target_path), self.scale))
                 if min(target.shape[:2]) < self.hr_patch:
                     too_small.append(group)
@@ -440,6 +453,10 @@ class RefPairDataset(Dataset):
         if too_small:
             log.warning("left out %d reference group(s) whose target is smaller than the %d px HR patch: %s",
                         len(too_small), self.hr_patch, ", ".join(too_small[:10]))
+        if levels is not None and not held & set(levels):
+            raise ConfigError(f"training setting 'reference_levels' is {list(levels)}, but the reference "
+                              f"groups in {', '.join(map(str, hr_dirs))} hold level(s) "
+                              f"{_ranges(sorted(held))}; choose among those, or null for every reference")
         if not self.groups:
             raise DataError(f"no reference group in {', '.join(map(str, hr_dirs))} has a target of at least "
                             f"{self.hr_patch} px (lr_patch {lr_patch} x scale {scale}); lower lr_patch")
