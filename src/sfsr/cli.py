@@ -107,7 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="generator checkpoint written by sfsr training")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--tile", type=int, default=None,
-                   help="largest LR tile (pixels; each axis split into equal tiles) to bound memory")
+                   help="largest LR tile (pixels; each axis split into equal tiles) to bound memory "
+                        "(default: the whole image when it fits in the memory available, else the "
+                        "largest tile that does; a tile at least the image's size runs it whole; "
+                        "bicubic always runs in bounded bands)")
     p.add_argument("--tile-overlap", type=int, default=16, help="LR pixels of overlap between tiles")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (on a CPU without AVX512-BF16/AMX emulated: slower than float32)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

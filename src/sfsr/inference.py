@@ -8,11 +8,19 @@ images can be processed in overlapping LR tiles (each axis split into nearly equ
 model, and only its core is kept, so the result equals the whole-image result whenever the model's
 receptive-field radius is at most ``tile_overlap`` LR pixels (up to float rounding: within one grey
 level).
+
+Memory (:mod:`sfsr.memory`): without a ``tile`` the whole image is run when its estimated need fits
+the memory available, else the largest tile that fits is chosen and one line says so; an image that
+not even tiles of 32 fit is refused in one line, as is an allocation that fails during a pass.
+Bicubic upscaling runs in bands of output rows with MATLAB's weights of the whole image, so it is
+bit-identical to :func:`sfsr.data.bicubic.imresize` at a bounded memory (the uint8 result plus
+:data:`BICUBIC_BAND_BYTES`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -22,7 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from sfsr import io
+from sfsr import io, memory
 from sfsr.data.bicubic import imresize
 from sfsr.data.images import DEFAULT_EXTENSIONS as IMAGE_EXTENSIONS
 from sfsr.data.images import list_images, read_image, to_rgb
@@ -31,6 +39,9 @@ from sfsr.metrics import to_uint8
 from sfsr.outputs import check_output_folder
 from sfsr.tensors import eval_mode, resolve_device, to_float  # resolve_device: public here too
 
+log = logging.getLogger(__name__)
+#: float64 temporaries of one band of a bicubic upscale (bytes)
+BICUBIC_BAND_BYTES = 64 * memory.MiB
 
 
 def _run_model(model: nn.Module, x: torch.Tensor, scale: int, bf16: bool) -> torch.Tensor:
@@ -57,16 +68,20 @@ def tile_bounds(n: int, tile: int) -> list[tuple[int, int]]:
 
 def upscale_image(image: np.ndarray, *, scale: int, model: nn.Module | None = None,
                   device: str | torch.device = "cpu", tile: int | None = None,
-                  tile_overlap: int = 16, bf16: bool = False) -> np.ndarray:
+                  tile_overlap: int = 16, bf16: bool = False, name: str = "image") -> np.ndarray:
     """Upscale one uint8 image by ``scale``.
 
-    ``model=None``: MATLAB-exact bicubic (:func:`sfsr.data.bicubic.imresize`), gray stays gray.
+    ``model=None``: MATLAB-exact bicubic (:func:`sfsr.data.bicubic.imresize`, bit for bit, in bands
+    of output rows: :func:`bicubic_upscale`), gray stays gray; ``tile`` is not used.
     With a model: the image is fed as float RGB in [0, 1] (gray replicated), under
     ``torch.inference_mode`` in eval mode, optionally in overlapping LR tiles of at most ``tile``
     pixels (each axis split into nearly equal tiles, :func:`tile_bounds`) with ``tile_overlap``
-    pixels of context on each side; ``bf16``: bfloat16 autocast on the device (on a CPU without
-    native bf16 it is emulated: correct, slower than float32). The model is moved to ``device``. Returns uint8
-    ``(H*scale) x (W*scale) x 3``.
+    pixels of context on each side; ``tile`` None: the whole image when it fits in the memory
+    available, else the largest tile that does (:func:`sfsr.memory.plan_tile`; one log line says
+    so); a ``tile`` at least the image's size runs it whole. ``bf16``: bfloat16 autocast on the
+    device (on a CPU without native bf16 it is emulated: correct, slower than float32). The model
+    is moved to ``device``. Returns uint8 ``(H*scale) x (W*scale) x 3``. ``name`` labels the
+    image in messages: not enough memory raises :class:`DataError` ``"<name>: ..."`` in one line.
     """
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim not in (2, 3):
@@ -74,7 +89,7 @@ def upscale_image(image: np.ndarray, *, scale: int, model: nn.Module | None = No
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     if model is None:
-        return imresize(image, scale=scale)
+        return bicubic_upscale(image, scale, name=name)
     image = to_rgb(image)
     if image.shape[2] != 3:
         raise DataError(f"upscale_image expects gray or RGB, got {image.shape[2]} channels")
@@ -84,10 +99,88 @@ def upscale_image(image: np.ndarray, *, scale: int, model: nn.Module | None = No
         raise ConfigError(f"tile_overlap must be >= 0, got {tile_overlap}")
     dev = torch.device(device)
     model.to(dev)
-    x = to_float(image)
     h, w = image.shape[:2]
     s = int(scale)
+    per_px = None
+    if tile is None:
+        tile, per_px = _auto_tile(model, dev, h, w, s, tile_overlap, name)
+    try:
+        return _upscale_model(image, model, dev, s, tile, tile_overlap, bf16)
+    except Exception as exc:
+        if not memory.is_out_of_memory(exc):
+            raise
+        how = "whole" if tile is None or (tile >= h and tile >= w) else f"in tiles of {tile}"
+        smaller = _smaller_tile(model, tile, h, w, s, tile_overlap, per_px, dev)
+        fix = (f"try --tile {smaller}" if smaller else "free memory or use a machine with more")
+        raise DataError(f"{name}: out of memory upscaling this {w}x{h} image x{s} {how} on {dev}; {fix}") from exc
+
+
+def _auto_tile(model: nn.Module, dev: torch.device, h: int, w: int, s: int, overlap: int,
+               name: str) -> tuple[int | None, int | None]:
+    """(tile or None, bytes per LR pixel or None) for a pass without ``--tile``: the plan of
+    :func:`sfsr.memory.plan_tile`, logged when it tiles; raises :class:`DataError` when nothing
+    fits. (None, None) when the memory or the model's needs cannot be known."""
+    try:  # first: the probe starts the thread pools, whose stacks count against ulimit -v
+        per_px = memory.model_bytes_per_lr_pixel(memory.peak_values(model, dev), s)
+    except Exception as exc:  # a model the 32x32 probe does not suit: run it as asked
+        if memory.is_out_of_memory(exc):
+            raise DataError(f"{name}: out of memory before upscaling; free memory or use a machine "
+                            "with more") from exc
+        log.debug("no memory estimate for %s (%s: %s)", type(model).__name__, type(exc).__name__, exc)
+        return None, None
+    available = memory.available_memory(dev)
+    if available is None:
+        return None, per_px
+    host = memory.available_memory("cpu") if dev.type == "cuda" else None
+    try:
+        plan = memory.plan_tile(per_px, h, w, s, overlap, available, host)
+    except memory.NotEnoughMemory as exc:
+        p = exc.plan
+        if exc.host_short:
+            raise DataError(f"{name}: the x{s} result of this {w}x{h} image alone needs "
+                            f"~{memory.format_bytes(memory.fixed_bytes(h, w, s))} of host memory, "
+                            f"{memory.format_bytes(host or 0)} available; free memory or upscale a "
+                            "smaller image") from None
+        raise DataError(f"{name}: image {w}x{h} needs ~{memory.format_bytes(p.need_whole)} untiled and "
+                        f"~{memory.format_bytes(p.need)} even in tiles of {memory.MIN_TILE}, "
+                        f"{memory.format_bytes(p.available)} available on {dev}; free memory, or try "
+                        f"anyway with --tile {memory.MIN_TILE}") from None
+    if plan.tile is not None:
+        log.warning("%s: image %dx%d needs ~%s untiled, %s available: tiling with --tile %d", name, w, h,
+                    memory.format_bytes(plan.need_whole), memory.format_bytes(plan.available), plan.tile)
+    return plan.tile, per_px
+
+
+def _smaller_tile(model: nn.Module, tile: int | None, h: int, w: int, s: int, overlap: int,
+                  per_px: int | None, dev: torch.device) -> int | None:
+    """The tile to suggest after a pass ran out of memory: half the tile used (not below
+    :data:`sfsr.memory.MIN_TILE`; None when it was that small already); after a whole-image pass
+    the plan's tile for the memory available now (256 when that cannot be known)."""
+    if tile is not None and (tile < h or tile < w):
+        if tile <= memory.MIN_TILE:
+            return None
+        return max(memory.MIN_TILE, tile // 2 // memory.TILE_STEP * memory.TILE_STEP)
+    try:
+        available = memory.available_memory(dev)
+        if per_px is None:
+            per_px = memory.model_bytes_per_lr_pixel(memory.peak_values(model, dev), s)
+        if available is not None:
+            host = memory.available_memory("cpu") if dev.type == "cuda" else None
+            plan = memory.plan_tile(per_px, h, w, s, overlap, available, host)
+            if plan.tile is not None:
+                return plan.tile
+    except memory.NotEnoughMemory:
+        return memory.MIN_TILE
+    except Exception:  # no estimate: a fixed suggestion
+        pass
+    return min(256, max(memory.MIN_TILE, max(h, w) // 2 // memory.TILE_STEP * memory.TILE_STEP))
+
+
+def _upscale_model(image: np.ndarray, model: nn.Module, dev: torch.device, s: int, tile: int | None,
+                   tile_overlap: int, bf16: bool) -> np.ndarray:
+    h, w = image.shape[:2]
     out = np.empty((h * s, w * s, 3), dtype=np.uint8)
+    x = to_float(image)
     with eval_mode(model):
         with torch.inference_mode():
             if tile is None or (tile >= h and tile >= w):
@@ -102,6 +195,49 @@ def upscale_image(image: np.ndarray, *, scale: int, model: nn.Module | None = No
                         del y
                         _quantize_into(out[y0 * s:y1 * s, x0 * s:x1 * s], core)
     return out
+
+
+def bicubic_upscale(image: np.ndarray, scale: int, name: str = "image") -> np.ndarray:
+    """:func:`sfsr.data.bicubic.imresize` ``(image, scale=scale)`` of a uint8 image, bit for bit, in
+    bands of output rows: each band's rows pass uses the whole image's weights and taps for its
+    rows (MATLAB's first pass, rows then columns for equal factors), then the columns pass, so every
+    output value is computed from the same inputs by the same operations as in one piece; the
+    float64 temporaries stay within :data:`BICUBIC_BAND_BYTES`. Refuses (:class:`DataError`, one
+    line naming ``name``) when the result itself would not fit or an allocation fails."""
+    from sfsr.data import bicubic as bc
+
+    h, w = image.shape[:2]
+    channels = image.shape[2] if image.ndim == 3 else 1
+    try:
+        out_shape, scales, order = bc._plan((h, w), scale, None)
+    except ValueError as exc:
+        raise DataError(f"{name}: {exc}") from None
+    result = out_shape[0] * out_shape[1] * channels
+    available = memory.available_memory("cpu")
+    if available is not None and result + BICUBIC_BAND_BYTES > memory.BUDGET_FRACTION * available:
+        raise DataError(f"{name}: the bicubic x{scale:g} result of this {w}x{h} image needs "
+                        f"~{memory.format_bytes(result + BICUBIC_BAND_BYTES)}, "
+                        f"{memory.format_bytes(available)} available; free memory or upscale a smaller image")
+    try:
+        if (image.dtype != np.uint8 or order != [0, 1]
+                or any(bc._strided_plan(n, m, f) is not None for n, m, f in zip((h, w), out_shape, scales))):
+            return imresize(image, scale=scale)  # not an upscale: no band form (not reached by sfsr upscale)
+        rows_w, rows_i = bc._cached_contributions(h, out_shape[0], scales[0])
+        cols_w, cols_i = bc._cached_contributions(w, out_shape[1], scales[1])
+        out = np.empty(out_shape + image.shape[2:], dtype=np.uint8)
+        per_row = 40 * channels * max(w, out_shape[1])  # float64 accumulator + temporaries
+        band = max(1, BICUBIC_BAND_BYTES // per_row)
+        for r0 in range(0, out_shape[0], band):
+            r1 = min(out_shape[0], r0 + band)
+            rows = bc._gather_pass_np(image, 0, rows_w[r0:r1], rows_i[r0:r1], True, np.float64)
+            out[r0:r1] = bc._gather_pass_np(rows, 1, cols_w, cols_i, True, np.float64)
+        return out
+    except Exception as exc:
+        if not memory.is_out_of_memory(exc):
+            raise
+        raise DataError(f"{name}: out of memory upscaling this {w}x{h} image with bicubic x{scale:g} "
+                        f"(the result alone is {memory.format_bytes(result)}); free memory or upscale a "
+                        "smaller image") from exc
 
 
 #: Output values quantized per step of :func:`_quantize_into` (its float64 temporaries stay small).
@@ -120,6 +256,19 @@ def _quantize_into(dst: np.ndarray, y: torch.Tensor) -> None:
         r1 = min(h, r0 + band)
         q = to_uint8(y[0, :, r0:r1])
         dst[r0:r1] = q if q.ndim == 3 else q[:, :, None]
+
+
+@contextlib.contextmanager
+def _memory_errors(path: Path):
+    """A failed allocation while reading, upscaling or writing ``path`` (one the pass did not
+    describe itself) as one line naming it."""
+    try:
+        yield
+    except Exception as exc:
+        if not memory.is_out_of_memory(exc):
+            raise
+        raise DataError(f"{path}: out of memory reading, upscaling or writing this image; free memory "
+                        "or try a smaller --tile N") from exc
 
 
 def _plan_outputs(inputs: list[Path], output: Path, single: bool) -> list[Path]:
@@ -162,6 +311,10 @@ def upscale_path(input: str | os.PathLike, output: str | os.PathLike, *, scale: 
             raise DataError(f"checkpoint not found: {ckpt}")
         dev = resolve_device(device)
         model, ckpt_scale = load_generator(ckpt, dev)
+        if getattr(model, "use_reference", False):
+            raise ConfigError(f"{ckpt} is an SSEN (reference-based) generator; sfsr upscale takes "
+                              "single-image generators; evaluate it with the refsr stage "
+                              "(docs/refsr.md)")
         if scale is not None and int(scale) != int(ckpt_scale):
             raise ConfigError(f"--scale {scale} does not match the x{ckpt_scale} generator in {ckpt}; "
                               "leave --scale out (the checkpoint knows its scale) or use a matching "
@@ -188,9 +341,10 @@ def upscale_path(input: str | os.PathLike, output: str | os.PathLike, *, scale: 
     if not single:
         check_output_folder(src, dst, [o.name for o in outputs])  # a file, the input's parent or inside it
     if single:
-        sr = upscale_image(read_image(src), scale=scale, model=model, device=dev, tile=tile,
-                           tile_overlap=tile_overlap, bf16=bf16)
-        io.save_image(outputs[0], sr)
+        with _memory_errors(src):
+            sr = upscale_image(read_image(src), scale=scale, model=model, device=dev, tile=tile,
+                               tile_overlap=tile_overlap, bf16=bf16, name=str(src))
+            io.save_image(outputs[0], sr)
         return outputs
     # A folder: every output is made in a temporary sibling first, so a bad image half-way leaves
     # the output folder as it was (no partial results); then the files are moved in.
@@ -198,9 +352,11 @@ def upscale_path(input: str | os.PathLike, output: str | os.PathLike, *, scale: 
     try:
         for src_path, dst_path in tqdm(list(zip(inputs, outputs)), desc=f"upscale x{scale}",
                                        disable=not progress):
-            sr = upscale_image(read_image(src_path), scale=scale, model=model, device=dev, tile=tile,
-                               tile_overlap=tile_overlap, bf16=bf16)
-            io.save_image(tmp / dst_path.name, sr)
+            with _memory_errors(src_path):
+                sr = upscale_image(read_image(src_path), scale=scale, model=model, device=dev, tile=tile,
+                                   tile_overlap=tile_overlap, bf16=bf16, name=str(src_path))
+                io.save_image(tmp / dst_path.name, sr)
+                del sr
         if not dst.exists():
             os.replace(tmp, dst)
         else:

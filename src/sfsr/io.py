@@ -200,17 +200,22 @@ def torch_save(path: str | os.PathLike, obj: Any) -> None:
 
 
 def torch_load(path: str | os.PathLike, what: str, missing: str, unreadable: str) -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU (a pickle that would run code is refused
-    like a corrupt file). A missing file raises :class:`DataError` ``"<what> '<path>' not found;
-    <missing>"``, an unreadable one ``"... cannot be read (<reason>); <unreadable>"``."""
-    import torch
-
+    """``torch.load(path, weights_only=True)`` on the CPU (:func:`sfsr.safe_load.load`); every failure
+    is a one-line :class:`DataError`: a missing file ``"<what> '<path>' not found; <missing>"``, one
+    that cannot be opened ``"cannot read <path>: Permission denied; check the file's permissions"``,
+    a truncated or foreign one ``"<what> <path>: not a torch checkpoint (truncated or corrupt);
+    <unreadable>"``, one the safe load refuses ``"<what> <path>: holds Python objects that a safe
+    load refuses (it could run code); only load checkpoints you trust made by sfsr"`` (never torch's
+    advice to load it unsafely). torch's own text stays in the exception chain."""
     from sfsr.errors import DataError
+    from sfsr.safe_load import UnusableFile, cannot_read, load
 
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{what} {str(path)!r} not found; {missing}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DataError(f"{what} {str(path)!r} cannot be read ({type(exc).__name__}: {exc}); {unreadable}") from exc
+        if not path.is_file():
+            raise DataError(f"{what} {str(path)!r} not found; {missing}")
+        return load(path)
+    except OSError as exc:  # e.g. permission denied on the file or a folder on the way
+        raise DataError(cannot_read(path, exc)) from exc
+    except UnusableFile as exc:
+        raise DataError(f"{what} {path}: {exc.reason}" + ("" if exc.unsafe else f"; {unreadable}")) from exc

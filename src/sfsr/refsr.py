@@ -30,6 +30,7 @@ from sfsr.data.images import read_image
 from sfsr.data.refgroups import random_reference_group
 from sfsr.errors import DataError
 from sfsr.evaluation import summarize
+from sfsr.memory import is_out_of_memory
 from sfsr.metrics import image_metrics
 
 log = logging.getLogger(__name__)
@@ -66,18 +67,25 @@ def reference_table(hr_dir: str | os.PathLike, scale: int, *, model_name: str, d
     for group, target_path, ref_paths in groups:
         hr = modcrop(read_image(target_path), scale)
         lr = imresize(hr, scale=1.0 / scale)
-        if model is None:
-            runs = [("bicubic", np.nan, imresize(lr, scale=scale))]
-        elif not getattr(model, "use_reference", False):
-            runs = [("none", np.nan, upscale(lr, None))]
-        else:
-            runs = [(f"ref{k}", float(k), upscale(lr, read_image(p))) for k, p in ref_paths]
-            try:
-                other = random_reference_group(names, photos, group)
-            except DataError as exc:  # one photo only (e.g. a single CUFED5 group): no random control
-                log.warning("%s: no random reference for group %s (%s)", hr_dir, group, exc)
+        try:
+            if model is None:
+                runs = [("bicubic", np.nan, imresize(lr, scale=scale))]
+            elif not getattr(model, "use_reference", False):
+                runs = [("none", np.nan, upscale(lr, None))]
             else:
-                runs.append(("random", np.nan, upscale(lr, read_image(first_ref[other]))))
+                runs = [(f"ref{k}", float(k), upscale(lr, read_image(p))) for k, p in ref_paths]
+                try:
+                    other = random_reference_group(names, photos, group)
+                except DataError as exc:  # one photo only (e.g. a single CUFED5 group): no random control
+                    log.warning("%s: no random reference for group %s (%s)", hr_dir, group, exc)
+                else:
+                    runs.append(("random", np.nan, upscale(lr, read_image(first_ref[other]))))
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            raise DataError(f"{target_path}: out of memory running {model_name} x{scale} on this "
+                            f"{hr.shape[1]}x{hr.shape[0]} target (group {group}); free memory or leave "
+                            "the image out of the reference set") from exc
         for name, level, sr in runs:
             m = image_metrics(hr, sr, scale)
             rows.append({"model": model_name, "dataset": dataset, "scale": int(scale), "group": group,

@@ -106,16 +106,105 @@ def save_generator(path: str | os.PathLike, model: nn.Module, spec: dict[str, An
 def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, int]:
     """Load a checkpoint written by :func:`save_generator`; returns (model in eval mode, scale).
 
-    A missing, corrupt or mismatching file raises :class:`DataError` naming the path."""
+    A missing, unreadable, corrupt or unsafe file, a spec that does not match its weights and
+    non-finite weights raise a one-line :class:`DataError` naming the path
+    (:func:`check_generator_weights`); a spec is checked against the weights before anything of
+    its size is built."""
     path = Path(path)
     ckpt = io.torch_load(path, "generator checkpoint", "train the model first or fix the path",
-                         "it is corrupt or not a torch file - delete it and re-run training")
+                         "delete it and re-run training")
+    name, scale, kwargs, state = _checkpoint_parts(path, ckpt)
+    check_generator_weights(path, name, scale, kwargs, state)
     try:
-        arch = ckpt["arch"]
-        model = build_generator(arch["name"], arch["scale"], **arch.get("kwargs", {}))
-        model.load_state_dict(ckpt["state_dict"], strict=True)
-    except Exception as exc:
-        raise DataError(f"generator checkpoint {str(path)!r} does not describe a usable generator "
-                        f"({type(exc).__name__}: {exc}); it was not written by save_generator or by "
-                        "this version - re-run training") from exc
-    return model.to(device).eval(), int(arch["scale"])
+        model = build_generator(name, scale, **kwargs)
+        model.load_state_dict(state, strict=True)
+    except Exception as exc:  # checked above: not expected
+        raise DataError(f"generator checkpoint {path} does not describe a usable generator "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); it was not written by "
+                        "save_generator or by this version - re-run training") from exc
+    return model.to(device).eval(), scale
+
+
+def _checkpoint_parts(path: Path, ckpt: Any) -> tuple[str, int, dict[str, Any], dict[str, torch.Tensor]]:
+    """(name, scale, kwargs, state dict) of a loaded checkpoint, validated as to form and options."""
+    def unusable(why: str) -> DataError:
+        return DataError(f"generator checkpoint {path} does not describe a usable generator ({why}); it "
+                         "was not written by save_generator or by this version - re-run training")
+
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("arch"), dict) or "state_dict" not in ckpt:
+        keys = sorted(map(str, ckpt))[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise unusable(f"expected a dict with 'arch' and 'state_dict', found {keys}")
+    arch, state = ckpt["arch"], ckpt["state_dict"]
+    name, scale, kwargs = arch.get("name"), arch.get("scale"), arch.get("kwargs", {})
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise unusable("its 'state_dict' is not a dict of tensors")
+    if not isinstance(name, str) or isinstance(scale, bool) or not isinstance(scale, int) or not isinstance(kwargs, dict):
+        raise unusable(f"its spec {_short(arch)} needs a name, an integer scale and a dict of kwargs")
+    try:
+        _generator_kwargs(name, scale, kwargs)
+    except ValueError as exc:
+        raise unusable(f"its spec is invalid: {exc}") from None
+    return name, int(scale), dict(kwargs), state
+
+
+def _short(obj: Any, limit: int = 200) -> str:
+    text = repr(obj)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+#: options that set how many blocks (hence tensors) a generator has; each adds a fixed set of tensors
+COUNT_OPTIONS = ("num_blocks", "extract_blocks", "num_deform")
+
+
+def implied_tensor_count(name: str, scale: int, kwargs: dict[str, Any]) -> int:
+    """The number of state-dict tensors generator ``name`` with ``kwargs`` has, without building it
+    at its size: the generator is built on the ``meta`` device (no memory) with each of
+    :data:`COUNT_OPTIONS` at 1 and at 2, and the count extrapolated linearly (each block adds the
+    same tensors)."""
+    full = _generator_kwargs(name, scale, kwargs)
+    counts = {k: full[k] for k in COUNT_OPTIONS if k in full}
+
+    def count(**override: int) -> int:
+        with torch.device("meta"):
+            return len(build_generator(name, scale, **{**kwargs, **{k: 1 for k in counts}, **override}).state_dict())
+
+    base = count()
+    return base + sum((count(**{k: 2}) - base) * (n - 1) for k, n in counts.items())
+
+
+def check_generator_weights(path: str | os.PathLike, name: str, scale: int, kwargs: dict[str, Any],
+                            state: dict[str, torch.Tensor]) -> None:
+    """Refuse, in one line, weights that do not fit the generator their spec describes (a tensor
+    count that the spec does not imply -- checked before the generator is built, so a spec of
+    100,000 blocks costs nothing --, then names and shapes against the generator built on the
+    ``meta`` device) and non-finite weights."""
+    spec = f"{name} x{scale}" + (f" {_short(kwargs)}" if kwargs else "")
+    prefix = f"{path}: the weights do not match the generator its spec describes ({spec})"
+    damaged = "the file is damaged or was edited"
+    try:
+        implied = implied_tensor_count(name, scale, kwargs)
+    except ValueError as exc:  # e.g. num_deform above SSEN's maximum
+        raise DataError(f"{prefix}: {exc}; {damaged}") from None
+    if implied != len(state):
+        raise DataError(f"{prefix}: the spec implies {implied:,} tensors, the file holds {len(state):,}; {damaged}")
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in build_generator(name, scale, **kwargs).state_dict().items()}
+    except ValueError as exc:
+        raise DataError(f"{prefix}: {exc}; {damaged}") from None
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = [f"{len(missing)} tensors missing" + (f" (e.g. {missing[0]})" if missing else ""),
+                 f"{len(unexpected)} not in the generator" + (f" (e.g. {unexpected[0]})" if unexpected else "")]
+        raise DataError(f"{prefix}: {', '.join(parts)}; {damaged}")
+    differ = [k for k in expected if tuple(state[k].shape) != expected[k]]
+    if differ:
+        k = differ[0]
+        raise DataError(f"{prefix}: {len(differ)} tensors differ in shape, e.g. {k} {tuple(state[k].shape)} "
+                        f"in the file vs {expected[k]}; {damaged}")
+    weights = [v for v in state.values() if v.is_floating_point() or v.is_complex()]
+    bad = sum(1 for v in weights if not bool(torch.isfinite(v).all()))
+    if bad:
+        raise DataError(f"{path}: {bad} of {len(weights)} weight tensors hold NaN/inf; the training "
+                        "diverged or the file is damaged")

@@ -59,9 +59,20 @@ class ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
+#: Similarity values (float32) a non-local block computes at once outside autograd (64 MiB): the
+#: ``hw x hw`` attention matrix of an ``h x w`` map is made in chunks of query rows, so inference on a
+#: large image holds at most two such arrays (the logits and their softmax: 128 MiB) instead of
+#: ``2 (hw)^2`` values (a 2000x1500 x4 target: 47,000 positions at the first level, 17.7 GB).
+ATTENTION_CHUNK_VALUES = 1 << 24
+
+
 class NonLocalBlock(nn.Module):
     """Embedded-Gaussian non-local block (Wang et al., CVPR 2018): ``x + W(softmax(theta(x)^T
-    phi(x)) g(x))`` with 1x1 convs to ``channels // 2``; ``W`` starts at zero (identity block)."""
+    phi(x)) g(x))`` with 1x1 convs to ``channels // 2``; ``W`` starts at zero (identity block).
+    Without autograd the attention is computed in chunks of at most :data:`ATTENTION_CHUNK_VALUES`
+    similarities (each row's softmax is its own, so the result is the same up to float rounding);
+    under autograd in one piece (training patches are small, and the backward keeps every chunk
+    anyway)."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -78,8 +89,14 @@ class NonLocalBlock(nn.Module):
         theta = self.theta(x).flatten(2).transpose(1, 2)          # (n, hw, c')
         phi = self.phi(x).flatten(2)                              # (n, c', hw)
         g = self.g(x).flatten(2).transpose(1, 2)                  # (n, hw, c')
-        attention = torch.softmax(theta @ phi, dim=-1)            # (n, hw, hw)
-        y = (attention @ g).transpose(1, 2).reshape(n, -1, h, w)
+        rows = max(1, ATTENTION_CHUNK_VALUES // max(1, n * h * w))  # query rows per chunk
+        if rows >= h * w or torch.is_grad_enabled():
+            attention = torch.softmax(theta @ phi, dim=-1)        # (n, hw, hw)
+            y = attention @ g
+        else:
+            y = torch.cat([torch.softmax(theta[:, i:i + rows] @ phi, dim=-1) @ g
+                           for i in range(0, h * w, rows)], dim=1)
+        y = y.transpose(1, 2).reshape(n, -1, h, w)
         return x + self.out(y)
 
 

@@ -5,8 +5,9 @@ it, read back so that a corrupt, truncated, empty or foreign file never wedges a
   atomically (temporary file + rename). A crash at any point leaves at least one complete state.
 * :func:`load_state` removes stale temporary files of killed writes, reads ``last.pt``, falls back to
   ``prev.pt`` when ``last.pt`` cannot be read, and returns None (start afresh) when neither can, with
-  one log line saying which and why. Files are read with ``torch.load(weights_only=True)``: a
-  pickle that would run code is refused like a corrupt file.
+  one log line saying which and why. Files are read with ``torch.load(weights_only=True)``
+  (:func:`sfsr.safe_load.load`, as :func:`sfsr.io.torch_load`): a pickle that would run code is
+  refused like a corrupt file, and the log says which of the two it was.
 * :func:`run_fingerprint`: what a state belongs to (a state of another run is not resumed);
   :func:`rng_state` / :func:`set_rng_state`: the RNG states a state carries.
 """
@@ -25,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from sfsr import io
+from sfsr import io, safe_load
 from sfsr.training.data import manifest_path
 from sfsr.training.settings import RUN_NEUTRAL_KEYS
 
@@ -61,7 +62,7 @@ def save_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = safe_load.load(path)  # a short reason when it fails (UnusableFile), never torch's advice
     if not isinstance(state, dict):
         raise ValueError(f"holds a {type(state).__name__}, not a training state")
     return state
