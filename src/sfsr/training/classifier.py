@@ -215,7 +215,7 @@ def read_classifier_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     missing, unreadable or not a classifier checkpoint."""
     path = Path(path)
     ckpt = io.torch_load(path, "classifier checkpoint", "train the classifier first (train_classifier) "
-                         "or fix the path", "it is corrupt or not a torch file - delete it and re-train")
+                         "or fix the path", "delete it and re-train the classifier")
     arch = ckpt.get("arch") if isinstance(ckpt, dict) else None
     if (not isinstance(ckpt, dict) or ckpt.get("kind") != CHECKPOINT_KIND or not isinstance(arch, dict)
             or not {"name", "num_classes", "input_size"} <= set(arch) or "state_dict" not in ckpt):
