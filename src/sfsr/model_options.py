@@ -56,18 +56,23 @@ def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
+def _with_defaults(kind: str, name: str, table: dict[str, dict[str, Any]], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``table[name]``'s defaults updated by ``kwargs``; :class:`OptionError` for an unknown name or
+    option (``kind``: "generator" or "discriminator", for the message)."""
+    if name not in table:
+        raise OptionError(f"unknown {kind} {name!r}; valid names: {', '.join(table)}")
+    unknown = sorted(set(kwargs) - set(table[name]))
+    if unknown:
+        raise OptionError(f"unknown option(s) {unknown} for {kind} {name!r}; valid: {sorted(table[name])}")
+    return {**table[name], **kwargs}
+
+
 def generator_kwargs(name: str, scale: int, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Validate name/scale/kwargs; return the full keyword set (defaults + overrides). Raises
     ValueError listing the valid names/options/values."""
-    if name not in GENERATOR_KWARGS:
-        raise OptionError(f"unknown generator {name!r}; valid names: {', '.join(GENERATOR_NAMES)}")
+    full = _with_defaults("generator", name, GENERATOR_KWARGS, kwargs)
     if scale not in SUPPORTED_SCALES:
         raise OptionError(f"unsupported scale {scale!r} for {name}; supported: {list(SUPPORTED_SCALES)}")
-    allowed = GENERATOR_KWARGS[name]
-    unknown = sorted(set(kwargs) - set(allowed))
-    if unknown:
-        raise OptionError(f"unknown option(s) {unknown} for generator {name!r}; valid: {sorted(allowed)}")
-    full = {**allowed, **kwargs}
     if full.get("ref_downsample", "conv") not in ("conv", "unshuffle"):
         raise OptionError(f"option 'ref_downsample' of generator {name!r} must be 'conv' or 'unshuffle', "
                           f"got {full['ref_downsample']!r}", "ref_downsample")
@@ -96,13 +101,7 @@ def generator_kwargs(name: str, scale: int, kwargs: dict[str, Any]) -> dict[str,
 def discriminator_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Validate a discriminator's name and kwargs (torch-free); return the full keyword set. Raises
     :class:`OptionError` listing the valid names/options."""
-    if name not in DISCRIMINATOR_KWARGS:
-        raise OptionError(f"unknown discriminator {name!r}; valid names: {', '.join(DISCRIMINATOR_KWARGS)}")
-    allowed = DISCRIMINATOR_KWARGS[name]
-    unknown = sorted(set(kwargs) - set(allowed))
-    if unknown:
-        raise OptionError(f"unknown option(s) {unknown} for discriminator {name!r}; valid: {sorted(allowed)}")
-    full = {**allowed, **kwargs}
+    full = _with_defaults("discriminator", name, DISCRIMINATOR_KWARGS, kwargs)
     for key, value in full.items():
         if not _positive_int(value):
             raise OptionError(f"option {key!r} of discriminator {name!r} must be a positive integer, got "
