@@ -36,7 +36,7 @@ from sfsr.data.images import DEFAULT_EXTENSIONS as IMAGE_EXTENSIONS
 from sfsr.data.images import list_images, read_image, to_rgb
 from sfsr.errors import ConfigError, DataError, path_problem
 from sfsr.metrics import to_uint8
-from sfsr.outputs import check_output_folder
+from sfsr.outputs import check_output_folder, move_into_folder
 from sfsr.tensors import eval_mode, resolve_device, to_float  # resolve_device: public here too
 
 log = logging.getLogger(__name__)
@@ -357,12 +357,8 @@ def upscale_path(input: str | os.PathLike, output: str | os.PathLike, *, scale: 
                                    tile_overlap=tile_overlap, bf16=bf16, name=str(src_path))
                 io.save_image(tmp / dst_path.name, sr)
                 del sr
-        if not dst.exists():
-            os.replace(tmp, dst)
-        else:
-            for dst_path in outputs:
-                os.replace(tmp / dst_path.name, dst_path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    move_into_folder(tmp, dst, [o.name for o in outputs])  # only its own files; nothing deleted
     return outputs
