@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "torchvision", "sklearn")
@@ -38,8 +37,8 @@ def test_light_modules_import_no_torch_or_sklearn():
 
 
 def test_light_work_runs_without_torch(tmp_path):
-    """Not only the imports: make LR, per-image metrics, a summary, a confusion matrix and the CLI's
-    make-lr / evaluate run without loading torch or scikit-learn."""
+    """Not only the imports: make LR, per-image metrics, a summary and the CLI's make-lr / evaluate
+    run without loading torch or scikit-learn."""
     rng = np.random.default_rng(0)
     hr_dir = tmp_path / "hr"
     hr_dir.mkdir()
@@ -53,7 +52,7 @@ import numpy as np
 from sfsr.cli import main
 from sfsr.data.bicubic import imresize
 from sfsr.evaluation import evaluate_folders, summarize, mean_metrics
-from sfsr.metrics import confusion_matrix, to_uint8
+from sfsr.metrics import to_uint8
 tmp = Path({str(tmp_path)!r})
 assert main(["make-lr", "--scale", "4", "--quiet", str(tmp / "hr"), str(tmp / "lr")]) == 0
 sr = tmp / "sr"
@@ -67,7 +66,6 @@ table = evaluate_folders(tmp / "hr", sr, 4)
 table["model"], table["dataset"], table["scale"] = "bicubic", "toy", 4
 summarize(table, n_boot=50)
 mean_metrics(table)
-confusion_matrix(np.eye(3), np.array([0, 1, 2]), 3)
 to_uint8(np.zeros((4, 4, 3)))
 """
     assert _heavy_after(code) == []
@@ -82,24 +80,6 @@ def test_workflow_scripts_light_rules_do_not_import_torch():
         modules = [line.split()[1] for line in head if line.split()[1].startswith("sfsr")]
         imports = "\n".join(f"import {m}" for m in modules)
         assert _heavy_after(imports) == [], name
-
-
-@pytest.mark.parametrize("logits", [
-    np.array([[0.1, 0.9, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.5, 0.5, 0.0]]),
-])
-def test_confusion_matrix_numpy_matches_sklearn(logits):
-    sklearn_metrics = pytest.importorskip("sklearn.metrics")
-    from sfsr.metrics import confusion_matrix
-
-    rng = np.random.default_rng(3)
-    for n in (1, 7, 200):
-        labels = rng.integers(0, 5, n)
-        pred = rng.integers(-1, 7, n)  # out-of-range predictions are not counted
-        ours = confusion_matrix(pred, labels, 5)
-        ref = sklearn_metrics.confusion_matrix(labels, pred, labels=np.arange(5))
-        assert ours.dtype == ref.dtype and np.array_equal(ours, ref)
-    ref = sklearn_metrics.confusion_matrix([0, 0, 2, 1], logits.argmax(1), labels=np.arange(3))
-    assert np.array_equal(confusion_matrix(logits, np.array([0, 0, 2, 1]), 3), ref)
 
 
 def test_sr_jobs_import_torch_but_not_torchvision():

@@ -349,15 +349,6 @@ def _to_tensor(x: torch.Tensor | np.ndarray) -> torch.Tensor:
     return x.detach().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
 
 
-def _to_numpy(x: Any) -> np.ndarray:
-    if not _is_tensor(x):
-        return np.asarray(x)
-    t = x.detach().cpu()
-    if t.dtype == sys.modules["torch"].bfloat16:  # numpy has no bfloat16; float32 keeps the order
-        t = t.float()
-    return t.numpy()
-
-
 def topk_accuracy(logits: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray | Iterable[int],
                   ks: Iterable[int] = (1, 5)) -> dict[int, float]:
     """Fraction of samples whose label is among the ``k`` highest logits, for each ``k``.
@@ -379,23 +370,3 @@ def topk_accuracy(logits: torch.Tensor | np.ndarray, labels: torch.Tensor | np.n
     top = logits_t.topk(kmax, dim=1).indices  # N x kmax, best first
     hit = top == labels_t[:, None]
     return {k: float(hit[:, :min(k, c)].any(dim=1).float().mean()) for k in ks}
-
-
-def confusion_matrix(logits_or_preds: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
-                     num_classes: int) -> np.ndarray:
-    """``num_classes x num_classes`` counts; rows are true labels, columns predictions.
-
-    Accepts ``N x C`` logits (argmax taken, first maximum on ties) or ``N`` predicted indices.
-    Pairs whose label or prediction is outside ``0..num_classes-1`` are not counted (as
-    scikit-learn's ``confusion_matrix(..., labels=range(num_classes))``). Plain numpy."""
-    pred = _to_numpy(logits_or_preds)
-    if pred.ndim == 2:
-        pred = pred.argmax(axis=1)
-    true = _to_numpy(labels).ravel().astype(np.int64)
-    pred = pred.ravel().astype(np.int64)
-    if true.shape != pred.shape:
-        raise ValueError(f"confusion_matrix: {true.size} labels but {pred.size} predictions")
-    n = int(num_classes)
-    ok = (true >= 0) & (true < n) & (pred >= 0) & (pred < n)
-    counts = np.bincount(true[ok] * n + pred[ok], minlength=n * n)
-    return counts.reshape(n, n).astype(np.int64)
