@@ -88,24 +88,6 @@ def _mismatches(path: Path, expected: dict[str, str]) -> dict[str, tuple[str, st
     return bad
 
 
-def verify_checksum(path: str | os.PathLike, *, sha256: str | None = None,
-                    md5: str | None = None) -> str:
-    """Hex digest of ``path`` (streamed): the SHA-256 unless only ``md5`` is given.
-
-    Raises :class:`ChecksumError` naming the file and both digests when an expected digest is
-    given and does not match. With neither given it only computes and returns the SHA-256.
-    """
-    path = Path(path)
-    expected = _expected(sha256, md5)
-    if not path.is_file():
-        raise DataError(f"cannot checksum {path}: no such file")
-    bad = _mismatches(path, expected)
-    if bad:
-        detail = "; ".join(f"{k}: expected {w}, got {g}" for k, (w, g) in bad.items())
-        raise ChecksumError(f"checksum mismatch for {path}: {detail}")
-    return expected.get("sha256") or (expected["md5"] if expected else _digest(path, "sha256"))
-
-
 # --------------------------------------------------------------------------------------- lock file
 @contextlib.contextmanager
 def _locked(lock_file: Path) -> Iterator[None]:
