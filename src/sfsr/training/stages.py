@@ -91,9 +91,6 @@ STAGES["semantic_control"] = replace(STAGES["semantic"], name="semantic_control"
                                      zero_terms=SEMANTIC_TERMS)
 STAGES["shared_control"] = replace(STAGES["shared"], name="shared_control", eval_name="{model}_shared_control",
                                    control_of="shared", zero_terms=("shared_cls",), lr_head=False, outputs={})
-STAGE_NAMES = tuple(STAGES)
-#: Stages that start from another stage's generator.pt (``init_checkpoint``).
-INIT_STAGES = tuple(s.name for s in STAGES.values() if s.init is not None)
 #: Stages that need the frozen fine-grained classifier (``classifier_checkpoint``).
 CLASSIFIER_STAGES = tuple(s.name for s in STAGES.values() if s.classifier)
 
