@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import yaml
@@ -24,10 +23,6 @@ import yaml
 from sfsr import schema as _schema
 from sfsr.errors import ConfigError
 from sfsr.training.stages import CLASSIFIER_STAGES
-
-#: The schema shipped with this package (:func:`sfsr.schema.resource`; in a checkout the top-level
-#: ``config.schema.yaml`` links to it).
-DEFAULT_SCHEMA = _schema.resource()
 
 #: Top-level keys that list dataset names.
 DATASET_LISTS = ("train", "valid", "test", "classification", "refsr", "refsr_train", "refsr_valid")
@@ -146,12 +141,11 @@ def check_references(config: dict) -> None:
                                   "checksum; downloads are shared by file name, so set a distinct "
                                   "'filename'.")
             seen.setdefault(fname, (name, entry))
-    for key in ("classification",):
-        for name in config.get(key, []):
-            if datasets[name].get("layout", "flat") in ("flat", "refgroups"):
-                raise ConfigError(f"config key '{key}' names dataset {name!r} whose layout is "
-                                  f"{datasets[name].get('layout', 'flat')!r}; classification sets need "
-                                  "class_folders, flowers102, cub200 or builtin_classes.")
+    for name in config.get("classification", []):
+        layout = datasets[name].get("layout", "flat")
+        if layout in ("flat", "refgroups"):
+            raise ConfigError(f"config key 'classification' names dataset {name!r} whose layout is {layout!r}; "
+                              "classification sets need class_folders, flowers102, cub200 or builtin_classes.")
     models = config.get("models", {})
     from sfsr.model_options import REFERENCE_GENERATORS, generator_kwargs  # torch-free
     for key in ("sr_models", "refsr_models"):
