@@ -34,6 +34,16 @@ def rejected(config: dict) -> str:
     return message
 
 
+# ------------------------------------------------------------------------- dataset layouts
+@pytest.mark.parametrize("dataset", ["builtin_refgroups_train", "cufed", "builtin_test"])
+def test_classification_set_needs_a_labelled_layout(base, dataset):
+    """Only layouts with classes make a classification set (builtin_refgroups, refpairs and flat are
+    refused when the config is parsed)."""
+    base["classification"] = [dataset]
+    msg = rejected(base)
+    assert f"names dataset {dataset!r} whose layout is" in msg and "builtin_classes" in msg
+
+
 # ------------------------------------------------------------------------- discriminator kwargs
 def test_discriminator_option_typo_in_a_model_stage(base):
     base["models"]["srresnet_x4"]["gan"]["discriminator"] = {"kwargs": {"num_featurez": 16}}

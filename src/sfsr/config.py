@@ -143,7 +143,7 @@ def check_references(config: dict) -> None:
             seen.setdefault(fname, (name, entry))
     for name in config.get("classification", []):
         layout = datasets[name].get("layout", "flat")
-        if layout in ("flat", "refgroups"):
+        if layout not in ("class_folders", "flowers102", "cub200", "builtin_classes"):  # prepare.CLASS_LAYOUTS
             raise ConfigError(f"config key 'classification' names dataset {name!r} whose layout is {layout!r}; "
                               "classification sets need class_folders, flowers102, cub200 or builtin_classes.")
     models = config.get("models", {})
