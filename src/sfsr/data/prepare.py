@@ -24,9 +24,9 @@ import pandas as pd
 from sfsr import io
 from sfsr.data.bicubic import imresize, modcrop
 from sfsr.data.images import DEFAULT_EXTENSIONS, images_by_stem, read_image
-from sfsr.data.layouts import (REFERENCE_COLUMNS, SPLITS, _collect_builtin_classes, _collect_builtin_refgroups,
-                               _collect_class_folders, _collect_cub200, _collect_flat, _collect_flowers102,
-                               _collect_refgroups, _collect_refpairs, _round_half_up,
+from sfsr.data.layouts import (SPLITS, _collect_builtin_classes, _collect_builtin_refgroups, _collect_class_folders,
+                               _collect_cub200, _collect_flat, _collect_flowers102, _collect_refgroups,
+                               _collect_refpairs, _round_half_up,
                                resize_short_side_center_crop)  # the last: public here too
 from sfsr.errors import BAD_IMAGE_HINTS, ConfigError, DataError, ImageError
 from sfsr.outputs import check_output_folder, move_into_folder

@@ -20,11 +20,10 @@ re-exported here.
 from __future__ import annotations
 
 from sfsr.plots.accuracy import make_accuracy, make_tradeoff, plot_accuracy, plot_tradeoff
-from sfsr.plots.curves import LOG_NON_LOSS_COLUMNS, make_training_curves, plot_training_curves
+from sfsr.plots.curves import make_training_curves, plot_training_curves
 from sfsr.plots.grids import choose_crop, make_visual_grid, pick_images, plot_visual_grid
 from sfsr.plots.quality import make_metric_bars, make_refsr, plot_metric_bars, plot_refsr
-from sfsr.plots.style import (FAMILIES, FAMILY_MARKERS, FIXED_COLORS, STYLE, family_lookup, model_colors,
-                              model_family, save_figure)
+from sfsr.plots.style import FAMILIES, family_lookup, model_colors, model_family, save_figure
 from sfsr.plots.summary import summary_table
 
 __all__ = [
