@@ -215,7 +215,7 @@ def test_cli_upscale_then_evaluate_reproduces_published_set5_x2(shared_data, tmp
     """MATLAB-made LR (golden fixture) -> `sfsr upscale` bicubic -> `sfsr evaluate`: the published
     Set5 x2 bicubic row (33.66 dB / 0.9299)."""
     set5 = shared_data / "benchmark" / "Set5"
-    assert main(["upscale", "--scale", "2", "--method", "bicubic", "--quiet",
+    assert main(["upscale", "--scale", "2", "--quiet",
                  str(set5 / "LR_bicubic_matlab" / "X2"), str(tmp_path / "sr")]) == 0
     assert read_image(tmp_path / "sr" / "baby.png").shape == (512, 512, 3)
     assert read_image(tmp_path / "sr" / "woman.png").shape == (344, 228, 3)
@@ -236,6 +236,28 @@ def test_cli_errors_exit_2_and_name_the_path(tmp_path, capsys):
     assert "no_hr" in capsys.readouterr().err
     assert main(["upscale", str(tmp_path), str(tmp_path / "o")]) == 2
     assert "--scale" in capsys.readouterr().err
+
+
+def test_cli_upscale_method_bicubic_is_still_accepted(lr_image, tmp_path, capsys):
+    """`--method bicubic` (the README's form before the option was dropped from the help) gives the
+    same bytes as the plain bicubic command; with --checkpoint it is refused in one line."""
+    io.save_image(tmp_path / "lr.png", lr_image)
+    assert main(["upscale", "--scale", "2", "--quiet", str(tmp_path / "lr.png"), str(tmp_path / "a.png")]) == 0
+    assert main(["upscale", "--scale", "2", "--method", "bicubic", "--quiet", str(tmp_path / "lr.png"),
+                 str(tmp_path / "b.png")]) == 0
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    with pytest.raises(SystemExit):
+        main(["upscale", "--help"])
+    assert "--method" not in capsys.readouterr().out  # not shown: there is nothing to choose
+    model = build_generator("srresnet", 2, num_blocks=1, num_features=8)
+    save_generator(tmp_path / "g.pt", model, generator_spec("srresnet", 2, num_blocks=1, num_features=8))
+    assert main(["upscale", "--method", "bicubic", "--checkpoint", str(tmp_path / "g.pt"), "--quiet",
+                 str(tmp_path / "lr.png"), str(tmp_path / "c.png")]) == 2
+    err = capsys.readouterr().err
+    assert "--method bicubic and --checkpoint" in err and err.count("\n") == 1
+    assert not (tmp_path / "c.png").exists()
+    with pytest.raises(SystemExit):  # argparse: bicubic is the only method
+        main(["upscale", "--scale", "2", "--method", "lanczos", str(tmp_path / "lr.png"), str(tmp_path / "d.png")])
 
 
 @pytest.mark.parametrize("existing", [False, True])

@@ -20,7 +20,7 @@ from sfsr.data.bicubic import imresize, modcrop
 from sfsr.data.images import read_image
 
 COMMANDS = {"make-lr": ["make-lr", "--scale", "4"],
-            "upscale": ["upscale", "--method", "bicubic", "--scale", "2"]}
+            "upscale": ["upscale", "--scale", "2"]}
 
 
 def _random_images(folder: Path, stems: list[str], seed: int = 0, size: int = 24) -> dict[str, np.ndarray]:

@@ -26,9 +26,9 @@ def upscale(smk):
     from sfsr.inference import upscale_path  # torch: only where a model runs
 
     checkpoint = smk.input.checkpoint if smk.wildcards.model != "bicubic" else None
-    upscale_path(smk.input.lr, smk.output[0], scale=int(smk.wildcards.scale), method="bicubic",
-                 checkpoint=checkpoint, device=smk.params.device, tile=smk.params.tile,
-                 tile_overlap=smk.params.tile_overlap, progress=True)
+    upscale_path(smk.input.lr, smk.output[0], scale=int(smk.wildcards.scale), checkpoint=checkpoint,
+                 device=smk.params.device, tile=smk.params.tile, tile_overlap=smk.params.tile_overlap,
+                 progress=True)
 
 
 def image_metrics(smk):

@@ -1,7 +1,7 @@
 """The ``sfsr`` command line: tools for people and scripts.
 
     sfsr make-lr --scale S INPUT_DIR OUTPUT_DIR
-    sfsr upscale --scale S --method bicubic INPUT OUTPUT
+    sfsr upscale --scale S INPUT OUTPUT                   (bicubic)
     sfsr upscale --checkpoint CKPT INPUT OUTPUT [--tile N --tile-overlap N --device cpu|cuda]
     sfsr evaluate --hr HR_DIR --sr SR_DIR --scale S [--csv FILE] [--json]
 
@@ -46,13 +46,15 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
 
     _pixel_limit(args)
     if args.checkpoint is None and args.scale is None:
-        raise SfsrError("sfsr upscale: give --scale S with --method bicubic, or --checkpoint CKPT "
-                        "(the checkpoint knows its scale)")
+        raise SfsrError("give --scale S (bicubic), or --checkpoint CKPT (the checkpoint knows its scale)")
+    if args.checkpoint is not None and args.method is not None:
+        raise SfsrError("--method bicubic and --checkpoint ask for two different upscalers; leave "
+                        "--method out to run the checkpoint, or --checkpoint out for bicubic")
     before = folder_entries(args.output)
     existed = os.path.lexists(args.output)
-    written = upscale_path(args.input, args.output, scale=args.scale, method=args.method,
-                           checkpoint=args.checkpoint, device=args.device, tile=args.tile,
-                           tile_overlap=args.tile_overlap, progress=not args.quiet, bf16=args.bf16)
+    written = upscale_path(args.input, args.output, scale=args.scale, checkpoint=args.checkpoint,
+                           device=args.device, tile=args.tile, tile_overlap=args.tile_overlap,
+                           progress=not args.quiet, bf16=args.bf16)
     if not args.quiet:
         if before is not None:  # an existing folder: say what was replaced and what was kept
             note = f" ({describe_outputs(args.output, written, before)})"
@@ -101,10 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_make_lr)
 
     p = sub.add_parser("upscale", parents=[limit], help="upscale an image or a folder with bicubic or a checkpoint")
-    p.add_argument("--scale", type=int, choices=[2, 3, 4, 8])
-    p.add_argument("--method", default="bicubic", choices=["bicubic"],
-                   help="interpolation method when no --checkpoint is given")
-    p.add_argument("--checkpoint", help="generator checkpoint written by sfsr training")
+    p.add_argument("--scale", type=int, choices=[2, 3, 4, 8],
+                   help="the factor; without --checkpoint the image is upscaled with bicubic")
+    # Bicubic is the only method without a checkpoint; --method bicubic stays accepted (not shown)
+    # for scripts written when the option was documented.
+    p.add_argument("--method", choices=["bicubic"], default=None, help=argparse.SUPPRESS)
+    p.add_argument("--checkpoint", help="generator checkpoint written by sfsr training (knows its scale)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--tile", type=int, default=None,
                    help="largest LR tile (pixels; each axis split into equal tiles) to bound memory "

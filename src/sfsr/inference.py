@@ -284,12 +284,12 @@ def _plan_outputs(inputs: list[Path], output: Path, single: bool) -> list[Path]:
 
 
 def upscale_path(input: str | os.PathLike, output: str | os.PathLike, *, scale: int | None = None,
-                 method: str = "bicubic", checkpoint: str | os.PathLike | None = None,
-                 device: str = "auto", tile: int | None = None, tile_overlap: int = 16,
-                 progress: bool = True, bf16: bool = False) -> list[Path]:
+                 checkpoint: str | os.PathLike | None = None, device: str = "auto",
+                 tile: int | None = None, tile_overlap: int = 16, progress: bool = True,
+                 bf16: bool = False) -> list[Path]:
     """Upscale an image file or every image of a folder; write ``<stem>.png`` (atomic writes).
 
-    Without ``checkpoint``: ``method`` (only ``bicubic``) at ``scale``. With ``checkpoint``: the
+    Without ``checkpoint``: bicubic (MATLAB-exact) at ``scale``. With ``checkpoint``: the
     generator it holds, at its own scale (``scale``, if given, must match it). ``output`` is a
     ``.png`` file or a folder for one input image, a folder for a folder. Returns written paths.
     """
@@ -321,8 +321,6 @@ def upscale_path(input: str | os.PathLike, output: str | os.PathLike, *, scale: 
                               "checkpoint")
         scale = int(ckpt_scale)
     else:
-        if method != "bicubic":
-            raise ConfigError(f"unknown upscaling method {method!r}; use 'bicubic' or give a checkpoint")
         if scale is None:
             raise ConfigError("give a scale for bicubic upscaling (e.g. --scale 4)")
     single = src.is_file()
