@@ -1,6 +1,8 @@
 # SR training stages, one rule each, generated from the stage table (sfsr.training.stages.STAGES):
-# PSNR-oriented warm-up, then GAN / semantic / shared-feature fine-tuning initialised from the
-# warm-up generator (so a new warm-up reruns them). GPU jobs; killed jobs resume from state/last.pt.
+# PSNR-oriented warm-up, then GAN / semantic / shared-feature fine-tuning and the budget-matched
+# controls of the last two, initialised from the warm-up generator (so a new warm-up reruns them);
+# the reference-based refsr stage trains refsr_models from scratch. GPU jobs; killed jobs resume
+# from state/last.pt.
 # Rules: `<stage>` (every model's generator of that stage) and `train_<stage>` (one model).
 # Code: workflow_scripts/train.py -> sfsr.training.loop.
 

@@ -1,5 +1,6 @@
 """Entry point of the SR training stages (rules/train.smk): one rule ``train_<stage>`` per stage of
-``sfsr.training.stages.STAGES`` (train_warmup, train_gan, train_semantic, train_shared).
+``sfsr.training.stages.STAGES`` (train_warmup, train_gan, train_semantic, ...; the handlers below are
+built from the table, so a new stage needs nothing here).
 
 The work is done in ``sfsr.training.loop.train``; a killed job started again resumes from
 ``state/last.pt`` beside its output. A job with ``resources.gpu`` (the stage's ``gpus``) above 1

@@ -86,8 +86,8 @@ def load_init(generator: nn.Module, path: Path, spec: dict) -> None:
     if (arch.get("name"), arch.get("scale"), arch.get("kwargs", {})) != (spec["name"], spec["scale"],
                                                                           spec["kwargs"]):
         raise ConfigError(f"initial generator checkpoint {path} holds {arch}, but this stage builds "
-                          f"{spec}; the warm-up and GAN stages of a model must use the same arch, scale "
-                          "and kwargs (delete the stale checkpoint or fix models.<name>)")
+                          f"{spec}; a model's stages must use the same arch, scale and kwargs as the "
+                          "stage they start from (delete the stale checkpoint or fix models.<name>)")
     generator.load_state_dict(ckpt["state_dict"], strict=True)
 
 
