@@ -397,12 +397,13 @@ def bench_downscale(rec: Recorder, pairs: list[tuple[np.ndarray, np.ndarray]], r
 #: What the upscale benchmark runs, per mode: (arch, generator kwargs, LR factor d, LR crop (h, w),
 #: runs). The LR is sfsr's exact x1/d of a DIV2K-sized 2040x1356 image (d=4: 510x339, the x4 LR of
 #: that image; d=2: 1020x678; d=1: the DIV2K-sized image itself), cropped to (h, w); each run is
-#: (LR tile size, tile overlap), tile 0 being the whole image. RRDBNet costs ~7x SRResNet per pixel,
-#: so in ``full`` it gets a quarter of the image and tiles of half the size. ``large``
-#: (``--upscale-large``, ~15-20 min on 2 cores, ~7 GB peak) has sizes where a tile of 256 is small
-#: against the image: SRResNet whole at three sizes (for a linear fit of the whole-image peak), tiles
-#: of 256 with 16 and 8 px of overlap on 1020x678 -> 4080x2712, tiles of 256 only on a DIV2K-sized
-#: input (2040x1356 -> 8160x5424, whole ~22 GB: its whole-image peak is estimated by the fit).
+#: (LR tile size, tile overlap), tile 0 being the whole image. RRDBNet costs several times SRResNet
+#: per pixel, so in ``full`` it gets a quarter of the image and tiles of half the size. ``large``
+#: (``--upscale-large``) has sizes where a tile of 256 is small against the image: SRResNet whole at
+#: three sizes (for a linear fit of the whole-image peak), tiles of 256 with 16 and 8 px of overlap on
+#: 1020x678 -> 4080x2712, tiles of 256 only on a DIV2K-sized input (2040x1356 -> 8160x5424, whose
+#: whole image does not fit in the test VM's memory: its peak is estimated by the fit). Costs, time
+#: and memory of each mode: docs/PERFORMANCE.md, "The benchmark suite".
 UPSCALE_SIZES: dict[str, list[tuple[str, dict[str, Any], int, tuple[int, int], list[tuple[int, int]]]]] = {
     "full": [("srresnet", {}, 4, (339, 510), [(0, 16), (256, 16), (128, 16)]),
              ("rrdbnet", {}, 4, (170, 255), [(0, 16), (128, 16), (64, 16)])],
@@ -558,7 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-busy", action="store_true", help="skip the runs with a busy core")
     parser.add_argument("--upscale-repeats", type=int, help="runs per upscale variant (default 1)")
     parser.add_argument("--upscale-large", action="store_true",
-                        help="upscale at large sizes (LR up to 2040x1356; ~15-20 min, ~7 GB peak)")
+                        help="upscale at large sizes (LR up to 2040x1356; long and several GB: "
+                             "docs/PERFORMANCE.md has its time and peak)")
     parser.add_argument("--baseline-src", type=Path,
                         help="an older checkout's src/: one more variant per benchmark")
     parser.add_argument("--contention-candidates", nargs="+", metavar="NAME",

@@ -2,8 +2,9 @@
 
     python -m benchmarks --only contention [--repeats 7] [--dry-run]
 
-On a shared 2-core machine one busy core made a training step 3-10x slower instead of the fair
-share's 2x: torch's OpenMP threads spin-wait for a partner the kernel has descheduled. This measures,
+On a shared 2-core machine one busy core made a training step several times slower, far beyond the
+fair share (docs/PERFORMANCE.md, "Threading under contention"): torch's OpenMP threads spin-wait for
+a partner the kernel has descheduled. This measures,
 in one run, a warm-up training step of each of the default config's warm-up models (``sr_models``
 with their kwargs, batch size and LR patch; built through the real code path:
 :func:`sfsr.training.settings.stage_config` -> :func:`sfsr.training.parts.build_generator_part` +

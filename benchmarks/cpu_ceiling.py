@@ -14,7 +14,9 @@ In one run, interleaved so that both see the same load:
   counter sees exactly the measured work;
 * the bound this gives: a step cannot take less than ``FLOPs / ceiling`` seconds in float32, so
   the best possible speed-up over the measured step is ``step / (FLOPs / ceiling)``; the issue's 2x
-  over BasicSR (0.64 s/iter measured there: 0.32 s) needs at least ``FLOPs / 0.32 s``.
+  over BasicSR (:data:`BASICSR_S_PER_ITER`, the issue's measurement) needs at least
+  ``FLOPs / (BASICSR_S_PER_ITER / 2)``. Results: docs/PERFORMANCE.md, "Why 2x BasicSR is out of
+  reach on this CPU".
 
 Prints a table and appends the suite's records (machine, commit, torch, load; :class:`Recorder` of
 ``python -m benchmarks``) to ``DIR/cpu.jsonl`` (default ``benchmarks/results``); ``--dry-run``: a

@@ -23,7 +23,7 @@ pixel), the model output, the residual base and their sum (``3 s^2`` values each
 model: the uint8 image and the copy ``to_float`` makes of it (3 bytes each), its two float
 temporaries (24), the uint8 result (``3 s^2``) and the quantization band (float64 temporaries of
 at most 2^20 result values: 32 MiB, less for a small result). Measured peak RSS
-increases of whole-image passes on the CPU were 0.56-0.80 of this estimate (docs/reliability.md). A
+increases of whole-image passes on the CPU stayed below this estimate (docs/reliability.md). A
 tiled pass keeps ``fixed`` for the whole image and ``per_px`` for one tile with its context,
 ``(t + 2 overlap)^2`` LR pixels at most.
 

@@ -132,7 +132,8 @@ def _psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
     """:func:`psnr` of two uint8 arrays, the same float: the squared errors are integers, so their
     sum is exact in float64 as in integers (every partial sum is below 2**53) and the MSE is that
     sum over the count, as ``np.mean`` computes it. The squares are taken in 16 bits (no BLAS:
-    OpenBLAS's spinning threads slowed the SSIM that follows 2x on 2 cores)."""
+    OpenBLAS's spinning threads slowed the SSIM that follows; docs/PERFORMANCE.md, "Metrics, issue 14
+    item 3")."""
     d = a.astype(np.int16)
     d -= b
     np.abs(d, out=d)

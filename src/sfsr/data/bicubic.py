@@ -186,7 +186,8 @@ def default_threads(env_var: str) -> int:
     """Threads for sfsr's numpy kernels (bicubic bands, SSIM bands): ``env_var`` if set, else the
     CPUs this process may use, at most 2, and 1 unless a core is free (1-minute load average below
     CPUs - 0.5): on the shared 2-core VM a second thread was slower than one at every load we saw
-    (1.0-4.7; GIL hand-offs between threads the scheduler keeps preempting). Bands are handed out
+    (GIL hand-offs between threads the scheduler keeps preempting; docs/PERFORMANCE.md, "No
+    collapse with a busy core"). Bands are handed out
     one at a time, so a thread on a busy core just takes fewer bands (no collapse, unlike a static
     split)."""
     env = os.environ.get(env_var)

@@ -151,7 +151,9 @@ class DeformableAlignment(nn.Module):
         return self.to_offset(self.estimator(torch.cat([lr_features, ref_features], dim=1)))
 
     def forward(self, lr_features: Tensor, ref_features: Tensor) -> tuple[Tensor, Tensor]:
-        from torchvision.ops import deform_conv2d  # here: importing torchvision costs every job ~1.5 s
+        # here, not at the top: importing torchvision costs every job time (docs/PERFORMANCE.md,
+        # "The test suite")
+        from torchvision.ops import deform_conv2d
 
         offset = self.offsets(lr_features, ref_features)
         # torchvision's CPU kernel has no bfloat16 (half) version: under autocast the op runs in
