@@ -110,7 +110,7 @@ def test_sr_jobs_import_torch_but_not_torchvision():
                          "import sfsr.training.classifier", "import sfsr.semantic"])
     assert _heavy_after(imports) == ["torch"]
     # and the lazy imports still work where they are needed
-    assert _heavy_after("from sfsr.training.classifier import eval_transform\neval_transform(8, 8)\n"
+    assert _heavy_after("from sfsr.models.classifier import eval_transform\neval_transform(8, 8)\n"
                         "from sfsr.models import build_generator\nimport torch\n"
                         "m = build_generator('ssen', 2, num_blocks=1, num_features=8, offset_features=8)\n"
                         "m(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 16, 16))") == ["torch", "torchvision"]

@@ -248,7 +248,7 @@ def summary_markdown(df: pd.DataFrame) -> str:
 def _preprocess(image: np.ndarray, view: Callable[[torch.Tensor], torch.Tensor],
                 mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 HxW[x3] -> float 3 x input_size x input_size: the classifier's evaluation ``view``
-    (:func:`sfsr.training.classifier.eval_transform`: short side resized, centre crop), then
+    (:func:`sfsr.models.classifier.eval_transform`: short side resized, centre crop), then
     ``(x / 255 - mean) / std``."""
     import torch
 
@@ -326,9 +326,8 @@ def classification_accuracy(
     """
     import torch
 
-    from sfsr.models.classifier import Classifier
+    from sfsr.models.classifier import Classifier, eval_transform
     from sfsr.tensors import eval_mode
-    from sfsr.training.classifier import eval_transform
 
     if isinstance(images, (str, os.PathLike)):
         if manifest is None:
@@ -485,7 +484,7 @@ def split_accuracy(classifier_checkpoint: str | os.PathLike, images: str | os.Pa
     with the class mapping of ``classifier_checkpoint``) is evaluated with the preprocessing the
     classifier was trained with, unless ``input_size``/``resize_size`` are given."""
     from sfsr.tensors import resolve_device
-    from sfsr.training.classifier import load_classifier
+    from sfsr.models.classifier import load_classifier
 
     classifier, meta = load_classifier(classifier_checkpoint)
     frame = pd.read_csv(manifest, dtype={"stem": str, "split": str})
