@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sfsr.model_options import SHARED_MODES  # torch-free: the config checks read it too
 from sfsr.models.classifier import (Classifier, classifier_features, eval_transform, load_classifier,
                                    read_classifier_checkpoint)
 from sfsr.tensors import eval_mode
-from sfsr.training.settings import SHARED_MODES  # torch-free: the config checks read it too
 
 
 def semantic_kl(sr_logits: Tensor, hr_logits: Tensor, temperature: float = 1.0) -> Tensor:
