@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
+from sfsr.classification import classification_accuracy
 from sfsr.data.prepare import prepare_dataset
 from sfsr.errors import ConfigError, DataError
-from sfsr.evaluation import classification_accuracy
 from sfsr.models.classifier import load_classifier
 from sfsr.training.classifier import LOG_COLUMNS, read_class_manifest, resolve_classifier_config, train_classifier
 

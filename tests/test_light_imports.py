@@ -15,7 +15,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "torchvision", "sklearn")
 
-LIGHT_MODULES = ["sfsr.metrics", "sfsr.evaluation", "sfsr.data.bicubic", "sfsr.data.prepare",
+LIGHT_MODULES = ["sfsr.metrics", "sfsr.evaluation", "sfsr.classification", "sfsr.data.bicubic",
+                 "sfsr.data.prepare", "sfsr.data.manifest",
                  "sfsr.plots", "sfsr.io", "sfsr.cli", "sfsr.data.images", "sfsr.provenance",
                  "sfsr.gpu_slots", "sfsr.workflow"]
 

@@ -20,10 +20,10 @@ import yaml
 from PIL import Image
 
 from sfsr import io
+from sfsr.classification import classification_accuracy
 from sfsr.data.bicubic import imresize
 from sfsr.data.prepare import prepare_dataset
 from sfsr.errors import ConfigError
-from sfsr.evaluation import classification_accuracy
 from sfsr.models import build_classifier, build_generator, generator_spec, save_generator
 from sfsr.models.classifier import checkpoint_dict, load_classifier
 from sfsr.training import parts

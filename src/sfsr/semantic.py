@@ -12,7 +12,7 @@ a classification head sharing the generator's encoder.
   shared encoder. :func:`shared_classification_loss` supervises the head with pseudo-labels or soft
   targets of the frozen HR classifier (label-free), or with true labels.
 
-Accuracy gaps (``gap_closed``) are computed by :func:`sfsr.evaluation.accuracy_table`.
+Accuracy gaps (``gap_closed``) are computed by :func:`sfsr.classification.accuracy_table`.
 See ``docs/semantic.md``.
 """
 

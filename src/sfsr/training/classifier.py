@@ -15,7 +15,7 @@ model on a prepared classification set (``dataset_dir/HR/<stem>.png`` + ``manife
 
 Augmentation: ``RandomResizedCrop(input_size, scale=(0.5, 1))`` + horizontal flip for training; resize
 of the short side to ``resize_size`` (default ``round(input_size * 256 / 224)``) + centre crop for
-validation/test, which is the preprocessing of :func:`sfsr.evaluation.classification_accuracy`.
+validation/test, which is the preprocessing of :func:`sfsr.classification.classification_accuracy`.
 Labels: the manifest's ``class_id`` values, sorted, mapped to contiguous indices ``0..C-1``; the
 list ``class_ids`` (index -> class_id) is stored in the checkpoint.
 """
