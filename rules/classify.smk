@@ -2,7 +2,7 @@
 # images (the semantic prior) and the independent judges of config key 'judges', then each one's
 # top-1/top-5 on the test split of HR, bicubic and every SR output, joined with PSNR/SSIM in one
 # table with the share of the bicubic-to-HR gap each model closes.
-# Code: workflow_scripts/classify.py -> sfsr.training.classifier / sfsr.evaluation.
+# Code: workflow_scripts/classify.py -> sfsr.training.classifier / sfsr.classification / sfsr.evaluation.
 
 
 rule classifier:

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
+from sfsr.classification import classification_accuracy
 from sfsr.data.prepare import prepare_dataset
 from sfsr.errors import ConfigError, DataError
-from sfsr.evaluation import classification_accuracy
-from sfsr.training.classifier import (LOG_COLUMNS, load_classifier, read_class_manifest,
-                                      resolve_classifier_config, train_classifier)
+from sfsr.models.classifier import load_classifier
+from sfsr.training.classifier import LOG_COLUMNS, read_class_manifest, resolve_classifier_config, train_classifier
 
 SPEC = {"source": "builtin", "layout": "builtin_classes", "images": ["brick", "grass", "gravel"],
         "hr_size": 48, "samples_per_class": 16,

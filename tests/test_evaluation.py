@@ -1,4 +1,5 @@
-"""Tests of sfsr.evaluation: folder evaluation, bootstrap summaries, classifier accuracy tables."""
+"""Tests of sfsr.evaluation (folder evaluation, bootstrap summaries) and sfsr.classification
+(classifier accuracy tables, seed summaries)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import torch
 from torch import nn
 
 from sfsr import io
+from sfsr.classification import accuracy_table, classification_accuracy
 from sfsr.data.bicubic import imresize, modcrop
 from sfsr.data.images import read_image
 from sfsr.errors import DataError
-from sfsr.evaluation import (accuracy_table, bootstrap_ci, classification_accuracy,
-                             evaluate_folders, mean_metrics, summarize, summary_markdown)
+from sfsr.evaluation import bootstrap_ci, evaluate_folders, mean_metrics, summarize, summary_markdown
 from sfsr.metrics import CONVENTION, image_metrics
 
 
@@ -207,7 +208,7 @@ def test_accuracy_table_gap_closed():
 
 
 def test_seed_summary_gives_mean_sd_and_values_per_model_and_judge():
-    from sfsr.evaluation import seed_summary
+    from sfsr.classification import seed_summary
 
     groups = {"m": ["m", 0], "m_seed1": ["m", 1], "m_seed2": ["m", 2], "m_gan": ["m_gan", 0]}
     summary = pd.DataFrame({"model": ["bicubic", "m", "m_seed1", "m_seed2", "m_gan"], "dataset": "set5",

@@ -14,7 +14,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "torchvision", "sklearn")
 
-LIGHT_MODULES = ["sfsr.metrics", "sfsr.evaluation", "sfsr.data.bicubic", "sfsr.data.prepare",
+LIGHT_MODULES = ["sfsr.metrics", "sfsr.evaluation", "sfsr.classification", "sfsr.data.bicubic",
+                 "sfsr.data.prepare", "sfsr.data.manifest",
                  "sfsr.plots", "sfsr.io", "sfsr.cli", "sfsr.data.images", "sfsr.provenance",
                  "sfsr.gpu_slots", "sfsr.workflow"]
 
@@ -90,7 +91,7 @@ def test_sr_jobs_import_torch_but_not_torchvision():
                          "import sfsr.training.classifier", "import sfsr.semantic"])
     assert _heavy_after(imports) == ["torch"]
     # and the lazy imports still work where they are needed
-    assert _heavy_after("from sfsr.training.classifier import eval_transform\neval_transform(8, 8)\n"
+    assert _heavy_after("from sfsr.models.classifier import eval_transform\neval_transform(8, 8)\n"
                         "from sfsr.models import build_generator\nimport torch\n"
                         "m = build_generator('ssen', 2, num_blocks=1, num_features=8, offset_features=8)\n"
                         "m(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 16, 16))") == ["torch", "torchvision"]

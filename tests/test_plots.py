@@ -26,7 +26,8 @@ from skimage import data as skdata
 from sfsr import io, plots
 from sfsr.data.bicubic import imresize, modcrop
 from sfsr.errors import DataError
-from sfsr.evaluation import accuracy_table, summarize, summary_markdown
+from sfsr.classification import accuracy_table
+from sfsr.evaluation import summarize, summary_markdown
 from sfsr.metrics import image_metrics, psnr, rgb_to_y, to_uint8
 
 MODELS = ["bicubic", "srresnet", "srgan", "semantic_srgan"]

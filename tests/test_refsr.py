@@ -12,11 +12,12 @@ import pandas as pd
 import pytest
 import torch
 
+from sfsr.data.manifest import reference_groups
 from sfsr.data.prepare import prepare_dataset
 from sfsr.errors import DataError
 from sfsr.models import load_generator
 from sfsr.refsr import gain_over_bicubic, reference_summary, reference_table, summary_markdown
-from sfsr.training.data import RefPairDataset, load_reference_validation, reference_groups
+from sfsr.training.data import RefPairDataset, load_reference_validation
 from sfsr.training.loop import train
 
 TINY = dict(num_features=8, num_blocks=1, extract_blocks=1, offset_features=8, base="bicubic")

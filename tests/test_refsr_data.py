@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 
 from sfsr.data.images import read_image
+from sfsr.data.manifest import reference_groups, reference_levels
 from sfsr.data.prepare import prepare_dataset
 from sfsr.errors import WORKFLOW, ConfigError, ImageError
-from sfsr.training import data as training_data
-from sfsr.training.data import RefPairDataset, fit_reference, reference_groups
+from sfsr.training.data import RefPairDataset, fit_reference
 
 SPEC = {"source": "local", "layout": "refgroups"}
 
@@ -68,7 +68,7 @@ def test_with_skip_the_group_keeps_its_levels_from_the_file_names(cufed5, tmp_pa
     data = RefPairDataset([out / "HR"], 4, 8, length=2, seed=0, levels=[4])
     [(_, [ref])] = data.groups
     assert np.array_equal(ref, fit_reference(read_image(out / "HR" / "001_4.png"), ref.shape[:2]))
-    [(group, _, refs)] = training_data.reference_levels(out / "HR")
+    [(group, _, refs)] = reference_levels(out / "HR")
     assert group == "001" and [(k, p.name) for k, p in refs] == [(1, "001_1.png"), (2, "001_2.png"),
                                                                  (4, "001_4.png"), (5, "001_5.png")]
     # a level the data does not hold is named with the levels it does (was: "lower lr_patch")
@@ -104,5 +104,5 @@ def test_a_group_with_fewer_levels_is_kept_and_said(shared_data, tmp_path, caplo
     assert [r.getMessage() for r in caplog.records] == [
         f"dataset cufed5: 1 of 2 group(s) in {src} have fewer reference levels than the set's 5, so the means "
         f"of the higher levels have fewer groups: '002' (up to 2)"]
-    levels = {g: [k for k, _ in refs] for g, _, refs in training_data.reference_levels(tmp_path / "prepared" / "HR")}
+    levels = {g: [k for k, _ in refs] for g, _, refs in reference_levels(tmp_path / "prepared" / "HR")}
     assert levels == {"001": [1, 2, 3, 4, 5], "002": [1, 2]}

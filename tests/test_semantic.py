@@ -23,11 +23,11 @@ from sfsr.errors import DataError
 from sfsr.losses import l1_loss, total_loss
 from sfsr.metrics import topk_accuracy
 from sfsr.models import build_classifier, build_generator, classifier_features, generator_spec, save_generator
+from sfsr.models.classifier import checkpoint_dict, eval_transform, load_classifier, read_classifier_checkpoint
 from sfsr.semantic import (LRClassificationHead, SemanticPriorLoss, SharedFeatureModel,
                            load_semantic_prior, pseudo_labels, semantic_kl, shared_classification_loss,
                            soft_targets, straight_through_clamp)
-from sfsr.training.classifier import (CLASSIFIER_DEFAULTS, checkpoint_dict, eval_transform, load_classifier,
-                                      read_classifier_checkpoint)
+from sfsr.training.classifier import CLASSIFIER_DEFAULTS
 
 NUM_CLASSES = 5
 

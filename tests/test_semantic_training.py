@@ -20,13 +20,14 @@ import yaml
 from PIL import Image
 
 from sfsr import io
+from sfsr.classification import classification_accuracy
 from sfsr.data.bicubic import imresize
 from sfsr.data.prepare import prepare_dataset
 from sfsr.errors import ConfigError
-from sfsr.evaluation import classification_accuracy
 from sfsr.models import build_classifier, build_generator, generator_spec, save_generator
+from sfsr.models.classifier import checkpoint_dict, load_classifier
 from sfsr.training import parts
-from sfsr.training.classifier import CLASSIFIER_DEFAULTS, checkpoint_dict, load_classifier
+from sfsr.training.classifier import CLASSIFIER_DEFAULTS
 from sfsr.training.data import ManifestPatchDataset, select_training_images, to_rgb, whole_image_lr_patch
 from sfsr.training.loop import train
 from sfsr.training.lr_head import load_lr_classifier, lr_eval_sizes

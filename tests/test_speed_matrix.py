@@ -26,7 +26,7 @@ from PIL import Image
 from sfsr.config import load as load_config
 from sfsr.data.bicubic import imresize
 from sfsr.data.prepare import prepare_dataset
-from sfsr.evaluation import split_accuracy
+from sfsr.classification import split_accuracy
 from sfsr.inference import upscale_image
 from sfsr.metrics import image_metrics
 from sfsr.models import DISCRIMINATOR_NAMES, build_discriminator, load_generator

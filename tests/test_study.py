@@ -165,7 +165,7 @@ def test_an_independent_judge_gives_its_own_verdicts(study):
     records are what ITS checkpoint says about the images, recomputed here."""
     import torch
 
-    from sfsr.evaluation import split_accuracy
+    from sfsr.classification import split_accuracy
 
     work, res = study
     prior = torch.load(res / "classifier" / "builtin_demo_cls" / "classifier.pt", weights_only=True)

@@ -1,5 +1,5 @@
 """Entry point of the classifier stage (rules/classify.smk): pretrain_classifier / pretrain_judge,
-finetune_lr_classifier, classify / classify_judge, accuracy_table. The work is done in ``sfsr.training.classifier`` and ``sfsr.evaluation``."""
+finetune_lr_classifier, classify / classify_judge, accuracy_table. The work is done in ``sfsr.training.classifier``, ``sfsr.classification`` and ``sfsr.evaluation``."""
 
 import json
 import sys
@@ -10,7 +10,8 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821 
 import pandas as pd
 
 from sfsr import io
-from sfsr.evaluation import judged_accuracy_table, mean_metrics, split_accuracy
+from sfsr.classification import judged_accuracy_table, split_accuracy
+from sfsr.evaluation import mean_metrics
 from sfsr.training.classifier import train_classifier
 from sfsr.training.lr_head import load_lr_classifier
 from sfsr.workflow import run_rule

@@ -16,8 +16,8 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821 
 import pandas as pd
 
 from sfsr import io, provenance
+from sfsr.classification import seed_summary as seed_summary_table
 from sfsr.evaluation import add_lpips, evaluate_folders, summary_markdown
-from sfsr.evaluation import seed_summary as seed_summary_table
 from sfsr.evaluation import summarize as summarize_table
 from sfsr.workflow import run_rule
 

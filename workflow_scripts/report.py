@@ -12,7 +12,8 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821 
 import pandas as pd
 
 from sfsr import io, plots
-from sfsr.evaluation import summary_judge, summary_markdown
+from sfsr.classification import summary_judge
+from sfsr.evaluation import summary_markdown
 from sfsr.workflow import run_rule
 
 

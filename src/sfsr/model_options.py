@@ -1,5 +1,6 @@
-"""The generators' names and options, torch-free, so a configuration can be checked when the
-workflow is parsed (before any job starts) without importing torch. ``sfsr.models`` builds from it."""
+"""The generators' names and options (and the discriminators', and the target modes of the shared
+stage's LR classification head), torch-free, so a configuration can be checked when the workflow is
+parsed (before any job starts) without importing torch. ``sfsr.models`` builds from it."""
 
 from __future__ import annotations
 
@@ -41,6 +42,9 @@ DISCRIMINATOR_KWARGS: dict[str, dict[str, Any]] = {
     "vgg": {"in_channels": 3, "num_features": 64, "pool_size": 6, "dense_features": 1024},
     "patchgan": {"in_channels": 3, "num_features": 64, "n_layers": 3},
 }
+
+#: How the shared stage's classification targets are made (sfsr.semantic.shared_classification_loss).
+SHARED_MODES = ("pseudo", "soft", "label")
 
 
 class OptionError(ValueError):

@@ -27,6 +27,7 @@ import pandas as pd
 
 from sfsr.data.bicubic import imresize, modcrop
 from sfsr.data.images import read_image
+from sfsr.data.manifest import reference_levels
 from sfsr.data.refgroups import random_reference_group
 from sfsr.errors import DataError
 from sfsr.evaluation import summarize
@@ -53,8 +54,6 @@ def reference_table(hr_dir: str | os.PathLike, scale: int, *, model_name: str, d
                     checkpoint: str | os.PathLike | None = None, device: str = "cpu") -> pd.DataFrame:
     """Per-group metrics of ``model_name`` on the reference set ``hr_dir`` (a prepared ``HR``
     folder); ``checkpoint`` None: bicubic. Columns :data:`TABLE_COLUMNS`."""
-    from sfsr.training.data import reference_levels
-
     hr_dir = Path(hr_dir)
     groups = reference_levels(hr_dir)  # levels from the file names: a missing level is a gap
     names = [g for g, _, _ in groups]

@@ -12,7 +12,7 @@ a classification head sharing the generator's encoder.
   shared encoder. :func:`shared_classification_loss` supervises the head with pseudo-labels or soft
   targets of the frozen HR classifier (label-free), or with true labels.
 
-Accuracy gaps (``gap_closed``) are computed by :func:`sfsr.evaluation.accuracy_table`.
+Accuracy gaps (``gap_closed``) are computed by :func:`sfsr.classification.accuracy_table`.
 See ``docs/semantic.md``.
 """
 
@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sfsr.models.classifier import Classifier, classifier_features
+from sfsr.model_options import SHARED_MODES  # torch-free: the config checks read it too
+from sfsr.models.classifier import (Classifier, classifier_features, eval_transform, load_classifier,
+                                   read_classifier_checkpoint)
 from sfsr.tensors import eval_mode
-from sfsr.training.classifier import eval_transform
-from sfsr.training.settings import SHARED_MODES  # torch-free: the config checks read it too
 
 
 def semantic_kl(sr_logits: Tensor, hr_logits: Tensor, temperature: float = 1.0) -> Tensor:
@@ -64,7 +64,7 @@ class SemanticPriorLoss(nn.Module):
     ``sr`` only. ``input_size``: when given, SR and HR are resized (bilinear, antialiased,
     differentiable) to ``input_size`` x ``input_size`` before the classifier; with ``resize_size``
     too, they get the judge's view instead (the classifier's
-    :func:`~sfsr.training.classifier.eval_transform`: short side to ``resize_size``, centre
+    :func:`~sfsr.models.classifier.eval_transform`: short side to ``resize_size``, centre
     ``input_size`` crop). ``clamp``: SR is clamped to [0, 1] first with a straight-through
     gradient (:func:`straight_through_clamp`), as the evaluation sees it.
     """
@@ -155,8 +155,6 @@ def load_semantic_prior(checkpoint_path: str | os.PathLike, device: str | torch.
     weights. ``kwargs`` go to :class:`SemanticPriorLoss`. A path that is not a classifier checkpoint
     raises DataError naming it. After loading, every tensor of the prior is checked against the
     checkpoint's state dict; ``loss.meta`` holds the checkpoint's metadata (class_ids, input_size...)."""
-    from sfsr.training.classifier import load_classifier, read_classifier_checkpoint
-
     model, meta = load_classifier(checkpoint_path, "cpu")
     loss = SemanticPriorLoss(model, **kwargs)
     saved = read_classifier_checkpoint(checkpoint_path)["state_dict"]

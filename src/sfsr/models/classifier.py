@@ -9,13 +9,19 @@ feature network of :class:`sfsr.losses.PerceptualLoss`.
 ResNets: ``conv1, bn1, relu, maxpool, layer1, layer2, layer3, layer4``; VGGs: ``conv1_1, bn1_1,
 relu1_1, ..., pool1, conv2_1, ..., pool5`` (see :func:`vgg_layer_names`). All ReLUs are made
 non-inplace so an extracted intermediate feature is never overwritten by a later layer.
+
+The classifier checkpoint (``classifier.pt`` of :func:`sfsr.training.classifier.train_classifier`)
+is defined here, beside the model, since the prior, the judges and the evaluation read it too:
+:func:`checkpoint_dict` (its contents), :func:`read_classifier_checkpoint`, :func:`load_classifier`,
+and :func:`eval_transform`, the view of an image the classifier is validated and judged on.
 """
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -177,3 +183,65 @@ def classifier_features(model: Classifier, x: Tensor, layers: Sequence[str]) -> 
         if i == last:
             break
     return out
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+CHECKPOINT_KIND = "sfsr_classifier"
+CHECKPOINT_FORMAT = 1
+
+
+def checkpoint_dict(model: nn.Module, cfg: dict, class_ids: Sequence[int], class_names: Sequence[str],
+                    **extra: Any) -> dict[str, Any]:
+    """The classifier checkpoint: ``{"kind", "format", "arch": {"name", "num_classes",
+    "input_size"}, "resize_size", "state_dict", "class_ids", "class_names", **extra}`` (plain types
+    and CPU tensors, loadable with ``weights_only=True``)."""
+    resize = cfg["resize_size"] or round(cfg["input_size"] * 256 / 224)
+    return {"kind": CHECKPOINT_KIND, "format": CHECKPOINT_FORMAT,
+            "arch": {"name": cfg["arch"], "num_classes": len(class_ids), "input_size": cfg["input_size"]},
+            "resize_size": int(resize),
+            "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            "class_ids": [int(c) for c in class_ids], "class_names": [str(n) for n in class_names],
+            **extra}
+
+
+def read_classifier_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The raw checkpoint dict of :func:`checkpoint_dict`; DataError naming ``path`` when it is
+    missing, unreadable or not a classifier checkpoint."""
+    path = Path(path)
+    ckpt = io.torch_load(path, "classifier checkpoint", "train the classifier first (train_classifier) "
+                         "or fix the path", "delete it and re-train the classifier")
+    arch = ckpt.get("arch") if isinstance(ckpt, dict) else None
+    if (not isinstance(ckpt, dict) or ckpt.get("kind") != CHECKPOINT_KIND or not isinstance(arch, dict)
+            or not {"name", "num_classes", "input_size"} <= set(arch) or "state_dict" not in ckpt):
+        what = f"arch {arch}" if arch is not None else "no 'arch'"
+        raise DataError(f"{str(path)!r} is not a classifier checkpoint written by train_classifier "
+                        f"({what}; kind {ckpt.get('kind') if isinstance(ckpt, dict) else None!r}); "
+                        "give the classifier.pt of the classifier training stage (a generator "
+                        "checkpoint or a torchvision state dict is not one)")
+    return ckpt
+
+
+def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Classifier, dict]:
+    """Load ``classifier.pt``; returns ``(model, meta)``: the model on ``device`` in eval mode with
+    every parameter frozen (requires_grad False), and the checkpoint without its state dict plus
+    ``class_to_index`` (class_id -> output index)."""
+    ckpt = read_classifier_checkpoint(path)
+    arch = ckpt["arch"]
+    try:
+        model = build_classifier(arch["name"], int(arch["num_classes"]), weights=None)
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except Exception as exc:
+        raise DataError(f"classifier checkpoint {str(path)!r} does not match its architecture {arch} "
+                        f"({type(exc).__name__}: {exc}); re-train the classifier") from exc
+    model.requires_grad_(False)
+    meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
+    meta["class_to_index"] = {int(c): i for i, c in enumerate(ckpt.get("class_ids", []))}
+    meta["path"] = str(path)
+    return model.to(device).eval(), meta
+
+
+def eval_transform(input_size: int, resize_size: int) -> nn.Module:
+    """Resize the short side to ``resize_size`` (antialiased bilinear) + centre crop ``input_size``."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.Resize(resize_size, antialias=True), v2.CenterCrop(input_size)])

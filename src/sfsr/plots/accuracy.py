@@ -53,7 +53,7 @@ def make_accuracy(acc: pd.DataFrame, colors: Mapping[str, str] | None = None) ->
     each SR model, the LR head — with the fraction of the bicubic→HR gap closed written above
     each top-1 bar. With the paired columns ``top1_diff_low/high`` (:func:`sfsr.stats.add_paired_columns`)
     each top-1 bar gets an error bar: bicubic's top-1 plus the 95% paired-bootstrap interval of the
-    difference to bicubic on the same images. Input: :func:`sfsr.evaluation.accuracy_table` output
+    difference to bicubic on the same images. Input: :func:`sfsr.classification.accuracy_table` output
     (one panel per dataset x scale when those columns are present)."""
     name = _name_column(acc, "plot_accuracy")
     _check_columns(acc, [name, "top1"], "plot_accuracy")

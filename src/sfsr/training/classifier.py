@@ -10,11 +10,12 @@ model on a prepared classification set (``dataset_dir/HR/<stem>.png`` + ``manife
   classifier checkpoint of the epoch with the best validation top-1 so far.
 * ``train_log.csv``: epoch, train_loss, val_top1, val_top5, lr, elapsed_s.
 * ``provenance.json`` and, written last, ``classifier.pt`` (the best epoch; see
-  :func:`checkpoint_dict` for its contents), loaded with :func:`load_classifier`.
+  :func:`sfsr.models.classifier.checkpoint_dict` for its contents), loaded with
+  :func:`sfsr.models.classifier.load_classifier`.
 
 Augmentation: ``RandomResizedCrop(input_size, scale=(0.5, 1))`` + horizontal flip for training; resize
 of the short side to ``resize_size`` (default ``round(input_size * 256 / 224)``) + centre crop for
-validation/test, which is the preprocessing of :func:`sfsr.evaluation.classification_accuracy`.
+validation/test, which is the preprocessing of :func:`sfsr.classification.classification_accuracy`.
 Labels: the manifest's ``class_id`` values, sorted, mapped to contiguous indices ``0..C-1``; the
 list ``class_ids`` (index -> class_id) is stored in the checkpoint.
 """
@@ -44,15 +45,13 @@ from sfsr.data.images import images_by_stem, read_image, to_rgb
 from sfsr.errors import ConfigError, DataError, SfsrError
 from sfsr.metrics import topk_accuracy
 from sfsr.models import build_classifier, count_parameters
-from sfsr.models.classifier import CLASSIFIER_NAMES, Classifier
+from sfsr.models.classifier import CLASSIFIER_NAMES, checkpoint_dict, eval_transform, read_classifier_checkpoint
 from sfsr.tensors import eval_mode, resolve_device, to_float
 from sfsr.training.speed import autocast_context, speed_flags
 from sfsr.training.state import load_state, save_state
 
 log = logging.getLogger("sfsr.training")
 
-CHECKPOINT_KIND = "sfsr_classifier"
-CHECKPOINT_FORMAT = 1
 STATE_FORMAT = 1
 LOG_COLUMNS = ["epoch", "train_loss", "val_top1", "val_top5", "lr", "elapsed_s"]
 
@@ -166,13 +165,6 @@ def train_transform(input_size: int) -> nn.Module:
                        v2.RandomHorizontalFlip()])
 
 
-def eval_transform(input_size: int, resize_size: int) -> nn.Module:
-    """Resize the short side to ``resize_size`` (antialiased bilinear) + centre crop ``input_size``."""
-    from torchvision.transforms import v2
-
-    return v2.Compose([v2.Resize(resize_size, antialias=True), v2.CenterCrop(input_size)])
-
-
 def _split_set(frame: pd.DataFrame, dataset_dir: Path, split: str, transform: nn.Module,
                images: dict[str, Path] | None = None) -> ClassificationSet:
     """The images of ``split``: the manifest's files, or with ``images`` (stem -> path, e.g. the
@@ -193,57 +185,6 @@ def _split_set(frame: pd.DataFrame, dataset_dir: Path, split: str, transform: nn
 
 def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0])
-
-
-# ------------------------------------------------------------------------------------ checkpoints
-def checkpoint_dict(model: nn.Module, cfg: dict, class_ids: Sequence[int], class_names: Sequence[str],
-                    **extra: Any) -> dict[str, Any]:
-    """The classifier checkpoint: ``{"kind", "format", "arch": {"name", "num_classes",
-    "input_size"}, "resize_size", "state_dict", "class_ids", "class_names", **extra}`` (plain types
-    and CPU tensors, loadable with ``weights_only=True``)."""
-    resize = cfg["resize_size"] or round(cfg["input_size"] * 256 / 224)
-    return {"kind": CHECKPOINT_KIND, "format": CHECKPOINT_FORMAT,
-            "arch": {"name": cfg["arch"], "num_classes": len(class_ids), "input_size": cfg["input_size"]},
-            "resize_size": int(resize),
-            "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-            "class_ids": [int(c) for c in class_ids], "class_names": [str(n) for n in class_names],
-            **extra}
-
-
-def read_classifier_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """The raw checkpoint dict of :func:`checkpoint_dict`; DataError naming ``path`` when it is
-    missing, unreadable or not a classifier checkpoint."""
-    path = Path(path)
-    ckpt = io.torch_load(path, "classifier checkpoint", "train the classifier first (train_classifier) "
-                         "or fix the path", "delete it and re-train the classifier")
-    arch = ckpt.get("arch") if isinstance(ckpt, dict) else None
-    if (not isinstance(ckpt, dict) or ckpt.get("kind") != CHECKPOINT_KIND or not isinstance(arch, dict)
-            or not {"name", "num_classes", "input_size"} <= set(arch) or "state_dict" not in ckpt):
-        what = f"arch {arch}" if arch is not None else "no 'arch'"
-        raise DataError(f"{str(path)!r} is not a classifier checkpoint written by train_classifier "
-                        f"({what}; kind {ckpt.get('kind') if isinstance(ckpt, dict) else None!r}); "
-                        "give the classifier.pt of the classifier training stage (a generator "
-                        "checkpoint or a torchvision state dict is not one)")
-    return ckpt
-
-
-def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Classifier, dict]:
-    """Load ``classifier.pt``; returns ``(model, meta)``: the model on ``device`` in eval mode with
-    every parameter frozen (requires_grad False), and the checkpoint without its state dict plus
-    ``class_to_index`` (class_id -> output index)."""
-    ckpt = read_classifier_checkpoint(path)
-    arch = ckpt["arch"]
-    try:
-        model = build_classifier(arch["name"], int(arch["num_classes"]), weights=None)
-        model.load_state_dict(ckpt["state_dict"], strict=True)
-    except Exception as exc:
-        raise DataError(f"classifier checkpoint {str(path)!r} does not match its architecture {arch} "
-                        f"({type(exc).__name__}: {exc}); re-train the classifier") from exc
-    model.requires_grad_(False)
-    meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
-    meta["class_to_index"] = {int(c): i for i, c in enumerate(ckpt.get("class_ids", []))}
-    meta["path"] = str(path)
-    return model.to(device).eval(), meta
 
 
 # ------------------------------------------------------------------------------------ evaluation

@@ -10,8 +10,8 @@
   (under DDP, each rank's contiguous share of every batch).
 * :func:`load_validation_set`: whole validation images (HR cropped to a multiple of the scale, LR).
 * Reference-based SR: :class:`RefPairDataset` (a target patch with the same window of one of its
-  references), :func:`reference_groups` and :func:`reference_levels` (with each reference's level)
-  and :func:`load_reference_validation` (each target with its most similar reference).
+  references) and :func:`load_reference_validation` (each target with its most similar reference),
+  from the groups of :func:`sfsr.data.manifest.reference_levels`.
 * Manifest splits and labels of prepared classification sets: :func:`select_training_images`,
   :class:`ManifestPatchDataset` (patches of the selected images, with labels),
   :func:`load_validation_items` (validation images of one split, with labels),
@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sfsr.data.bicubic import imresize, modcrop
 from sfsr.data.images import list_images, read_image, to_rgb  # noqa: F401  (to_rgb: also this module's API)
+from sfsr.data.manifest import manifest_path, read_manifest, reference_groups, reference_levels
 from sfsr.errors import ConfigError, DataError
 
 log = logging.getLogger("sfsr.training")
@@ -234,22 +235,6 @@ def load_validation_set(hr_dirs: Sequence[str | os.PathLike], scale: int,
 
 
 # ------------------------------------------------------------------ manifests, splits, labels
-def manifest_path(hr_dir: str | os.PathLike) -> Path:
-    """``{dataset}/manifest.csv`` beside a prepared ``{dataset}/HR`` folder."""
-    return Path(hr_dir).parent / "manifest.csv"
-
-
-def _read_manifest(hr_dir: str | os.PathLike) -> pd.DataFrame | None:
-    path = manifest_path(hr_dir)
-    if not path.is_file():
-        return None
-    # ids as written: a group "001" or a stem "0001" must not come back as the number 1
-    frame = pd.read_csv(path, dtype={"stem": str, "split": str, "group": str, "role": str})
-    if "stem" not in frame.columns:
-        raise DataError(f"{path} has no 'stem' column (has {list(frame.columns)}); re-run prepare")
-    return frame
-
-
 def _split_stems(frame: pd.DataFrame | None, split: str | None) -> set[str] | None:
     """Stems of ``split`` when the manifest has a filled split column (classification sets), else
     None (use every image)."""
@@ -287,7 +272,7 @@ def select_training_images(hr_dirs: Sequence[str | os.PathLike], split: str | No
     restricted = False
     labels: dict[Path, int] | None = {} if class_to_index is not None else None
     for folder in hr_dirs:
-        frame = _read_manifest(folder)
+        frame = read_manifest(folder)
         stems = _split_stems(frame, split)
         files = list_images(folder)
         if stems is not None:
@@ -361,7 +346,7 @@ def load_validation_items(valid_hr_dirs: Sequence[str | os.PathLike], scale: int
     images: list[ValidationImage] = []
     labels: list[int | None] = []
     for folder in valid_hr_dirs:
-        frame = _read_manifest(folder)
+        frame = read_manifest(folder)
         stems = _split_stems(frame, split)
         by_stem = _labels_by_stem(frame, class_to_index) if class_to_index is not None else None
         for item in load_validation_set([folder], scale):
@@ -374,26 +359,6 @@ def load_validation_items(valid_hr_dirs: Sequence[str | os.PathLike], scale: int
 
 
 # ------------------------------------------------------------------ reference-based SR
-def reference_levels(hr_dir: str | os.PathLike) -> list[tuple[str, Path, list[tuple[int, Path]]]]:
-    """``(group, target, [(level, reference), most similar first])`` of a prepared reference set, from
-    its manifest (roles ``target`` and ``ref<k>``): a reference's level is the ``k`` of its role, so a
-    group kept without a level (``on_bad_image: skip``) has a gap there, never renumbered references.
-    Group ids are the manifest's text (``"001"``)."""
-    frame = _read_manifest(hr_dir)
-    if frame is None or "role" not in frame.columns or not frame["role"].notna().any():
-        raise DataError(f"{hr_dir} is not a prepared reference set: {manifest_path(hr_dir)} has no roles "
-                        "(layouts refgroups, refpairs, builtin_refgroups make them)")
-    out = []
-    for group, rows in frame.groupby("group", sort=False):
-        roles = dict(zip(rows["role"].astype(str), rows["stem"].astype(str)))
-        refs = sorted((int(r[3:]), r) for r in roles if r.startswith("ref") and r[3:].isdigit())
-        if "target" not in roles or not refs:
-            raise DataError(f"group {group!r} of {manifest_path(hr_dir)} lacks its target or references")
-        out.append((str(group), Path(hr_dir) / f"{roles['target']}.png",
-                    [(k, Path(hr_dir) / f"{roles[r]}.png") for k, r in refs]))
-    return out
-
-
 def _ranges(levels: list[int]) -> str:
     """``[1, 2, 3, 5]`` -> ``"1..3, 5"``."""
     runs: list[list[int]] = []
@@ -403,12 +368,6 @@ def _ranges(levels: list[int]) -> str:
         else:
             runs.append([k])
     return ", ".join(f"{r[0]}..{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)
-
-
-def reference_groups(hr_dir: str | os.PathLike) -> list[tuple[str, Path, list[Path]]]:
-    """``(group, target, [references, most similar first])`` of a prepared reference set
-    (:func:`reference_levels` without the levels)."""
-    return [(group, target, [path for _, path in refs]) for group, target, refs in reference_levels(hr_dir)]
 
 
 def fit_reference(ref: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -1,8 +1,9 @@
 """One training job on several GPUs (or CPU processes): DistributedDataParallel (docs/multi_gpu.md).
 
 * :func:`launch` runs ``python -m torch.distributed.run --standalone --nproc-per-node N -m
-  sfsr.training.distributed <settings>``: N worker processes on this machine, each calling
-  :func:`sfsr.training.loop.train` with the same arguments. The workflow script calls it when the
+  sfsr.training.worker <settings>``: N worker processes on this machine, each calling
+  :func:`sfsr.training.loop.train` with the same arguments (:mod:`sfsr.training.worker`, the
+  torchrun entry point, is a module of its own: the loop imports this module). The workflow script calls it when the
   job's ``resources.gpu`` (the stage's ``gpus`` setting) is above 1; the job's GPU slots
   (:mod:`sfsr.gpu_slots`) are inherited through ``CUDA_VISIBLE_DEVICES``.
 * Inside ``train``, :func:`setup` sees torchrun's ``WORLD_SIZE``/``RANK``/``LOCAL_RANK``, joins the
@@ -198,7 +199,7 @@ def launch(nproc: int, stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | o
     if not env["PYTHONPATH"]:
         del env["PYTHONPATH"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={int(nproc)}",
-           "-m", "sfsr.training.distributed", json.dumps(args)]
+           "-m", "sfsr.training.worker", json.dumps(args)]
     log.info("training on %d processes: %s '<train arguments>'", nproc, " ".join(cmd[:-1]))
     out = _stream(sys.stderr)
     proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=out, preexec_fn=_die_with_parent)
@@ -220,37 +221,3 @@ def launch(nproc: int, stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | o
     out_dir = Path(out_dir)
     stopped = max_iterations is not None and int(max_iterations) < int(cfg["iterations"])
     return out_dir / "state" / "last.pt" if stopped else out_dir / "generator.pt"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """A torchrun worker: ``train(**json.loads(argv[0]))``; rank 0 logs at INFO, the others only
-    warnings and errors. SIGTERM stops it with cleanup (exit 143)."""
-    parent = os.getppid()
-    _die_with_parent()
-    if os.getppid() != parent:  # torchrun died before the line above
-        return 143
-    argv = sys.argv[1:] if argv is None else argv
-    args = json.loads(argv[0])
-    rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stderr,
-                        format=f"%(asctime)s %(levelname)s %(name)s [rank {rank}]: %(message)s")
-    logging.captureWarnings(True)
-    from sfsr.errors import WORKFLOW, SfsrError
-    from sfsr.training.loop import train
-    from sfsr.workflow import Terminated, _raise_terminated
-
-    signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        train(**args)
-    except SfsrError as exc:
-        log.error("%s", exc.message(WORKFLOW))
-        return 1
-    except (KeyboardInterrupt, Terminated) as exc:
-        name, status = ("SIGINT", 130) if isinstance(exc, KeyboardInterrupt) else ("SIGTERM", 143)
-        log.warning("rank %d stopped by %s", rank, name)
-        return status
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

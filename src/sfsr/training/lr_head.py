@@ -3,7 +3,7 @@ checkpoint ``lr_head.pt`` (written by the training loop, read by ``workflow_scri
 the classifier views it is validated and evaluated on.
 
 * :func:`resize_square`, :func:`eval_view`, :func:`lr_eval_sizes`: how the frozen classifier and
-  the LR head see an image (the preprocessing of :func:`sfsr.evaluation.classification_accuracy`).
+  the LR head see an image (the preprocessing of :func:`sfsr.classification.classification_accuracy`).
 * :class:`LRClassifier`, :func:`save_lr_head`, :func:`load_lr_classifier`: ``lr_head.pt``.
 * :func:`validate_head`: top-1 of the LR head on whole validation images.
 """
@@ -43,7 +43,7 @@ def resize_square(x: torch.Tensor, size: int) -> torch.Tensor:
 def eval_view(image: np.ndarray, input_size: int, resize_size: int) -> torch.Tensor:
     """uint8 HxWx3 -> float 1x3xSxS in [0, 1]: short side resized to ``resize_size`` (antialiased
     bilinear), centre crop ``input_size`` - the preprocessing of
-    :func:`sfsr.evaluation.classification_accuracy` (without its normalisation)."""
+    :func:`sfsr.classification.classification_accuracy` (without its normalisation)."""
     from torchvision.transforms.v2 import functional as TF
 
     t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
@@ -61,7 +61,7 @@ def lr_eval_sizes(input_size: int, resize_size: int, scale: int) -> tuple[int, i
 class LRClassifier(nn.Module):
     """LR image batch (N, 3, h, w) in [0, 1] -> logits (N, num_classes): ``head(generator.encode(lr))``.
 
-    Attributes for :func:`sfsr.evaluation.classification_accuracy` on a folder of LR images:
+    Attributes for :func:`sfsr.classification.classification_accuracy` on a folder of LR images:
     ``input_size``/``resize_size`` (LR side: the classifier's divided by ``scale``), ``class_ids``.
     It takes [0, 1] RGB, so call classification_accuracy with ``normalize=False``."""
 

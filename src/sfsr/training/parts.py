@@ -22,8 +22,8 @@ from sfsr import io
 from sfsr.errors import ConfigError, DataError
 from sfsr.losses import LOSS_PRESETS, PerceptualLoss, adversarial_loss, pixel_loss
 from sfsr.models import build_discriminator, build_generator
+from sfsr.models.classifier import load_classifier
 from sfsr.semantic import LRClassificationHead, SharedFeatureModel, load_semantic_prior
-from sfsr.training.classifier import load_classifier
 from sfsr.training.ema import make_ema
 from sfsr.training.speed import autocast_context
 from sfsr.training.stages import SEMANTIC_TERMS, Stage

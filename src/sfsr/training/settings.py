@@ -17,6 +17,7 @@ from typing import Any
 
 from sfsr import schema as _schema
 from sfsr.errors import ConfigError
+from sfsr.model_options import SHARED_MODES
 from sfsr.training.stages import LOSS_TERMS, STAGES
 
 
@@ -39,8 +40,6 @@ TRAINING_DEFAULTS: dict[str, Any] = _schema_training_defaults()
 MODEL_KEYS = ("arch", "scale", "kwargs")
 SEMANTIC_KEYS = ("temperature", "feature_layers", "feature_weight", "input_size", "view", "clamp")
 SHARED_KEYS = ("mode", "temperature", "head_hidden")
-#: How the shared stage's classification targets are made (sfsr.semantic.shared_classification_loss).
-SHARED_MODES = ("pseudo", "soft", "label")
 #: Training-patch augmentations (``auto`` is resolved per stage by :func:`stage_config`).
 AUGMENTATIONS = ("dihedral", "hflip", "none")
 

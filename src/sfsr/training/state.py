@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from sfsr import io, safe_load
-from sfsr.training.data import manifest_path
+from sfsr.data.manifest import manifest_path
 from sfsr.training.settings import RUN_NEUTRAL_KEYS
 
 log = logging.getLogger(__name__)
