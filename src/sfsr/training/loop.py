@@ -1,6 +1,6 @@
 """The iteration-based SR training loop of every stage (:data:`sfsr.training.stages.STAGES`):
-PSNR-oriented warm-up, GAN fine-tuning, semantic-favorable fine-tuning and shared-feature (SR + LR
-classification) training.
+PSNR-oriented warm-up, GAN fine-tuning, semantic-favorable fine-tuning and its control,
+shared-feature (SR + LR classification) training and its control, and reference-based SR (SSEN).
 
 ``train(stage, cfg, ...)`` trains one model stage and writes to ``out_dir``:
 
@@ -82,7 +82,9 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
     preset ``loss_preset`` with ``loss_weights`` overrides); 'semantic' (as gan, plus the label-free
     semantic prior of the frozen classifier of ``classifier_checkpoint``; a discriminator only when
     the adversarial weight is > 0); 'shared' (generator + LR classification head on the shared
-    encoder, SR loss + ``shared_cls``; also writes ``lr_head.pt``). See
+    encoder, SR loss + ``shared_cls``; also writes ``lr_head.pt``); the controls
+    'semantic_control' / 'shared_control' (as their stage without its extra term); 'refsr' (SSEN
+    from scratch on reference pairs, pixel loss). See
     :func:`~sfsr.training.settings.stage_weights` for each stage's terms. ``device='auto'`` defers to
     ``cfg['device']``. ``max_iterations``: stop after that iteration, leaving a resumable state and no
     ``generator.pt``. ``feature_net``: a module to use as the perceptual feature network (e.g. the

@@ -189,8 +189,9 @@ def _check_semantic(sem: dict, shared: dict) -> None:
 
 def stage_weights(stage: str, cfg: dict) -> dict[str, float]:
     """The loss weights of ``stage`` (terms with weight 0 left out), from its entry in
-    :data:`~sfsr.training.stages.STAGES`: a pixel-only stage (warmup): the pixel weight alone;
-    otherwise the ``loss_preset``'s weights where the stage uses the preset (gan, semantic), then the
+    :data:`~sfsr.training.stages.STAGES`: a pixel-only stage (warmup, refsr): the pixel weight alone;
+    otherwise the ``loss_preset``'s weights where the stage uses the preset (gan, semantic,
+    semantic_control), then the
     stage's ``default_weights``; ``loss_weights`` overrides any of them. ``semantic_feat`` is kept
     only when ``semantic.feature_layers`` and ``semantic.feature_weight > 0`` are set."""
     from sfsr.losses import LOSS_PRESETS  # imports torch: only the training job needs the presets
