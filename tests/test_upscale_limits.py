@@ -128,7 +128,10 @@ def test_upscale_tiles_on_its_own_in_one_line_or_refuses(tmp_path, monkeypatch, 
     whole = per_px * 60 * 80 + memory.fixed_bytes(60, 80, 2)
     monkeypatch.setattr(memory, "available_memory", lambda device="cpu": whole)  # plans use 80% of it
     with caplog.at_level("WARNING", logger="sfsr.inference"):
-        auto = inference.upscale_image(lr, scale=2, model=model, tile_overlap=4, name="photo.png")
+        auto = inference.upscale_image(lr, scale=2, model=model, tile="auto", tile_overlap=4, name="photo.png")
+    # the library default (what the study runs) stays the whole image whatever the memory
+    np.testing.assert_array_equal(inference.upscale_image(lr, scale=2, model=model, tile_overlap=4),
+                                  inference.upscale_image(lr, scale=2, model=model, tile=10**6, tile_overlap=4))
     (line,) = [r.getMessage() for r in caplog.records]
     tile = int(re.fullmatch(r"photo\.png: image 80x60 needs ~\S+ MiB untiled, \S+ MiB available: tiling "
                             r"with --tile (\d+)", line).group(1))

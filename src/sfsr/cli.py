@@ -41,7 +41,7 @@ def _cmd_make_lr(args: argparse.Namespace) -> int:
 
 
 def _cmd_upscale(args: argparse.Namespace) -> int:
-    from sfsr.inference import upscale_path
+    from sfsr.inference import AUTO_TILE, upscale_path
     from sfsr.outputs import describe_outputs, folder_entries
 
     _pixel_limit(args)
@@ -53,7 +53,8 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
     before = folder_entries(args.output)
     existed = os.path.lexists(args.output)
     written = upscale_path(args.input, args.output, scale=args.scale, checkpoint=args.checkpoint,
-                           device=args.device, tile=args.tile, tile_overlap=args.tile_overlap,
+                           device=args.device, tile=AUTO_TILE if args.tile is None else args.tile,
+                           tile_overlap=args.tile_overlap,
                            progress=not args.quiet, bf16=args.bf16)
     if not args.quiet:
         if before is not None:  # an existing folder: say what was replaced and what was kept

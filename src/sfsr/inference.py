@@ -9,8 +9,10 @@ model, and only its core is kept, so the result equals the whole-image result wh
 receptive-field radius is at most ``tile_overlap`` LR pixels (up to float rounding: within one grey
 level).
 
-Memory (:mod:`sfsr.memory`): without a ``tile`` the whole image is run when its estimated need fits
-the memory available, else the largest tile that fits is chosen and one line says so; an image that
+Memory (:mod:`sfsr.memory`): with ``tile="auto"`` (``sfsr upscale`` without ``--tile``) the whole
+image is run when its estimated need fits the memory available, else the largest tile that fits is
+chosen and one line says so (the study passes ``evaluation.tile``, None by default: always whole,
+so its numbers never depend on free memory); an image that
 not even tiles of 32 fit is refused in one line, as is an allocation that fails during a pass.
 Bicubic upscaling runs in bands of output rows with MATLAB's weights of the whole image, so it is
 bit-identical to :func:`sfsr.data.bicubic.imresize` at a bounded memory (the uint8 result plus
@@ -56,6 +58,10 @@ def _run_model(model: nn.Module, x: torch.Tensor, scale: int, bf16: bool) -> tor
     return y.float()
 
 
+#: ``tile`` value that plans the tile from the memory available (:func:`upscale_image`)
+AUTO_TILE = "auto"
+
+
 def tile_bounds(n: int, tile: int) -> list[tuple[int, int]]:
     """Split ``n`` pixels into ``ceil(n / tile)`` nearly equal tiles (sizes differ by at most one,
     each at most ``tile``) as ``(start, stop)`` pairs: 510 with tiles of 256 is 255 + 255, not 256 +
@@ -67,7 +73,7 @@ def tile_bounds(n: int, tile: int) -> list[tuple[int, int]]:
 
 
 def upscale_image(image: np.ndarray, *, scale: int, model: nn.Module | None = None,
-                  device: str | torch.device = "cpu", tile: int | None = None,
+                  device: str | torch.device = "cpu", tile: int | str | None = None,
                   tile_overlap: int = 16, bf16: bool = False, name: str = "image") -> np.ndarray:
     """Upscale one uint8 image by ``scale``.
 
@@ -76,9 +82,12 @@ def upscale_image(image: np.ndarray, *, scale: int, model: nn.Module | None = No
     With a model: the image is fed as float RGB in [0, 1] (gray replicated), under
     ``torch.inference_mode`` in eval mode, optionally in overlapping LR tiles of at most ``tile``
     pixels (each axis split into nearly equal tiles, :func:`tile_bounds`) with ``tile_overlap``
-    pixels of context on each side; ``tile`` None: the whole image when it fits in the memory
-    available, else the largest tile that does (:func:`sfsr.memory.plan_tile`; one log line says
-    so); a ``tile`` at least the image's size runs it whole. ``bf16``: bfloat16 autocast on the
+    pixels of context on each side; ``tile`` None: the whole image (what the study does unless
+    ``evaluation.tile`` is set: its numbers never depend on the memory a machine has free);
+    ``tile`` ``"auto"`` (:data:`AUTO_TILE`, ``sfsr upscale`` without ``--tile``): the whole image
+    when it fits in the memory available, else the largest tile that does
+    (:func:`sfsr.memory.plan_tile`; one log line says so); a ``tile`` at least the image's size
+    runs it whole. ``bf16``: bfloat16 autocast on the
     device (on a CPU without native bf16 it is emulated: correct, slower than float32). The model
     is moved to ``device``. Returns uint8 ``(H*scale) x (W*scale) x 3``. ``name`` labels the
     image in messages: not enough memory raises :class:`DataError` ``"<name>: ..."`` in one line.
@@ -93,8 +102,8 @@ def upscale_image(image: np.ndarray, *, scale: int, model: nn.Module | None = No
     image = to_rgb(image)
     if image.shape[2] != 3:
         raise DataError(f"upscale_image expects gray or RGB, got {image.shape[2]} channels")
-    if tile is not None and tile < 1:
-        raise ConfigError(f"tile must be a positive number of LR pixels, got {tile}")
+    if tile is not None and tile != AUTO_TILE and (isinstance(tile, str) or tile < 1):
+        raise ConfigError(f"tile must be a positive number of LR pixels or {AUTO_TILE!r}, got {tile!r}")
     if tile_overlap < 0:
         raise ConfigError(f"tile_overlap must be >= 0, got {tile_overlap}")
     dev = torch.device(device)
@@ -102,7 +111,7 @@ def upscale_image(image: np.ndarray, *, scale: int, model: nn.Module | None = No
     h, w = image.shape[:2]
     s = int(scale)
     per_px = None
-    if tile is None:
+    if tile == AUTO_TILE:
         tile, per_px = _auto_tile(model, dev, h, w, s, tile_overlap, name)
     try:
         return _upscale_model(image, model, dev, s, tile, tile_overlap, bf16)
@@ -285,7 +294,7 @@ def _plan_outputs(inputs: list[Path], output: Path, single: bool) -> list[Path]:
 
 def upscale_path(input: str | os.PathLike, output: str | os.PathLike, *, scale: int | None = None,
                  checkpoint: str | os.PathLike | None = None, device: str = "auto",
-                 tile: int | None = None, tile_overlap: int = 16, progress: bool = True,
+                 tile: int | str | None = None, tile_overlap: int = 16, progress: bool = True,
                  bf16: bool = False) -> list[Path]:
     """Upscale an image file or every image of a folder; write ``<stem>.png`` (atomic writes).
 
