@@ -23,6 +23,7 @@ from sfsr.training.loop import train
 from sfsr.training.state import load_state, previous_path, save_state
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.heavy(seconds=110)
 
 
 @pytest.fixture(scope="module")

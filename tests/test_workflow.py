@@ -19,7 +19,7 @@ from PIL import Image
 
 from helpers import NO_REFSR, REPO, run_snakemake
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy(seconds=80)]
 
 
 def test_lint_is_clean(tmp_path):
