@@ -20,7 +20,7 @@ configfile: "config.yaml"
 # A bad config stops the parse with one line naming the key, the value and the fix (no traceback:
 # the message is the whole story, docs/reliability.md).
 try:
-    sfsr.config.validate(config, os.path.join(workflow.basedir, "config.schema.yaml"))
+    sfsr.config.validate(config)  # the schema of this checkout's src/sfsr (sfsr.schema.load)
     # config key 'seeds': one copy of every sr_models entry per extra training seed ({model: (base, seed)})
     MODEL_SEEDS = sfsr.config.expand_seeds(config)
 except sfsr.config.ConfigError as exc:

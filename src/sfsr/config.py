@@ -271,20 +271,35 @@ def expand_seeds(config: dict) -> dict[str, tuple[str, int]]:
     return out
 
 
+def fill_defaults(config: dict, schema: dict) -> dict:
+    """Set the schema's defaults in ``config`` in place, as ``snakemake.utils.validate(...,
+    set_default=True)`` does (the jsonschema FAQ's validator: every object the validation visits gets
+    the ``default`` of each property it lacks; a default behind a ``$ref`` is not set), but from the
+    schema as :func:`sfsr.schema.load` generates it rather than from a file."""
+    base = jsonschema.Draft202012Validator
+    properties = base.VALIDATORS["properties"]
+
+    def set_defaults(validator, props, instance, subschema):
+        if isinstance(instance, dict):
+            for key, prop in props.items():
+                if "default" in prop:
+                    instance.setdefault(key, copy.deepcopy(prop["default"]))
+        yield from properties(validator, props, instance, subschema)
+
+    filler = jsonschema.validators.extend(base, {"properties": set_defaults})
+    filler(schema).validate(config)
+    return config
+
+
 def validate(config: dict, schema_path: str | Path | None = None, source: str = "config") -> dict:
-    """Validate ``config`` in place (defaults filled by snakemake.utils.validate) and return it
-    (``schema_path``: default the package's own schema)."""
-    from importlib.resources import as_file
-
-    from snakemake.utils import validate as snakemake_validate
-
+    """Validate ``config`` in place (defaults filled as snakemake.utils.validate fills them) and
+    return it (``schema_path``: default the package's own schema)."""
     schema = load_schema(schema_path)
     check_schema(config, schema, source)
-    with as_file(_schema.resource() if schema_path is None else Path(schema_path)) as path:
-        snakemake_validate(config, str(path), set_default=True)
-    # snakemake fills defaults of properties it visits; nested $ref'd objects inside
+    fill_defaults(config, schema)
+    # defaults are filled in the objects the validation visits; nested $ref'd objects inside
     # additionalProperties that were absent (e.g. datasets.X.split) get theirs here.
-    split_defaults = {k: v["default"] for k, v in schema["$defs"]["split"]["properties"].items()}
+    split_defaults = _schema.defaults("#/$defs/split", schema)
     for spec in config.get("datasets", {}).values():
         split = spec.setdefault("split", {})
         for key, value in split_defaults.items():
