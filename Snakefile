@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 # Only torch-free modules are imported here (tests/test_workflow.py checks it): parsing stays fast.
 import sfsr.config
 from sfsr.training.settings import stage_config
-from sfsr.training.stages import STAGES, evaluation_name
+from sfsr.training.stages import STAGES, evaluation_name, needs_classifier
 
 configfile: "config.yaml"
 

@@ -22,7 +22,7 @@ import yaml
 
 from sfsr import schema as _schema
 from sfsr.errors import ConfigError
-from sfsr.training.stages import CLASSIFIER_STAGES
+from sfsr.training.stages import STAGES, needs_classifier
 
 #: Top-level keys that list dataset names.
 DATASET_LISTS = ("train", "valid", "test", "classification", "refsr", "refsr_train", "refsr_valid")
@@ -164,15 +164,14 @@ def check_references(config: dict) -> None:
                 raise ConfigError(f"config key 'refsr_models' lists models but '{key}' is empty; list the "
                                   "reference-based SR training, validation and test sets (e.g. "
                                   "builtin_refgroups_train / _valid / _test).")
-    for name in config.get("sr_models", []):
-        stages = [st for st in CLASSIFIER_STAGES if models[name].get(st) is not None]
-        gan = models[name].get("gan") or {}
-        if (gan.get("perceptual") or config.get("training", {}).get("perceptual") or {}).get("net") == "classifier":
-            stages.append("gan")
-        if stages and not config.get("classification"):
-            raise ConfigError(f"config key 'models.{name}.{stages[0]}' needs a classification set "
+    for name in config.get("sr_models", []) if not config.get("classification") else []:
+        stages = [stage for stage in _trained_stages(config, name) if _needs_classifier(config, name, stage)]
+        stages.sort(key=lambda stage: not STAGES[stage].classifier)  # name a stage built on it first
+        if stages:
+            section = STAGES[stages[0]].control_of or stages[0]
+            raise ConfigError(f"config key 'models.{name}.{section}' needs a classification set "
                               "(the frozen classifier and its training images): list one under "
-                              f"'classification', or set models.{name}.{stages[0]}: null.")
+                              f"'classification', or set models.{name}.{section}: null.")
     for name in [*config.get("sr_models", []), *config.get("refsr_models", [])]:  # selected ones only
         model = models[name]
         if model["scale"] not in config.get("scales", []):
@@ -357,17 +356,10 @@ def check_training(config: dict) -> None:
     resolve it (unknown keys, wrong types and values raise :class:`ConfigError` naming the key), so a
     mistake stops the run before any job starts rather than hours into it."""
     from sfsr.training.settings import resolve_config, stage_config  # torch-free
-    from sfsr.training.stages import STAGES
 
     for name in [*config.get("sr_models", []), *config.get("refsr_models", [])]:
-        model = config["models"][name]
-        for stage, st in STAGES.items():
-            if st.models != ("refsr_models" if name in config.get("refsr_models", []) else "sr_models"):
-                continue
-            if st.init is not None and model.get(st.control_of or stage) is None:  # not trained
-                continue
-            if st.control_of and not config.get("controls", True):
-                continue
+        for stage in _trained_stages(config, name):
+            st = STAGES[stage]
             try:
                 cfg = resolve_config(stage_config(config, name, stage))
             except ConfigError as exc:
@@ -379,11 +371,31 @@ def check_training(config: dict) -> None:
                 _check_reference_levels(config, name, stage, cfg)
 
 
+def _trained_stages(config: dict, model: str) -> list[str]:
+    """The stages (sfsr.training.stages.STAGES, in their order) the selected ``model`` trains: those
+    of its list (sr_models / refsr_models), the optional ones where its section is not null, the
+    controls when ``controls`` is on."""
+    kind = "refsr_models" if model in config.get("refsr_models", []) else "sr_models"
+    entry = config["models"][model]
+    return [stage for stage, st in STAGES.items() if st.models == kind
+            and not (st.init is not None and entry.get(st.control_of or stage) is None)
+            and not (st.control_of and not config.get("controls", True))]
+
+
+def _needs_classifier(config: dict, model: str, stage: str) -> bool:
+    """:func:`sfsr.training.stages.needs_classifier` of the stage's merged settings (settings a
+    training job would reject are left to :func:`check_training`, which names them)."""
+    from sfsr.training.settings import stage_config  # torch-free
+
+    try:
+        return needs_classifier(stage, stage_config(config, model, stage))
+    except (ConfigError, KeyError, TypeError, AttributeError):
+        return STAGES[stage].classifier
+
+
 def _setting_key(config: dict, model: str, stage: str, key: str) -> str:
     """Where the training setting ``key`` of ``models.<model>.<stage>`` comes from: the model's stage
     section (a control's: the section of the stage it controls), else ``training`` (or its default)."""
-    from sfsr.training.stages import STAGES
-
     section_name = STAGES[stage].control_of or stage
     section = config["models"][model].get(section_name) or {}
     head, _, rest = key.partition(".")

@@ -40,7 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from sfsr import io, provenance
+from sfsr import io, provenance, schema
 from sfsr.data.images import images_by_stem, read_image, to_rgb
 from sfsr.errors import ConfigError, DataError, SfsrError
 from sfsr.metrics import topk_accuracy
@@ -55,28 +55,13 @@ log = logging.getLogger("sfsr.training")
 STATE_FORMAT = 1
 LOG_COLUMNS = ["epoch", "train_loss", "val_top1", "val_top5", "lr", "elapsed_s"]
 
-#: Settings of classifier training (config section proposed: ``classifier``). ``weights``: null
-#: (from scratch), 'imagenet' (torchvision's DEFAULT weights) or a local .pth path.
-CLASSIFIER_DEFAULTS: dict[str, Any] = {
-    "arch": "resnet50",
-    "weights": "imagenet",
-    "input_size": 224,
-    "resize_size": None,
-    "batch_size": 32,
-    "epochs": 30,
-    "optimizer": "sgd",
-    "lr": 0.01,
-    "momentum": 0.9,
-    "betas": [0.9, 0.999],
-    "weight_decay": 1.0e-4,
-    "scheduler": "cosine",
-    "eta_min": 0.0,
-    "label_smoothing": 0.0,
-    "device": "auto",
-    "bf16": True,  # true = auto (sfsr.training.speed), always, false
-    "channels_last": True,
-    "num_workers": 4,
-}
+#: Job resources of the ``classifier`` config section (the workflow's, not the training's settings).
+CLASSIFIER_RESOURCES = ("threads", "gpus", "mem_mb", "runtime")
+#: Settings of classifier training: the ``classifier`` config section's defaults as config.schema.yaml
+#: gives them (its one source), less the job resources. ``weights``: null (from scratch), 'imagenet'
+#: (torchvision's DEFAULT weights) or a local .pth path.
+CLASSIFIER_DEFAULTS: dict[str, Any] = {k: v for k, v in schema.defaults("#/properties/classifier").items()
+                                       if k not in CLASSIFIER_RESOURCES}
 
 
 # ------------------------------------------------------------------------------------ settings
