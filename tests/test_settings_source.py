@@ -170,3 +170,29 @@ def test_the_default_gan_needs_the_classifier_and_is_checked_for_it(base):
         validate(base)
     base["models"]["srresnet_x4"]["gan"]["perceptual"]["net"] = "vgg19"
     validate(base)  # the GAN on VGG19 features needs no classifier
+
+
+def test_merged_settings_are_checked_against_the_schema():
+    """resolve_config / resolve_classifier_config check with the schema (the one statement of each
+    setting's type and range): the message names the setting, the value and the rule."""
+    from sfsr.config import ConfigError
+    from sfsr.models.classifier import CLASSIFIER_NAMES
+    from sfsr.training.classifier import resolve_classifier_config
+    from sfsr.training.settings import CHECKED_WHEN_APPLIED, resolve_config
+    from sfsr.training.speed import SPEED_FLAGS
+
+    assert CHECKED_WHEN_APPLIED == SPEED_FLAGS
+    assert load_schema()["properties"]["classifier"]["properties"]["arch"]["enum"] == list(CLASSIFIER_NAMES)
+    model = {"arch": "srresnet", "scale": 4}
+    with pytest.raises(ConfigError, match=r"training setting 'lr' must be a number, got '2e-4' \(YAML 1\.1"):
+        resolve_config({**model, "lr": "2e-4"})
+    with pytest.raises(ConfigError, match=r"'milestones\[0\]' must be < 1, got 1\.5 \(multistep: fractions"):
+        resolve_config({**model, "milestones": [1.5]})
+    with pytest.raises(ConfigError, match=r"'reference_levels' must hold at least 1 item"):
+        resolve_config({**model, "reference_levels": []})
+    with pytest.raises(ConfigError, match=r"unknown training setting\(s\) \['lr_rate'\]; valid: augment, "):
+        resolve_config({**model, "lr_rate": 1})
+    with pytest.raises(ConfigError, match=r"classifier setting 'label_smoothing' must be < 1, got 1"):
+        resolve_classifier_config({"label_smoothing": 1})
+    with pytest.raises(ConfigError, match=r"classifier setting 'arch' is 'resnet9'; allowed: resnet18"):
+        resolve_classifier_config({"arch": "resnet9"})

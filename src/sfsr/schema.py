@@ -95,7 +95,8 @@ def overrides(schema: dict, definition: dict) -> dict:
 
 
 @functools.cache
-def _own() -> dict[str, Any]:
+def own() -> dict[str, Any]:
+    """The package's own schema (:func:`load`), read once; shared: do not change it."""
     return load()
 
 
@@ -103,5 +104,5 @@ def defaults(pointer: str, schema: dict | None = None) -> dict[str, Any]:
     """``{key: default}`` of the properties of the section at ``pointer`` (e.g.
     ``#/properties/classifier``, ``#/$defs/split``) of ``schema`` (default: the package's own, read
     once); keys without a default are left out. A fresh copy: callers may change it."""
-    section = resolve(_own() if schema is None else schema, pointer)
+    section = resolve(own() if schema is None else schema, pointer)
     return copy.deepcopy({k: v["default"] for k, v in section["properties"].items() if "default" in v})

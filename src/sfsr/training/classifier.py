@@ -45,8 +45,9 @@ from sfsr.data.images import images_by_stem, read_image, to_rgb
 from sfsr.errors import ConfigError, DataError, SfsrError
 from sfsr.metrics import topk_accuracy
 from sfsr.models import build_classifier, count_parameters
-from sfsr.models.classifier import CLASSIFIER_NAMES, checkpoint_dict, eval_transform, read_classifier_checkpoint
+from sfsr.models.classifier import checkpoint_dict, eval_transform, read_classifier_checkpoint
 from sfsr.tensors import eval_mode, resolve_device, to_float
+from sfsr.training.settings import CHECKED_WHEN_APPLIED, check_settings
 from sfsr.training.speed import autocast_context, speed_flags
 from sfsr.training.state import load_state, save_state
 
@@ -66,29 +67,13 @@ CLASSIFIER_DEFAULTS: dict[str, Any] = {k: v for k, v in schema.defaults("#/prope
 
 # ------------------------------------------------------------------------------------ settings
 def resolve_classifier_config(cfg: dict) -> dict:
-    """``cfg`` over :data:`CLASSIFIER_DEFAULTS`; unknown keys and bad values raise ConfigError."""
-    unknown = sorted(set(cfg) - set(CLASSIFIER_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"unknown classifier setting(s) {unknown}; valid: "
-                          f"{', '.join(sorted(CLASSIFIER_DEFAULTS))}")
+    """``cfg`` over :data:`CLASSIFIER_DEFAULTS`; unknown keys and values the schema refuses raise
+    ConfigError (:func:`sfsr.training.settings.check_settings`), as does a resize_size below input_size."""
     out = {**copy.deepcopy(CLASSIFIER_DEFAULTS), **copy.deepcopy(cfg)}
-    checks = [("arch", CLASSIFIER_NAMES), ("optimizer", ("sgd", "adamw")),
-              ("scheduler", ("cosine", "constant"))]
-    for key, allowed in checks:
-        if out[key] not in allowed:
-            raise ConfigError(f"classifier setting '{key}' is {out[key]!r}; allowed: {', '.join(allowed)}")
-    for key in ("input_size", "batch_size", "epochs"):
-        if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < 1:
-            raise ConfigError(f"classifier setting '{key}' must be a positive integer, got {out[key]!r}")
-    if out["resize_size"] is not None and (not isinstance(out["resize_size"], int)
-                                           or out["resize_size"] < out["input_size"]):
+    check_settings(out, "#/properties/classifier", "classifier setting", skip=CHECKED_WHEN_APPLIED)
+    if out["resize_size"] is not None and out["resize_size"] < out["input_size"]:
         raise ConfigError(f"classifier setting 'resize_size' must be null or an integer >= input_size "
                           f"({out['input_size']}), got {out['resize_size']!r}")
-    if not out["lr"] > 0:
-        raise ConfigError(f"classifier setting 'lr' must be > 0, got {out['lr']!r}")
-    if not 0 <= out["label_smoothing"] < 1:
-        raise ConfigError(f"classifier setting 'label_smoothing' must be in [0, 1), got "
-                          f"{out['label_smoothing']!r}")
     return out
 
 
