@@ -1,9 +1,10 @@
 """Loading and checking the study configuration.
 
 ``config.yaml`` is validated against ``config.schema.yaml`` (JSON Schema; shipped inside the package,
-:mod:`sfsr.schema`): first by
+read through :func:`sfsr.schema.load`): first by
 :func:`check_schema`, which turns the most relevant schema violation into one sentence naming the key
-and its location, then by ``snakemake.utils.validate``, which also fills in every default. After
+and its location, then :func:`fill_defaults` fills in every default as ``snakemake.utils.validate``
+would. After
 that :func:`check_paths` makes sure the folders the workflow writes into can be folders,
 :func:`check_references` verifies what a schema cannot express (a dataset referenced by a split
 must be defined, builtin photo names must exist, generator options, ...) and :func:`check_training`
