@@ -366,7 +366,7 @@ class Layout:
     hr_size: str | None = None
 
 
-#: Every dataset layout, in the order of the schema's ``layout`` enum (tests/test_prepare.py checks
+#: Every dataset layout, in the order of the schema's ``layout`` enum (tests/test_recipes.py checks
 #: that they agree). Adding a layout: its ``_collect_<layout>`` above, one line here, the name in the
 #: schema's enum (docs/architecture.md, "Adding things").
 LAYOUTS: dict[str, Layout] = {
