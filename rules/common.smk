@@ -7,6 +7,8 @@ SCALES = config["scales"]
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 
 
+from sfsr.metrics import METRICS  # torch-free: the metric names (wildcard below)
+
 wildcard_constraints:
     dataset=r"[A-Za-z0-9_]+",
     scale=r"\d+",
@@ -15,7 +17,7 @@ wildcard_constraints:
     input=r"[A-Za-z0-9_]+",
     judge=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     stage="|".join(STAGES),
-    metric=r"psnr_y|ssim_y|psnr_rgb",
+    metric="|".join(METRICS),
     rank=r"\d+",
 
 

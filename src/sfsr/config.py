@@ -104,7 +104,11 @@ def download_file_name(entry: dict) -> str:
 
 def check_references(config: dict) -> None:
     """Cross-checks the schema cannot express; raise :class:`ConfigError` naming the key."""
+    from sfsr.data.layouts import layouts_where  # torch-free, like sources
     from sfsr.data.sources import BUILTIN_IMAGES
+
+    builtin_only, on_builtin = layouts_where(sources="builtin"), layouts_where(sources=("any", "builtin"))
+    class_layouts = layouts_where(kind="classes")
 
     datasets = config.get("datasets", {})
     defined = ", ".join(sorted(datasets)) or "none"
@@ -120,11 +124,10 @@ def check_references(config: dict) -> None:
             if unknown:
                 raise ConfigError(f"config key 'datasets.{name}.images' has unknown builtin photo(s) "
                                   f"{unknown}; available: {', '.join(sorted(BUILTIN_IMAGES))}.")
-            if spec.get("layout", "flat") not in ("flat", "builtin_classes", "builtin_refgroups"):
+            if spec.get("layout", "flat") not in on_builtin:
                 raise ConfigError(f"config key 'datasets.{name}.layout' is {spec['layout']!r}, but a "
-                                  "builtin source only supports 'flat', 'builtin_classes' or "
-                                  "'builtin_refgroups'.")
-        elif spec.get("layout") in ("builtin_classes", "builtin_refgroups"):
+                                  f"builtin source only supports {_either(repr(n) for n in on_builtin)}.")
+        elif spec.get("layout") in builtin_only:
             raise ConfigError(f"config key 'datasets.{name}.layout' is {spec['layout']!r}, which "
                               "needs 'source: builtin'.")
     seen: dict[str, tuple[str, dict]] = {}
@@ -144,9 +147,9 @@ def check_references(config: dict) -> None:
             seen.setdefault(fname, (name, entry))
     for name in config.get("classification", []):
         layout = datasets[name].get("layout", "flat")
-        if layout not in ("class_folders", "flowers102", "cub200", "builtin_classes"):  # prepare.CLASS_LAYOUTS
+        if layout not in class_layouts:
             raise ConfigError(f"config key 'classification' names dataset {name!r} whose layout is {layout!r}; "
-                              "classification sets need class_folders, flowers102, cub200 or builtin_classes.")
+                              f"classification sets need {_either(class_layouts)}.")
     models = config.get("models", {})
     from sfsr.model_options import REFERENCE_GENERATORS, generator_kwargs  # torch-free
     for key in ("sr_models", "refsr_models"):
@@ -208,14 +211,20 @@ def check_references(config: dict) -> None:
             raise ConfigError(f"config key 'semantic_train_split' is 'sr_train' but datasets.{name}.split."
                               "carve_sr_from is null, so that set has no sr_train split; set "
                               f"datasets.{name}.split.carve_sr_from: train (or val).")
-    for key, layouts in (("refsr", ("refgroups", "builtin_refgroups")),
-                         ("refsr_valid", ("refgroups", "builtin_refgroups", "refpairs")),
-                         ("refsr_train", ("refgroups", "builtin_refgroups", "refpairs"))):
+    ranked = layouts_where(kind="refgroups")  # reference levels: testable per level
+    for key, layouts in (("refsr", ranked), ("refsr_valid", ranked + layouts_where(kind="refpairs")),
+                         ("refsr_train", ranked + layouts_where(kind="refpairs"))):
         for name in config.get(key, []):
             if datasets[name].get("layout") not in layouts:
                 raise ConfigError(f"config key '{key}' names dataset {name!r}, whose layout is "
                                   f"{datasets[name].get('layout', 'flat')!r}; it needs one of "
                                   f"{', '.join(layouts)}.")
+
+
+def _either(names) -> str:
+    """'a, b or c'."""
+    names = list(names)
+    return " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
 JUDGE_KEYS = ("arch", "weights", "epochs", "lr")  # what a judge may set differently from 'classifier'
