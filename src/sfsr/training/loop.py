@@ -18,7 +18,9 @@ The parts live beside it, one job each: :mod:`~sfsr.training.settings` (torch-fr
 merge, checks, loss weights), :mod:`~sfsr.training.parts` (device, models, losses, optimisers),
 :mod:`~sfsr.training.step` (one optimisation step), :mod:`~sfsr.training.data` (patches, splits,
 validation images), :mod:`~sfsr.training.validation`, :mod:`~sfsr.training.state` (checkpoint,
-resume, RNG, fingerprint) and :mod:`~sfsr.training.lr_head` (the shared stage's LR classifier).
+resume, RNG, fingerprint), :mod:`~sfsr.training.runner` (resume, log rows, progress bar, checkpoint,
+non-finite stop: shared with the classifier's training) and :mod:`~sfsr.training.lr_head` (the
+shared stage's LR classifier).
 
 ``cfg`` is the flat settings dict of one model stage (see
 :func:`~sfsr.training.settings.stage_config`): ``arch``, ``scale``, ``kwargs`` plus the keys of
@@ -51,10 +53,10 @@ from sfsr.training.data import (ManifestPatchDataset, PatchDataset, RefPairDatas
                                 select_training_images, whole_image_lr_patch)
 from sfsr.training.lr_head import save_lr_head, validate_head
 from sfsr.training.parts import FrozenClassifier, Parts, build_generator_part, build_parts, frozen_classifier
+from sfsr.training.runner import NonFinite, Run, begin, check_finite, resumable_state
 from sfsr.training.settings import resolve_config, stage_weights
 from sfsr.training.speed import speed_flags
 from sfsr.training.stages import STAGES, Stage
-from sfsr.training.runner import NonFinite, Run, begin, check_finite, resumable_state
 from sfsr.training.state import file_sha256, rng_state, run_fingerprint, set_rng_state
 from sfsr.training.step import train_step
 from sfsr.training.validation import bicubic_reference, validate
