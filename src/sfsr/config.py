@@ -1,9 +1,10 @@
 """Loading and checking the study configuration.
 
 ``config.yaml`` is validated against ``config.schema.yaml`` (JSON Schema; shipped inside the package,
-:mod:`sfsr.schema`): first by
+read through :func:`sfsr.schema.load`): first by
 :func:`check_schema`, which turns the most relevant schema violation into one sentence naming the key
-and its location, then by ``snakemake.utils.validate``, which also fills in every default. After
+and its location, then :func:`fill_defaults` fills in every default as ``snakemake.utils.validate``
+would. After
 that :func:`check_paths` makes sure the folders the workflow writes into can be folders,
 :func:`check_references` verifies what a schema cannot express (a dataset referenced by a split
 must be defined, builtin photo names must exist, generator options, ...) and :func:`check_training`
@@ -22,7 +23,7 @@ import yaml
 
 from sfsr import schema as _schema
 from sfsr.errors import ConfigError
-from sfsr.training.stages import CLASSIFIER_STAGES
+from sfsr.training.stages import STAGES, needs_classifier
 
 #: Top-level keys that list dataset names.
 DATASET_LISTS = ("train", "valid", "test", "classification", "refsr", "refsr_train", "refsr_valid")
@@ -167,15 +168,14 @@ def check_references(config: dict) -> None:
                 raise ConfigError(f"config key 'refsr_models' lists models but '{key}' is empty; list the "
                                   "reference-based SR training, validation and test sets (e.g. "
                                   "builtin_refgroups_train / _valid / _test).")
-    for name in config.get("sr_models", []):
-        stages = [st for st in CLASSIFIER_STAGES if models[name].get(st) is not None]
-        gan = models[name].get("gan") or {}
-        if (gan.get("perceptual") or config.get("training", {}).get("perceptual") or {}).get("net") == "classifier":
-            stages.append("gan")
-        if stages and not config.get("classification"):
-            raise ConfigError(f"config key 'models.{name}.{stages[0]}' needs a classification set "
+    for name in config.get("sr_models", []) if not config.get("classification") else []:
+        stages = [stage for stage in _trained_stages(config, name) if _needs_classifier(config, name, stage)]
+        stages.sort(key=lambda stage: not STAGES[stage].classifier)  # name a stage built on it first
+        if stages:
+            section = STAGES[stages[0]].control_of or stages[0]
+            raise ConfigError(f"config key 'models.{name}.{section}' needs a classification set "
                               "(the frozen classifier and its training images): list one under "
-                              f"'classification', or set models.{name}.{stages[0]}: null.")
+                              f"'classification', or set models.{name}.{section}: null.")
     for name in [*config.get("sr_models", []), *config.get("refsr_models", [])]:  # selected ones only
         model = models[name]
         if model["scale"] not in config.get("scales", []):
@@ -280,20 +280,35 @@ def expand_seeds(config: dict) -> dict[str, tuple[str, int]]:
     return out
 
 
+def fill_defaults(config: dict, schema: dict) -> dict:
+    """Set the schema's defaults in ``config`` in place, as ``snakemake.utils.validate(...,
+    set_default=True)`` does (the jsonschema FAQ's validator: every object the validation visits gets
+    the ``default`` of each property it lacks; a default behind a ``$ref`` is not set), but from the
+    schema as :func:`sfsr.schema.load` generates it rather than from a file."""
+    base = jsonschema.Draft202012Validator
+    properties = base.VALIDATORS["properties"]
+
+    def set_defaults(validator, props, instance, subschema):
+        if isinstance(instance, dict):
+            for key, prop in props.items():
+                if "default" in prop:
+                    instance.setdefault(key, copy.deepcopy(prop["default"]))
+        yield from properties(validator, props, instance, subschema)
+
+    filler = jsonschema.validators.extend(base, {"properties": set_defaults})
+    filler(schema).validate(config)
+    return config
+
+
 def validate(config: dict, schema_path: str | Path | None = None, source: str = "config") -> dict:
-    """Validate ``config`` in place (defaults filled by snakemake.utils.validate) and return it
-    (``schema_path``: default the package's own schema)."""
-    from importlib.resources import as_file
-
-    from snakemake.utils import validate as snakemake_validate
-
+    """Validate ``config`` in place (defaults filled as snakemake.utils.validate fills them) and
+    return it (``schema_path``: default the package's own schema)."""
     schema = load_schema(schema_path)
     check_schema(config, schema, source)
-    with as_file(_schema.resource() if schema_path is None else Path(schema_path)) as path:
-        snakemake_validate(config, str(path), set_default=True)
-    # snakemake fills defaults of properties it visits; nested $ref'd objects inside
+    fill_defaults(config, schema)
+    # defaults are filled in the objects the validation visits; nested $ref'd objects inside
     # additionalProperties that were absent (e.g. datasets.X.split) get theirs here.
-    split_defaults = {k: v["default"] for k, v in schema["$defs"]["split"]["properties"].items()}
+    split_defaults = _schema.defaults("#/$defs/split", schema)
     for spec in config.get("datasets", {}).values():
         split = spec.setdefault("split", {})
         for key, value in split_defaults.items():
@@ -351,17 +366,10 @@ def check_training(config: dict) -> None:
     resolve it (unknown keys, wrong types and values raise :class:`ConfigError` naming the key), so a
     mistake stops the run before any job starts rather than hours into it."""
     from sfsr.training.settings import resolve_config, stage_config  # torch-free
-    from sfsr.training.stages import STAGES
 
     for name in [*config.get("sr_models", []), *config.get("refsr_models", [])]:
-        model = config["models"][name]
-        for stage, st in STAGES.items():
-            if st.models != ("refsr_models" if name in config.get("refsr_models", []) else "sr_models"):
-                continue
-            if st.init is not None and model.get(st.control_of or stage) is None:  # not trained
-                continue
-            if st.control_of and not config.get("controls", True):
-                continue
+        for stage in _trained_stages(config, name):
+            st = STAGES[stage]
             try:
                 cfg = resolve_config(stage_config(config, name, stage))
             except ConfigError as exc:
@@ -373,11 +381,31 @@ def check_training(config: dict) -> None:
                 _check_reference_levels(config, name, stage, cfg)
 
 
+def _trained_stages(config: dict, model: str) -> list[str]:
+    """The stages (sfsr.training.stages.STAGES, in their order) the selected ``model`` trains: those
+    of its list (sr_models / refsr_models), the optional ones where its section is not null, the
+    controls when ``controls`` is on."""
+    kind = "refsr_models" if model in config.get("refsr_models", []) else "sr_models"
+    entry = config["models"][model]
+    return [stage for stage, st in STAGES.items() if st.models == kind
+            and not (st.init is not None and entry.get(st.control_of or stage) is None)
+            and not (st.control_of and not config.get("controls", True))]
+
+
+def _needs_classifier(config: dict, model: str, stage: str) -> bool:
+    """:func:`sfsr.training.stages.needs_classifier` of the stage's merged settings (settings a
+    training job would reject are left to :func:`check_training`, which names them)."""
+    from sfsr.training.settings import stage_config  # torch-free
+
+    try:
+        return needs_classifier(stage, stage_config(config, model, stage))
+    except (ConfigError, KeyError, TypeError, AttributeError):
+        return STAGES[stage].classifier
+
+
 def _setting_key(config: dict, model: str, stage: str, key: str) -> str:
     """Where the training setting ``key`` of ``models.<model>.<stage>`` comes from: the model's stage
     section (a control's: the section of the stage it controls), else ``training`` (or its default)."""
-    from sfsr.training.stages import STAGES
-
     section_name = STAGES[stage].control_of or stage
     section = config["models"][model].get(section_name) or {}
     head, _, rest = key.partition(".")

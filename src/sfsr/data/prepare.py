@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from sfsr import io
+from sfsr import io, schema
 from sfsr.data.bicubic import imresize, modcrop
 from sfsr.data.images import DEFAULT_EXTENSIONS, images_by_stem, read_image
 from sfsr.data.layouts import (LAYOUTS, SPLITS, _round_half_up, layouts_where,
@@ -34,15 +34,11 @@ MANIFEST_COLUMNS = ["stem", "file", "height", "width", "channels", "gray", "clas
 SKIPPED_COLUMNS = ["path", "reason"]
 CLASS_LAYOUTS = layouts_where(kind="classes")  # class_folders, flowers102, cub200, builtin_classes
 
-# Defaults of the keys read here; they mirror config.schema.yaml ($defs.dataset / $defs.split).
-_SPEC_DEFAULTS: dict[str, Any] = {"layout": "flat", "root": "", "images": [],
-                                  "extensions": list(DEFAULT_EXTENSIONS), "hr_size": None,
-                                  "samples_per_class": 12, "groups_per_image": 4, "on_bad_image": None,
-                                  "split": {}}
+# Defaults of a dataset entry and of its split, read from config.schema.yaml ($defs.dataset /
+# $defs.split, their one source), for library use without a validated config.
+_SPEC_DEFAULTS: dict[str, Any] = {**schema.defaults("#/$defs/dataset"), "split": {}}
 BUILTIN_LAYOUTS = layouts_where(sources=("any", "builtin"))  # flat, builtin_classes, builtin_refgroups
-_SPLIT_DEFAULTS: dict[str, Any] = {"dirs": {}, "carve_val_from": "train", "carve_test_from": "train",
-                                   "val_fraction": 0.1, "test_fraction": 0.1, "carve_sr_from": None,
-                                   "sr_fraction": 0.5, "seed": 0}
+_SPLIT_DEFAULTS: dict[str, Any] = schema.defaults("#/$defs/split")
 
 
 # ----------------------------------------------------------------------------- folder building

@@ -37,15 +37,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from sfsr import io, provenance
+from sfsr import io, provenance, schema
 from sfsr.data.images import images_by_stem, read_image, to_rgb
 from sfsr.errors import ConfigError, DataError
 from sfsr.metrics import topk_accuracy
 from sfsr.models import build_classifier, count_parameters
-from sfsr.models.classifier import CLASSIFIER_NAMES, checkpoint_dict, eval_transform, read_classifier_checkpoint
+from sfsr.models.classifier import checkpoint_dict, eval_transform, read_classifier_checkpoint
 from sfsr.tensors import eval_mode, resolve_device, to_float
 from sfsr.training.parts import make_optimizer, make_scheduler
 from sfsr.training.runner import NonFinite, Run, begin, check_finite, resumable_state
+from sfsr.training.settings import CHECKED_WHEN_APPLIED, check_settings
 from sfsr.training.speed import autocast_context, place, speed_flags
 
 log = logging.getLogger("sfsr.training")
@@ -54,55 +55,24 @@ STATE_FORMAT = 1
 WHAT = "classifier training"
 LOG_COLUMNS = ["epoch", "train_loss", "val_top1", "val_top5", "lr", "elapsed_s"]
 
-#: Settings of classifier training (config section proposed: ``classifier``). ``weights``: null
-#: (from scratch), 'imagenet' (torchvision's DEFAULT weights) or a local .pth path.
-CLASSIFIER_DEFAULTS: dict[str, Any] = {
-    "arch": "resnet50",
-    "weights": "imagenet",
-    "input_size": 224,
-    "resize_size": None,
-    "batch_size": 32,
-    "epochs": 30,
-    "optimizer": "sgd",
-    "lr": 0.01,
-    "momentum": 0.9,
-    "betas": [0.9, 0.999],
-    "weight_decay": 1.0e-4,
-    "scheduler": "cosine",
-    "eta_min": 0.0,
-    "label_smoothing": 0.0,
-    "device": "auto",
-    "bf16": True,  # true = auto (sfsr.training.speed), always, false
-    "channels_last": True,
-    "num_workers": 4,
-}
+#: Job resources of the ``classifier`` config section (the workflow's, not the training's settings).
+CLASSIFIER_RESOURCES = ("threads", "gpus", "mem_mb", "runtime")
+#: Settings of classifier training: the ``classifier`` config section's defaults as config.schema.yaml
+#: gives them (its one source), less the job resources. ``weights``: null (from scratch), 'imagenet'
+#: (torchvision's DEFAULT weights) or a local .pth path.
+CLASSIFIER_DEFAULTS: dict[str, Any] = {k: v for k, v in schema.defaults("#/properties/classifier").items()
+                                       if k not in CLASSIFIER_RESOURCES}
 
 
 # ------------------------------------------------------------------------------------ settings
 def resolve_classifier_config(cfg: dict) -> dict:
-    """``cfg`` over :data:`CLASSIFIER_DEFAULTS`; unknown keys and bad values raise ConfigError."""
-    unknown = sorted(set(cfg) - set(CLASSIFIER_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"unknown classifier setting(s) {unknown}; valid: "
-                          f"{', '.join(sorted(CLASSIFIER_DEFAULTS))}")
+    """``cfg`` over :data:`CLASSIFIER_DEFAULTS`; unknown keys and values the schema refuses raise
+    ConfigError (:func:`sfsr.training.settings.check_settings`), as does a resize_size below input_size."""
     out = {**copy.deepcopy(CLASSIFIER_DEFAULTS), **copy.deepcopy(cfg)}
-    checks = [("arch", CLASSIFIER_NAMES), ("optimizer", ("sgd", "adamw")),
-              ("scheduler", ("cosine", "constant"))]
-    for key, allowed in checks:
-        if out[key] not in allowed:
-            raise ConfigError(f"classifier setting '{key}' is {out[key]!r}; allowed: {', '.join(allowed)}")
-    for key in ("input_size", "batch_size", "epochs"):
-        if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < 1:
-            raise ConfigError(f"classifier setting '{key}' must be a positive integer, got {out[key]!r}")
-    if out["resize_size"] is not None and (not isinstance(out["resize_size"], int)
-                                           or out["resize_size"] < out["input_size"]):
+    check_settings(out, "#/properties/classifier", "classifier setting", skip=CHECKED_WHEN_APPLIED)
+    if out["resize_size"] is not None and out["resize_size"] < out["input_size"]:
         raise ConfigError(f"classifier setting 'resize_size' must be null or an integer >= input_size "
                           f"({out['input_size']}), got {out['resize_size']!r}")
-    if not out["lr"] > 0:
-        raise ConfigError(f"classifier setting 'lr' must be > 0, got {out['lr']!r}")
-    if not 0 <= out["label_smoothing"] < 1:
-        raise ConfigError(f"classifier setting 'label_smoothing' must be in [0, 1), got "
-                          f"{out['label_smoothing']!r}")
     return out
 
 

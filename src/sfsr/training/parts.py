@@ -26,7 +26,7 @@ from sfsr.models.classifier import load_classifier
 from sfsr.semantic import LRClassificationHead, SharedFeatureModel, load_semantic_prior
 from sfsr.training.ema import make_ema
 from sfsr.training.speed import autocast_context, place
-from sfsr.training.stages import SEMANTIC_TERMS, Stage
+from sfsr.training.stages import SEMANTIC_TERMS, Stage, needs_classifier
 
 log = logging.getLogger("sfsr.training")
 
@@ -68,9 +68,9 @@ class FrozenClassifier:
 def frozen_classifier(st: Stage, cfg: dict, weights: dict, checkpoint: str | os.PathLike | None,
                       feature_net: nn.Module | None, device: torch.device) -> FrozenClassifier | None:
     """The classifier of ``checkpoint`` when the stage needs it or its perceptual term uses it."""
-    wants_features = ("perceptual" in weights and cfg["perceptual"]["net"] == "classifier"
-                      and feature_net is None and checkpoint is not None)
-    if not (st.classifier or wants_features):
+    resolved = {**cfg, "loss_weights": {"perceptual": weights.get("perceptual", 0.0)}}  # the stage's weights
+    if not needs_classifier(st, resolved) or (
+            not st.classifier and (feature_net is not None or checkpoint is None)):  # features given
         return None
     model, meta = load_classifier(checkpoint, device)
     native = int(meta["arch"]["input_size"])
