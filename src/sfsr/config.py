@@ -22,6 +22,7 @@ import jsonschema
 import yaml
 
 from sfsr import schema as _schema
+from sfsr.data.catalogue import with_catalogue
 from sfsr.errors import ConfigError
 from sfsr.training.stages import STAGES, needs_classifier
 
@@ -304,6 +305,7 @@ def validate(config: dict, schema_path: str | Path | None = None, source: str = 
     """Validate ``config`` in place (defaults filled as snakemake.utils.validate fills them) and
     return it (``schema_path``: default the package's own schema)."""
     schema = load_schema(schema_path)
+    config["datasets"] = with_catalogue(config.get("datasets"))  # the package's catalogue + this config's
     check_schema(config, schema, source)
     fill_defaults(config, schema)
     # defaults are filled in the objects the validation visits; nested $ref'd objects inside
