@@ -13,14 +13,14 @@ sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 # Only torch-free modules are imported here (tests/test_workflow.py checks it): parsing stays fast.
 import sfsr.config
 from sfsr.training.settings import stage_config
-from sfsr.training.stages import STAGES, evaluation_name
+from sfsr.training.stages import STAGES, evaluation_name, needs_classifier
 
 configfile: "config.yaml"
 
 # A bad config stops the parse with one line naming the key, the value and the fix (no traceback:
 # the message is the whole story, docs/reliability.md).
 try:
-    sfsr.config.validate(config, os.path.join(workflow.basedir, "config.schema.yaml"))
+    sfsr.config.validate(config)  # the schema of this checkout's src/sfsr (sfsr.schema.load)
     # config key 'seeds': one copy of every sr_models entry per extra training seed ({model: (base, seed)})
     MODEL_SEEDS = sfsr.config.expand_seeds(config)
 except sfsr.config.ConfigError as exc:

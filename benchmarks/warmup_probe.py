@@ -27,8 +27,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from sfsr.models import load_generator  # noqa: E402
-from sfsr.training.loop import (bicubic_reference, load_validation_items, stage_config,  # noqa: E402
-                                train, validate)
+from sfsr.training.data import load_validation_items  # noqa: E402
+from sfsr.training.loop import train  # noqa: E402
+from sfsr.training.settings import stage_config  # noqa: E402
+from sfsr.training.validation import bicubic_reference, validate  # noqa: E402
 
 
 def _set(mapping: dict, dotted: str, value) -> None:

@@ -7,6 +7,8 @@ SCALES = config["scales"]
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 
 
+from sfsr.metrics import METRICS  # torch-free: the metric names (wildcard below)
+
 wildcard_constraints:
     dataset=r"[A-Za-z0-9_]+",
     scale=r"\d+",
@@ -15,7 +17,7 @@ wildcard_constraints:
     input=r"[A-Za-z0-9_]+",
     judge=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     stage="|".join(STAGES),
-    metric=r"psnr_y|ssim_y|psnr_rgb",
+    metric="|".join(METRICS),
     rank=r"\d+",
 
 
@@ -118,13 +120,9 @@ def stage_models(stage):
 
 
 def perceptual_classifier(model, stage):
-    """{'classifier': checkpoint} when the stage's perceptual loss uses the pipeline's classifier
-    as its feature network (the offline default: no ImageNet VGG19 needed), else {}."""
-    settings = stage_settings(model, stage)
-    if STAGES[stage].pixel_only:
-        return {}
-    weight = settings["loss_weights"].get("perceptual", 1.0)
-    if settings["perceptual"]["net"] == "classifier" and weight:
+    """{'classifier': checkpoint} when the stage needs the pipeline's classifier (its own, or as the
+    perceptual loss's feature network: the offline default, no ImageNet VGG19 needed), else {}."""
+    if needs_classifier(stage, stage_settings(model, stage)):
         return {"classifier": classifier_checkpoint(semantic_dataset())}
     return {}
 
@@ -151,7 +149,7 @@ def training_inputs(stage):
     st = STAGES[stage]
 
     def inputs(wildcards):
-        out = perceptual_classifier(wildcards.model, stage) if not st.classifier else {}
+        out = {}
         if st.data == "classification":  # the classification set (its train/val splits)
             out |= {"train": [prepared_hr(semantic_dataset())], "valid": [prepared_hr(semantic_dataset())]}
         elif st.data == "refsr":  # reference groups: targets with their references
@@ -161,8 +159,7 @@ def training_inputs(stage):
             out |= {"train": train_inputs(wildcards), "valid": [prepared_hr(d) for d in config["valid"]]}
         if st.init is not None:
             out["init"] = stage_checkpoint(wildcards.model, st.init)
-        if st.classifier:
-            out["classifier"] = classifier_checkpoint(semantic_dataset())
+        out |= perceptual_classifier(wildcards.model, stage)  # the frozen classifier, where needed
         return out
 
     return inputs

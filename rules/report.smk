@@ -1,7 +1,10 @@
 # Figures, the study summary table and the Snakemake report. Plot rules read only result tables
 # (and, for the visual grids, the generators), so changing a `plots:` setting reruns only them.
 #   snakemake --cores all figures && snakemake --report results/report.html
-# Code: workflow_scripts/report.py -> sfsr.plots.
+# Code: workflow_scripts/report.py -> sfsr.plots. Each figure's files and report entry come from the
+# figure table, sfsr.figures.FIGURES (torch- and matplotlib-free).
+
+from sfsr.figures import figure_file, report_args
 
 report: "../report/workflow.rst"
 
@@ -16,9 +19,8 @@ rule plot_training:
     input:
         logs=lambda wc: [f"{RESULTS}/models/{m}/{wc.stage}/train_log.csv" for m in stage_models(wc.stage)],
     output:
-        png=report(f"{RESULTS}/figures/training_{{stage}}.png", caption="../report/training_curves.rst",
-                   category="1. Training", subcategory="{stage}"),
-        pdf=f"{RESULTS}/figures/training_{{stage}}.pdf",
+        png=report(figure_file("training", RESULTS), **report_args("training")),
+        pdf=figure_file("training", RESULTS, "pdf"),
     params:
         models=lambda wc: stage_models(wc.stage),
         universe=color_universe(),
@@ -35,9 +37,8 @@ rule plot_metrics:
     input:
         f"{RESULTS}/metrics/summary.csv",
     output:
-        png=report(f"{RESULTS}/figures/metrics_{{metric}}.png", caption="../report/metrics_bars.rst",
-                   category="2. Image quality", subcategory="{metric}"),
-        pdf=f"{RESULTS}/figures/metrics_{{metric}}.pdf",
+        png=report(figure_file("metrics", RESULTS), **report_args("metrics")),
+        pdf=figure_file("metrics", RESULTS, "pdf"),
     params:
         universe=color_universe(),
         families=families(),
@@ -53,14 +54,10 @@ rule plot_accuracy:
     input:
         f"{RESULTS}/classification/{{dataset}}_x{{scale}}/accuracy.csv",
     output:
-        accuracy=report(f"{RESULTS}/figures/accuracy_{{dataset}}_x{{scale}}.png",
-                        caption="../report/accuracy.rst", category="3. Semantics",
-                        subcategory="{dataset} x{scale}"),
-        accuracy_pdf=f"{RESULTS}/figures/accuracy_{{dataset}}_x{{scale}}.pdf",
-        tradeoff=report(f"{RESULTS}/figures/tradeoff_{{dataset}}_x{{scale}}.png",
-                        caption="../report/tradeoff.rst", category="3. Semantics",
-                        subcategory="{dataset} x{scale}"),
-        tradeoff_pdf=f"{RESULTS}/figures/tradeoff_{{dataset}}_x{{scale}}.pdf",
+        accuracy=report(figure_file("accuracy", RESULTS), **report_args("accuracy")),
+        accuracy_pdf=figure_file("accuracy", RESULTS, "pdf"),
+        tradeoff=report(figure_file("tradeoff", RESULTS), **report_args("tradeoff")),
+        tradeoff_pdf=figure_file("tradeoff", RESULTS, "pdf"),
     params:
         universe=color_universe(),
         families=families(),
@@ -81,10 +78,8 @@ rule plot_visual:
         hr=lambda wc: prepared_hr(wc.dataset),
         lr=lambda wc: prepared_lr(wc.dataset, wc.scale),
     output:
-        png=report(f"{RESULTS}/figures/visual_{{dataset}}_x{{scale}}_{{rank}}.png",
-                   caption="../report/visual_grid.rst", category="2. Image quality",
-                   subcategory="{dataset} x{scale}"),
-        pdf=f"{RESULTS}/figures/visual_{{dataset}}_x{{scale}}_{{rank}}.pdf",
+        png=report(figure_file("visual", RESULTS), **report_args("visual")),
+        pdf=figure_file("visual", RESULTS, "pdf"),
     params:
         models=lambda wc: models_at(int(wc.scale)),
         checkpoints=lambda wc: {m: evaluated_generators()[m][0] for m in models_at(int(wc.scale))

@@ -6,13 +6,18 @@ import pytest
 import yaml
 
 from sfsr import config as cfg
+from sfsr.data.catalogue import with_catalogue
 from sfsr.errors import ConfigError
 
 
 @pytest.fixture()
 def base(repo_root):
+    """config.yaml with the package's dataset catalogue written out in it, so a test can change any
+    data set's keys the way a config file does."""
     with open(repo_root / "config.yaml", encoding="utf-8") as fh:
-        return yaml.safe_load(fh)
+        config = yaml.safe_load(fh)
+    config["datasets"] = with_catalogue(config.get("datasets"))
+    return config
 
 
 def test_default_config_is_valid_and_defaults_are_filled(base):
@@ -211,3 +216,23 @@ def test_seeds_copy_every_sr_model_once_per_extra_seed(base):
     clash["models"][f"{names[0]}_seed1"] = copy.deepcopy(clash["models"][names[0]])
     with pytest.raises(ConfigError, match="already has one of that name"):
         cfg.expand_seeds(cfg.validate(clash))
+
+
+def test_a_config_changes_or_adds_catalogue_entries_key_by_key(base):
+    """The dataset catalogue ships with the package; a config's `datasets:` is merged over it key by
+    key (as Snakemake merges config files), a new name is added, the catalogue's order kept."""
+    from sfsr.data import catalogue
+
+    shipped = catalogue.load()
+    config = {k: v for k, v in base.items() if k != "datasets"}
+    config["datasets"] = {"set5": {"source": "local", "path": "/data/Set5", "root": ""},
+                          "mine": {"source": "local", "path": "/data/mine"}}
+    out = cfg.validate(copy.deepcopy(config))["datasets"]
+    assert list(out)[:len(shipped)] == list(shipped) and list(out)[-1] == "mine"
+    assert out["set5"]["source"] == "local" and out["set5"]["path"] == "/data/Set5" and out["set5"]["root"] == ""
+    assert out["set5"]["description"] == shipped["set5"]["description"]  # a key not set keeps its value
+    assert out["set14"] == cfg.validate(copy.deepcopy(base))["datasets"]["set14"]  # others as shipped
+    assert catalogue.load() == shipped  # nothing written back into the catalogue
+    config["datasets"] = {"set5": None}
+    with pytest.raises(ConfigError, match=r"datasets\.set5"):
+        cfg.validate(copy.deepcopy(config))

@@ -27,7 +27,8 @@ SRC = REPO / "src"
 #: Bottom to top; a module is in the layer of the longest name that is it or a package above it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("sfsr", "sfsr.errors", "sfsr.threads", "sfsr.memory", "sfsr.safe_load", "sfsr.io",
-              "sfsr.outputs", "sfsr.schema", "sfsr.provenance", "sfsr.gpu_slots", "sfsr.model_options")),
+              "sfsr.outputs", "sfsr.schema", "sfsr.provenance", "sfsr.gpu_slots", "sfsr.model_options",
+              "sfsr.figures")),
     ("data", ("sfsr.data", "sfsr.tensors")),
     ("measures", ("sfsr.metrics", "sfsr.stats")),
     ("models", ("sfsr.models",)),

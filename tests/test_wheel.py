@@ -59,14 +59,15 @@ def wheel(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_the_wheel_holds_the_package_and_its_schema_only(wheel):
+def test_the_wheel_holds_the_package_its_schema_and_catalogue_only(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert "sfsr/config.schema.yaml" in names
     assert "sfsr/training/loop.py" in names and "sfsr/schema.py" in names
     tops = {n.split("/")[0] for n in names}
     assert tops == {"sfsr", "sfsr-0.1.0.dist-info"}, tops  # no tests/, results/, docs/, config.yaml
-    shipped = zipfile.ZipFile(wheel).read("sfsr/config.schema.yaml").decode()
-    assert shipped == (REPO / "src" / "sfsr" / "config.schema.yaml").read_text(encoding="utf-8")
+    for resource in ("config.schema.yaml", "data/catalogue.yaml"):  # read at run time
+        shipped = zipfile.ZipFile(wheel).read(f"sfsr/{resource}").decode()
+        assert shipped == (REPO / "src" / "sfsr" / resource).read_text(encoding="utf-8")
 
 
 TRAIN = """

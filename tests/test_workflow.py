@@ -18,6 +18,7 @@ import yaml
 from PIL import Image
 
 from helpers import NO_REFSR, REPO, run_snakemake
+from sfsr.data import catalogue
 
 pytestmark = [pytest.mark.slow, pytest.mark.heavy(seconds=80)]
 
@@ -80,8 +81,7 @@ def test_data_stage_on_builtin_source(tmp_path):
     run_snakemake(tmp_path, "data", config=only_test)
     prepared = tmp_path / "data" / "prepared" / "builtin_test"
     manifest = pd.read_csv(prepared / "manifest.csv")
-    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    assert sorted(manifest["stem"]) == sorted(cfg["datasets"]["builtin_test"]["images"])
+    assert sorted(manifest["stem"]) == sorted(catalogue.load()["builtin_test"]["images"])
     assert bool(manifest.set_index("stem").loc["camera", "gray"])  # grayscale photo flagged
     for row in manifest.itertuples():
         hr = np.asarray(Image.open(prepared / row.file))

@@ -68,6 +68,7 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from sfsr import io
     from sfsr.evaluation import PSNR_CAP_DB, evaluate_folders, mean_metrics
+    from sfsr.metrics import METRICS
 
     _pixel_limit(args)
     if args.csv and os.path.isdir(args.csv):  # before the work, not after it
@@ -79,8 +80,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(means))
     else:
-        print(f"{means['n']} images, x{args.scale}: PSNR-Y {means['psnr_y']:.2f} dB, "
-              f"SSIM-Y {means['ssim_y']:.4f}, PSNR-RGB {means['psnr_rgb']:.2f} dB")
+        print(f"{means['n']} images, x{args.scale}: "
+              + ", ".join(metric.show(means[name]) for name, metric in METRICS.items()))
         if means["n_psnr_capped"]:
             print(f"({means['n_psnr_capped']} image(s) equal their HR image: PSNR is infinite, "
                   f"counted as {PSNR_CAP_DB:g} dB in the means)")

@@ -1,9 +1,10 @@
 """Loading and checking the study configuration.
 
 ``config.yaml`` is validated against ``config.schema.yaml`` (JSON Schema; shipped inside the package,
-:mod:`sfsr.schema`): first by
+read through :func:`sfsr.schema.load`): first by
 :func:`check_schema`, which turns the most relevant schema violation into one sentence naming the key
-and its location, then by ``snakemake.utils.validate``, which also fills in every default. After
+and its location, then :func:`fill_defaults` fills in every default as ``snakemake.utils.validate``
+would. After
 that :func:`check_paths` makes sure the folders the workflow writes into can be folders,
 :func:`check_references` verifies what a schema cannot express (a dataset referenced by a split
 must be defined, builtin photo names must exist, generator options, ...) and :func:`check_training`
@@ -21,8 +22,9 @@ import jsonschema
 import yaml
 
 from sfsr import schema as _schema
+from sfsr.data.catalogue import with_catalogue
 from sfsr.errors import ConfigError
-from sfsr.training.stages import CLASSIFIER_STAGES
+from sfsr.training.stages import STAGES, needs_classifier
 
 #: Top-level keys that list dataset names.
 DATASET_LISTS = ("train", "valid", "test", "classification", "refsr", "refsr_train", "refsr_valid")
@@ -103,7 +105,11 @@ def download_file_name(entry: dict) -> str:
 
 def check_references(config: dict) -> None:
     """Cross-checks the schema cannot express; raise :class:`ConfigError` naming the key."""
+    from sfsr.data.layouts import layouts_where  # torch-free, like sources
     from sfsr.data.sources import BUILTIN_IMAGES
+
+    builtin_only, on_builtin = layouts_where(sources="builtin"), layouts_where(sources=("any", "builtin"))
+    class_layouts = layouts_where(kind="classes")
 
     datasets = config.get("datasets", {})
     defined = ", ".join(sorted(datasets)) or "none"
@@ -119,11 +125,10 @@ def check_references(config: dict) -> None:
             if unknown:
                 raise ConfigError(f"config key 'datasets.{name}.images' has unknown builtin photo(s) "
                                   f"{unknown}; available: {', '.join(sorted(BUILTIN_IMAGES))}.")
-            if spec.get("layout", "flat") not in ("flat", "builtin_classes", "builtin_refgroups"):
+            if spec.get("layout", "flat") not in on_builtin:
                 raise ConfigError(f"config key 'datasets.{name}.layout' is {spec['layout']!r}, but a "
-                                  "builtin source only supports 'flat', 'builtin_classes' or "
-                                  "'builtin_refgroups'.")
-        elif spec.get("layout") in ("builtin_classes", "builtin_refgroups"):
+                                  f"builtin source only supports {_either(repr(n) for n in on_builtin)}.")
+        elif spec.get("layout") in builtin_only:
             raise ConfigError(f"config key 'datasets.{name}.layout' is {spec['layout']!r}, which "
                               "needs 'source: builtin'.")
     seen: dict[str, tuple[str, dict]] = {}
@@ -143,9 +148,9 @@ def check_references(config: dict) -> None:
             seen.setdefault(fname, (name, entry))
     for name in config.get("classification", []):
         layout = datasets[name].get("layout", "flat")
-        if layout not in ("class_folders", "flowers102", "cub200", "builtin_classes"):  # prepare.CLASS_LAYOUTS
+        if layout not in class_layouts:
             raise ConfigError(f"config key 'classification' names dataset {name!r} whose layout is {layout!r}; "
-                              "classification sets need class_folders, flowers102, cub200 or builtin_classes.")
+                              f"classification sets need {_either(class_layouts)}.")
     models = config.get("models", {})
     from sfsr.model_options import REFERENCE_GENERATORS, generator_kwargs  # torch-free
     for key in ("sr_models", "refsr_models"):
@@ -164,15 +169,14 @@ def check_references(config: dict) -> None:
                 raise ConfigError(f"config key 'refsr_models' lists models but '{key}' is empty; list the "
                                   "reference-based SR training, validation and test sets (e.g. "
                                   "builtin_refgroups_train / _valid / _test).")
-    for name in config.get("sr_models", []):
-        stages = [st for st in CLASSIFIER_STAGES if models[name].get(st) is not None]
-        gan = models[name].get("gan") or {}
-        if (gan.get("perceptual") or config.get("training", {}).get("perceptual") or {}).get("net") == "classifier":
-            stages.append("gan")
-        if stages and not config.get("classification"):
-            raise ConfigError(f"config key 'models.{name}.{stages[0]}' needs a classification set "
+    for name in config.get("sr_models", []) if not config.get("classification") else []:
+        stages = [stage for stage in _trained_stages(config, name) if _needs_classifier(config, name, stage)]
+        stages.sort(key=lambda stage: not STAGES[stage].classifier)  # name a stage built on it first
+        if stages:
+            section = STAGES[stages[0]].control_of or stages[0]
+            raise ConfigError(f"config key 'models.{name}.{section}' needs a classification set "
                               "(the frozen classifier and its training images): list one under "
-                              f"'classification', or set models.{name}.{stages[0]}: null.")
+                              f"'classification', or set models.{name}.{section}: null.")
     for name in [*config.get("sr_models", []), *config.get("refsr_models", [])]:  # selected ones only
         model = models[name]
         if model["scale"] not in config.get("scales", []):
@@ -208,14 +212,20 @@ def check_references(config: dict) -> None:
             raise ConfigError(f"config key 'semantic_train_split' is 'sr_train' but datasets.{name}.split."
                               "carve_sr_from is null, so that set has no sr_train split; set "
                               f"datasets.{name}.split.carve_sr_from: train (or val).")
-    for key, layouts in (("refsr", ("refgroups", "builtin_refgroups")),
-                         ("refsr_valid", ("refgroups", "builtin_refgroups", "refpairs")),
-                         ("refsr_train", ("refgroups", "builtin_refgroups", "refpairs"))):
+    ranked = layouts_where(kind="refgroups")  # reference levels: testable per level
+    for key, layouts in (("refsr", ranked), ("refsr_valid", ranked + layouts_where(kind="refpairs")),
+                         ("refsr_train", ranked + layouts_where(kind="refpairs"))):
         for name in config.get(key, []):
             if datasets[name].get("layout") not in layouts:
                 raise ConfigError(f"config key '{key}' names dataset {name!r}, whose layout is "
                                   f"{datasets[name].get('layout', 'flat')!r}; it needs one of "
                                   f"{', '.join(layouts)}.")
+
+
+def _either(names) -> str:
+    """'a, b or c'."""
+    names = list(names)
+    return " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
 JUDGE_KEYS = ("arch", "weights", "epochs", "lr")  # what a judge may set differently from 'classifier'
@@ -271,20 +281,36 @@ def expand_seeds(config: dict) -> dict[str, tuple[str, int]]:
     return out
 
 
+def fill_defaults(config: dict, schema: dict) -> dict:
+    """Set the schema's defaults in ``config`` in place, as ``snakemake.utils.validate(...,
+    set_default=True)`` does (the jsonschema FAQ's validator: every object the validation visits gets
+    the ``default`` of each property it lacks; a default behind a ``$ref`` is not set), but from the
+    schema as :func:`sfsr.schema.load` generates it rather than from a file."""
+    base = jsonschema.Draft202012Validator
+    properties = base.VALIDATORS["properties"]
+
+    def set_defaults(validator, props, instance, subschema):
+        if isinstance(instance, dict):
+            for key, prop in props.items():
+                if "default" in prop:
+                    instance.setdefault(key, copy.deepcopy(prop["default"]))
+        yield from properties(validator, props, instance, subschema)
+
+    filler = jsonschema.validators.extend(base, {"properties": set_defaults})
+    filler(schema).validate(config)
+    return config
+
+
 def validate(config: dict, schema_path: str | Path | None = None, source: str = "config") -> dict:
-    """Validate ``config`` in place (defaults filled by snakemake.utils.validate) and return it
-    (``schema_path``: default the package's own schema)."""
-    from importlib.resources import as_file
-
-    from snakemake.utils import validate as snakemake_validate
-
+    """Validate ``config`` in place (defaults filled as snakemake.utils.validate fills them) and
+    return it (``schema_path``: default the package's own schema)."""
     schema = load_schema(schema_path)
+    config["datasets"] = with_catalogue(config.get("datasets"))  # the package's catalogue + this config's
     check_schema(config, schema, source)
-    with as_file(_schema.resource() if schema_path is None else Path(schema_path)) as path:
-        snakemake_validate(config, str(path), set_default=True)
-    # snakemake fills defaults of properties it visits; nested $ref'd objects inside
+    fill_defaults(config, schema)
+    # defaults are filled in the objects the validation visits; nested $ref'd objects inside
     # additionalProperties that were absent (e.g. datasets.X.split) get theirs here.
-    split_defaults = {k: v["default"] for k, v in schema["$defs"]["split"]["properties"].items()}
+    split_defaults = _schema.defaults("#/$defs/split", schema)
     for spec in config.get("datasets", {}).values():
         split = spec.setdefault("split", {})
         for key, value in split_defaults.items():
@@ -342,17 +368,10 @@ def check_training(config: dict) -> None:
     resolve it (unknown keys, wrong types and values raise :class:`ConfigError` naming the key), so a
     mistake stops the run before any job starts rather than hours into it."""
     from sfsr.training.settings import resolve_config, stage_config  # torch-free
-    from sfsr.training.stages import STAGES
 
     for name in [*config.get("sr_models", []), *config.get("refsr_models", [])]:
-        model = config["models"][name]
-        for stage, st in STAGES.items():
-            if st.models != ("refsr_models" if name in config.get("refsr_models", []) else "sr_models"):
-                continue
-            if st.init is not None and model.get(st.control_of or stage) is None:  # not trained
-                continue
-            if st.control_of and not config.get("controls", True):
-                continue
+        for stage in _trained_stages(config, name):
+            st = STAGES[stage]
             try:
                 cfg = resolve_config(stage_config(config, name, stage))
             except ConfigError as exc:
@@ -364,11 +383,31 @@ def check_training(config: dict) -> None:
                 _check_reference_levels(config, name, stage, cfg)
 
 
+def _trained_stages(config: dict, model: str) -> list[str]:
+    """The stages (sfsr.training.stages.STAGES, in their order) the selected ``model`` trains: those
+    of its list (sr_models / refsr_models), the optional ones where its section is not null, the
+    controls when ``controls`` is on."""
+    kind = "refsr_models" if model in config.get("refsr_models", []) else "sr_models"
+    entry = config["models"][model]
+    return [stage for stage, st in STAGES.items() if st.models == kind
+            and not (st.init is not None and entry.get(st.control_of or stage) is None)
+            and not (st.control_of and not config.get("controls", True))]
+
+
+def _needs_classifier(config: dict, model: str, stage: str) -> bool:
+    """:func:`sfsr.training.stages.needs_classifier` of the stage's merged settings (settings a
+    training job would reject are left to :func:`check_training`, which names them)."""
+    from sfsr.training.settings import stage_config  # torch-free
+
+    try:
+        return needs_classifier(stage, stage_config(config, model, stage))
+    except (ConfigError, KeyError, TypeError, AttributeError):
+        return STAGES[stage].classifier
+
+
 def _setting_key(config: dict, model: str, stage: str, key: str) -> str:
     """Where the training setting ``key`` of ``models.<model>.<stage>`` comes from: the model's stage
     section (a control's: the section of the stage it controls), else ``training`` (or its default)."""
-    from sfsr.training.stages import STAGES
-
     section_name = STAGES[stage].control_of or stage
     section = config["models"][model].get(section_name) or {}
     head, _, rest = key.partition(".")

@@ -24,9 +24,10 @@ from tqdm.auto import tqdm
 
 from sfsr.data.images import images_by_stem, read_image
 from sfsr.errors import DataError
-from sfsr.metrics import image_metrics
+from sfsr.metrics import METRICS, image_metrics
 
-METRIC_COLUMNS = ("psnr_y", "ssim_y", "psnr_rgb")
+#: The per-image metric columns, :data:`sfsr.metrics.METRICS` (read at call time by the functions here).
+METRIC_COLUMNS = tuple(METRICS)
 PSNR_COLUMNS = ("psnr_y", "psnr_rgb")
 #: The PSNR an exact reproduction (``inf``) counts as in means.
 PSNR_CAP_DB = 100.0
@@ -76,7 +77,7 @@ def evaluate_folders(hr_dir: str | os.PathLike, sr_dir: str | os.PathLike, scale
         except DataError as exc:
             raise DataError(f"{sr[stem]} (HR {hr[stem]}): {exc}") from None
         rows.append({"image": stem, **row})
-    table = pd.DataFrame(rows, columns=["image", *METRIC_COLUMNS, "channel", "crop_border",
+    table = pd.DataFrame(rows, columns=["image", *METRICS, "channel", "crop_border",
                                         "convention"])
     if resizer is not None:
         table["resizer"] = resizer
@@ -88,7 +89,7 @@ def mean_metrics(df: pd.DataFrame) -> dict[str, Any]:
     if len(df) == 0:
         raise DataError("no per-image metrics to average (empty table)")
     out: dict[str, Any] = {"n": int(len(df))}
-    for col in METRIC_COLUMNS:
+    for col in METRICS:
         out[col] = float(_averaged(df[col].to_numpy(dtype=np.float64), col).mean())
     out["n_psnr_capped"] = _count_capped(df, "the means")
     return out
@@ -149,7 +150,7 @@ def summarize(per_image: pd.DataFrame, by: Sequence[str] = ("model", "dataset", 
     and ``convention`` (PSNRs of exact reproductions count as :data:`PSNR_CAP_DB`). Groups mixing metric conventions are refused (they are not comparable).
     """
     by = list(by)
-    _require_columns(per_image, by + list(METRIC_COLUMNS) + ["convention"], "summarize: per-image table")
+    _require_columns(per_image, by + list(METRICS) + ["convention"], "summarize: per-image table")
     rows = []
     for key, group in per_image.groupby(by, sort=True, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
@@ -160,7 +161,7 @@ def summarize(per_image: pd.DataFrame, by: Sequence[str] = ("model", "dataset", 
         row: dict[str, Any] = dict(zip(by, key))
         row["n"] = int(len(group))
         row["n_psnr_capped"] = _count_capped(group, f"the means of {dict(zip(by, key))}")
-        for col in METRIC_COLUMNS:
+        for col in METRICS:
             values = _averaged(group[col].to_numpy(dtype=np.float64), col)
             row[col] = float(values.mean())
             row[f"{col}_ci_low"], row[f"{col}_ci_high"] = bootstrap_ci(values, n_boot, seed, alpha)
@@ -204,10 +205,8 @@ def add_lpips(summary: pd.DataFrame, per_image: pd.DataFrame,
 def summary_markdown(df: pd.DataFrame) -> str:
     """A Markdown table of :func:`summarize` output: ``mean [low, high]`` per metric (LPIPS, where
     :func:`add_lpips` added it: "skipped" where it was not computed)."""
-    metric_fmt = {"psnr_y": ("PSNR-Y (dB)", "{:.2f}"), "ssim_y": ("SSIM-Y", "{:.4f}"),
-                  "psnr_rgb": ("PSNR-RGB (dB)", "{:.2f}"), "lpips": ("LPIPS", "{:.4f}")}
-    keys = [c for c in df.columns if c not in {"n", "convention"}
-            and not c.startswith(METRIC_COLUMNS + ("lpips",))]
+    metric_fmt = {**{name: (m.title, m.fmt) for name, m in METRICS.items()}, "lpips": ("LPIPS", "{:.4f}")}
+    keys = [c for c in df.columns if c not in {"n", "convention"} and not c.startswith(tuple(metric_fmt))]
     out = df[keys + ["n"]].copy()
     for col, (title, fmt) in metric_fmt.items():
         if col not in df.columns:

@@ -20,7 +20,8 @@ EDSR...), computed in MATLAB:
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
@@ -295,8 +296,49 @@ def _split_channels(img: np.ndarray, what: str) -> np.ndarray:
     return img
 
 
+@dataclass(frozen=True)
+class Views:
+    """What a metric of :data:`METRICS` compares, shaved: ``hr``/``sr`` the compared channel (float64
+    Y of RGB images, or the gray values of a gray HR image; see :func:`image_metrics`), ``hr_rgb``/
+    ``sr_rgb`` the uint8 RGB images (gray replicated)."""
+    hr: np.ndarray
+    sr: np.ndarray
+    hr_rgb: np.ndarray
+    sr_rgb: np.ndarray
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One image-quality metric: ``label`` and ``unit`` (tables, axes, the CLI: "PSNR-Y (dB)"),
+    ``fmt`` (its number in tables), ``higher_is_better`` and ``compute(views) -> float``."""
+    label: str
+    fmt: str
+    higher_is_better: bool
+    compute: Callable[[Views], float]
+    unit: str = ""
+
+    @property
+    def title(self) -> str:
+        """The label with its unit: ``PSNR-Y (dB)``."""
+        return f"{self.label} ({self.unit})" if self.unit else self.label
+
+    def show(self, value: float) -> str:
+        """The value as the CLI prints it: ``PSNR-Y 30.12 dB``."""
+        return f"{self.label} {self.fmt.format(value)}" + (f" {self.unit}" if self.unit else "")
+
+
+#: Every per-image metric, by its column name, in column order. :func:`image_metrics` computes them;
+#: the evaluation's columns and tables, the plots, the RefSR tables, the CLI and the workflow's
+#: ``metric`` wildcard read this table (adding a metric: docs/architecture.md, "Adding things").
+METRICS: dict[str, Metric] = {
+    "psnr_y": Metric("PSNR-Y", "{:.2f}", True, lambda v: psnr(v.hr, v.sr), unit="dB"),
+    "ssim_y": Metric("SSIM-Y", "{:.4f}", True, lambda v: ssim(v.hr, v.sr)),
+    "psnr_rgb": Metric("PSNR-RGB", "{:.2f}", True, lambda v: _psnr_uint8(v.hr_rgb, v.sr_rgb), unit="dB"),
+}
+
+
 def image_metrics(hr: np.ndarray, sr: np.ndarray, scale: int) -> dict[str, Any]:
-    """PSNR-Y, SSIM-Y and PSNR-RGB of one SR image under :data:`CONVENTION`.
+    """The :data:`METRICS` (PSNR-Y, SSIM-Y, PSNR-RGB) of one SR image under :data:`CONVENTION`.
 
     ``hr`` and ``sr`` are uint8 ``HxW`` or ``HxWx3`` arrays. ``hr`` is cropped to a multiple of
     ``scale``; ``sr`` must then have exactly its height and width (else :class:`DataError`).
@@ -334,10 +376,9 @@ def image_metrics(hr: np.ndarray, sr: np.ndarray, scale: int) -> dict[str, Any]:
         channel = "y"
         hr_c = rgb_to_y(hr_rgb)
         sr_c = rgb_to_y(sr_rgb)
+    views = Views(hr_c, sr_c, hr_rgb, sr_rgb)
     return {
-        "psnr_y": psnr(hr_c, sr_c),
-        "ssim_y": ssim(hr_c, sr_c),
-        "psnr_rgb": _psnr_uint8(hr_rgb, sr_rgb),
+        **{name: metric.compute(views) for name, metric in METRICS.items()},
         "channel": channel,
         "crop_border": s,
         "convention": CONVENTION,

@@ -4,30 +4,69 @@ parsed (before any job starts) without importing torch. ``sfsr.models`` builds f
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
 from typing import Any
 
 SUPPORTED_SCALES = (2, 3, 4, 8)
 #: what a generator's output is added to (sfsr.models.residual)
 BASES = ("none", "bilinear", "bicubic")
 
-#: keyword arguments each generator accepts and their standard values. ``base``: what each paper
-#: adds to the network's output (docs/models.md): the SRGAN paper's SRResNet, EDSR and ESRGAN's RRDBNet
-#: predict the image itself; BasicSR's MSRResNet adds a bilinear upsampling.
-GENERATOR_KWARGS: dict[str, dict[str, Any]] = {
-    "srresnet": {"num_blocks": 16, "num_features": 64, "use_bn": True, "base": "none"},
-    "msrresnet": {"num_blocks": 16, "num_features": 64, "use_bn": False, "base": "bilinear"},
-    "edsr_baseline": {"num_blocks": 16, "num_features": 64, "res_scale": 1.0, "base": "none"},
-    "edsr": {"num_blocks": 32, "num_features": 256, "res_scale": 0.1, "base": "none"},
-    "rrdbnet": {"num_blocks": 23, "num_features": 64, "growth": 32, "res_scale": 0.2, "base": "none"},
-    "autoencoder": {"num_blocks": 2, "num_features": 64, "negative_slope": 0.2, "base": "none"},
+#: Every generator: name -> (module, class, the name's own values). Built as ``cls(scale, **kwargs)``
+#: (sfsr.models.build_generator). Its options and their defaults live in one place, the class's
+#: ``__init__`` signature (the keywords after ``scale`` whose defaults are literals; EDSR's
+#: ``rgb_mean`` is a constant, not an option), read from the module's source with ``ast`` so this
+#: module stays torch-free (the workflow checks a config's kwargs against them at parse time). The
+#: third field holds a paper preset's own values where two names share a class. ``base``: what each
+#: paper adds to the network's output (docs/models.md): the SRGAN paper's SRResNet, EDSR and ESRGAN's
+#: RRDBNet predict the image itself; BasicSR's MSRResNet adds a bilinear upsampling.
+GENERATORS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "srresnet": ("sfsr.models.srresnet", "SRResNet", {}),
+    "msrresnet": ("sfsr.models.srresnet", "SRResNet", {"use_bn": False, "base": "bilinear"}),
+    "edsr_baseline": ("sfsr.models.edsr", "EDSR", {}),
+    "edsr": ("sfsr.models.edsr", "EDSR", {"num_blocks": 32, "num_features": 256, "res_scale": 0.1}),
+    "rrdbnet": ("sfsr.models.rrdbnet", "RRDBNet", {}),
+    "autoencoder": ("sfsr.models.autoencoder", "ConvAutoencoderSR", {}),
     # reference-based SR (refsr_models, stage refsr): EDSR-baseline trunk + SSEN alignment (paper: 3
     # deformable layers, non-local offset estimator); use_reference false: the no-reference control
-    "ssen": {"num_blocks": 16, "num_features": 64, "extract_blocks": 5, "num_deform": 3, "non_local": True,
-             "offset_features": 64, "use_reference": True, "ref_downsample": "conv", "base": "none"},
+    "ssen": ("sfsr.models.ssen", "SSEN", {}),
 }
+
+
+def signature_defaults(module: str, cls: str, skip: tuple[str, ...] = ("self", "scale")) -> dict[str, Any]:
+    """The keyword defaults of ``cls.__init__`` in ``module`` (a module of this package), read from
+    its source with ``ast`` (nothing imported, so no torch): every parameter but ``skip`` whose
+    default is a literal, in signature order."""
+    path = Path(__file__).resolve().parent.joinpath(*module.split(".")[1:]).with_suffix(".py")
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == cls:
+            init = next(f for f in node.body if isinstance(f, ast.FunctionDef) and f.name == "__init__")
+            args = init.args.posonlyargs + init.args.args
+            pairs = list(zip(args[len(args) - len(init.args.defaults):], init.args.defaults))
+            pairs += [(a, d) for a, d in zip(init.args.kwonlyargs, init.args.kw_defaults) if d is not None]
+            out = {}
+            for arg, default in pairs:
+                if arg.arg in skip:
+                    continue
+                try:
+                    out[arg.arg] = ast.literal_eval(default)
+                except ValueError:  # a name or an expression: a constant of the module, not an option
+                    continue
+            return out
+    raise LookupError(f"class {cls} not found in {path}")
+
+
+def _generator_defaults(name: str) -> dict[str, Any]:
+    module, cls, own = GENERATORS[name]
+    return {**signature_defaults(module, cls), **own}
+
+
+#: keyword arguments each generator accepts and their standard values (from :data:`GENERATORS`).
+GENERATOR_KWARGS: dict[str, dict[str, Any]] = {name: _generator_defaults(name) for name in GENERATORS}
 #: Generators that take a reference image: forward(lr, ref).
 REFERENCE_GENERATORS = ("ssen",)
-GENERATOR_NAMES = tuple(GENERATOR_KWARGS)
+GENERATOR_NAMES = tuple(GENERATORS)
 #: SSEN's deformable alignment layers: 1..MAX_DEFORM (sfsr.models.ssen; the paper uses 3).
 MAX_DEFORM = 5
 #: options that take true/false, and those that take a number
@@ -35,13 +74,15 @@ BOOL_OPTIONS = ("use_bn", "non_local", "use_reference")
 NUMBER_OPTIONS = ("res_scale", "negative_slope")
 POSITIVE_INT_OPTIONS = ("num_blocks", "num_features", "growth", "extract_blocks", "num_deform", "offset_features")
 
-#: keyword arguments each discriminator accepts (sfsr.models.build_discriminator) and their
-#: defaults, the constructors' own (tests/test_config_checks.py compares them); the gan stage builds
-#: ``cls(**kwargs)``, so the workflow checks a config's kwargs against this table when it is parsed.
-DISCRIMINATOR_KWARGS: dict[str, dict[str, Any]] = {
-    "vgg": {"in_channels": 3, "num_features": 64, "pool_size": 6, "dense_features": 1024},
-    "patchgan": {"in_channels": 3, "num_features": 64, "n_layers": 3},
+#: Every discriminator: name -> (module, class), built as ``cls(**kwargs)`` by the gan stage
+#: (sfsr.models.build_discriminator); its options and defaults are the class's signature, like the
+#: generators', and the workflow checks a config's kwargs against them when it is parsed.
+DISCRIMINATORS: dict[str, tuple[str, str]] = {
+    "vgg": ("sfsr.models.discriminators", "VGGDiscriminator"),
+    "patchgan": ("sfsr.models.discriminators", "PatchDiscriminator"),
 }
+DISCRIMINATOR_KWARGS: dict[str, dict[str, Any]] = {name: signature_defaults(module, cls)
+                                                   for name, (module, cls) in DISCRIMINATORS.items()}
 
 #: How the shared stage's classification targets are made (sfsr.semantic.shared_classification_loss).
 SHARED_MODES = ("pseudo", "soft", "label")

@@ -32,11 +32,11 @@ from sfsr.data.refgroups import random_reference_group
 from sfsr.errors import DataError
 from sfsr.evaluation import summarize
 from sfsr.memory import is_out_of_memory
-from sfsr.metrics import image_metrics
+from sfsr.metrics import METRICS, image_metrics
 
 log = logging.getLogger(__name__)
-TABLE_COLUMNS = ["model", "dataset", "scale", "group", "input", "level", "psnr_y", "ssim_y", "psnr_rgb",
-                 "convention"]
+#: The columns of :func:`reference_table`: every metric of :data:`sfsr.metrics.METRICS`.
+TABLE_KEYS = ["model", "dataset", "scale", "group", "input", "level"]
 
 
 def _photos(hr_dir: Path, groups: list[str]) -> dict[str, str]:
@@ -53,7 +53,8 @@ def _photos(hr_dir: Path, groups: list[str]) -> dict[str, str]:
 def reference_table(hr_dir: str | os.PathLike, scale: int, *, model_name: str, dataset: str,
                     checkpoint: str | os.PathLike | None = None, device: str = "cpu") -> pd.DataFrame:
     """Per-group metrics of ``model_name`` on the reference set ``hr_dir`` (a prepared ``HR``
-    folder); ``checkpoint`` None: bicubic. Columns :data:`TABLE_COLUMNS`."""
+    folder); ``checkpoint`` None: bicubic. Columns :data:`TABLE_KEYS`, the
+    :data:`sfsr.metrics.METRICS` and ``convention``."""
     hr_dir = Path(hr_dir)
     groups = reference_levels(hr_dir)  # levels from the file names: a missing level is a gap
     names = [g for g, _, _ in groups]
@@ -88,11 +89,11 @@ def reference_table(hr_dir: str | os.PathLike, scale: int, *, model_name: str, d
         for name, level, sr in runs:
             m = image_metrics(hr, sr, scale)
             rows.append({"model": model_name, "dataset": dataset, "scale": int(scale), "group": group,
-                         "input": name, "level": level, **{k: m[k] for k in ("psnr_y", "ssim_y", "psnr_rgb")},
+                         "input": name, "level": level, **{k: m[k] for k in METRICS},
                          "convention": m["convention"]})
     if not rows:
         raise DataError(f"no reference group in {hr_dir}")
-    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    return pd.DataFrame(rows, columns=[*TABLE_KEYS, *METRICS, "convention"])
 
 
 def _upscaler(checkpoint: str | os.PathLike, scale: int, device: str):

@@ -1,7 +1,9 @@
 """Dataset layouts: each ``_collect_<layout>`` lists the HR images of one catalogue entry
 (config ``datasets.<name>``) as :class:`_Item` s with their labels (class, split, reference group),
-plus the small readers they share. :func:`sfsr.data.prepare.prepare_dataset` calls them and writes
-the images and the manifest; see docs/data.md for the layouts.
+plus the small readers they share. :data:`LAYOUTS` is the one table of the layouts (name -> collect
+function, kind, sources, use of ``hr_size``): :func:`sfsr.data.prepare.prepare_dataset` dispatches
+through it and writes the images and the manifest, and the config checks derive their layout lists
+from it. Torch-free. See docs/data.md for the layouts.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import json
 import logging
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,6 +43,16 @@ class _Item:
     split: str | None = None
     group: str | None = None
     role: str | None = None
+
+
+@dataclass
+class Collected:
+    """What a layout's collect function returns: the images, the splits the layout itself gives
+    (classification layouts; the others are carved) and, for builtin_refgroups, how each reference
+    was made (written as references.csv)."""
+    items: list[_Item]
+    given: set[str] = field(default_factory=set)
+    references: pd.DataFrame | None = None
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -107,7 +119,7 @@ def _read_id_table(path: Path) -> dict[int, str]:
 
 
 # ----------------------------------------------------------------------------- layouts
-def _collect_flat(name: str, spec: dict, root: Path | None) -> list[_Item]:
+def _collect_flat(name: str, spec: dict, root: Path | None, seed: int) -> Collected:
     if spec["source"] == "builtin":
         names = list(spec["images"])
         if not names:
@@ -115,11 +127,11 @@ def _collect_flat(name: str, spec: dict, root: Path | None) -> list[_Item]:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ConfigError(f"datasets.{name}.images: {', '.join(duplicates)} listed more than once")
-        return [_Item(stem=n, source=f"builtin:{n}", load=lambda n=n: load_builtin(n)) for n in names]
-    return [_file_item(p, p.stem) for p in list_images(root, spec["extensions"])]
+        return Collected([_Item(stem=n, source=f"builtin:{n}", load=lambda n=n: load_builtin(n)) for n in names])
+    return Collected([_file_item(p, p.stem) for p in list_images(root, spec["extensions"])])
 
 
-def _collect_class_folders(name: str, spec: dict, root: Path) -> tuple[list[_Item], set[str]]:
+def _collect_class_folders(name: str, spec: dict, root: Path, seed: int) -> Collected:
     dirs: dict[str, str] = dict(spec["split"]["dirs"])
     if dirs:
         split_roots = [(root / sub, split) for sub, split in dirs.items()]
@@ -146,10 +158,10 @@ def _collect_class_folders(name: str, spec: dict, root: Path) -> tuple[list[_Ite
     class_ids = {c: i for i, c in enumerate(sorted({c for c, _, _, _ in found}, key=_natural_key))}
     items = [_file_item(p, f"{prefix}{p.stem}", class_id=class_ids[c], class_name=names.get(c, c),
                         split=s) for c, s, p, prefix in found]
-    return items, given
+    return Collected(items, given)
 
 
-def _collect_flowers102(name: str, spec: dict, root: Path) -> tuple[list[_Item], set[str]]:
+def _collect_flowers102(name: str, spec: dict, root: Path, seed: int) -> Collected:
     from scipy.io import loadmat
 
     labels_path = _require_file(root / "imagelabels.mat", "Oxford-102 label file imagelabels.mat")
@@ -173,10 +185,10 @@ def _collect_flowers102(name: str, spec: dict, root: Path) -> tuple[list[_Item],
             path = root / "jpg" / f"image_{image_id:05d}.jpg"
             items.append(_file_item(path, f"class_{label}__{path.stem}", class_id=label - 1,
                                     class_name=class_name, split=split))
-    return items, set(SPLITS)
+    return Collected(items, set(SPLITS))
 
 
-def _collect_cub200(name: str, spec: dict, root: Path) -> tuple[list[_Item], set[str]]:
+def _collect_cub200(name: str, spec: dict, root: Path, seed: int) -> Collected:
     base = root / "CUB_200_2011" if (root / "CUB_200_2011" / "images.txt").is_file() else root
     images = _read_id_table(_require_file(base / "images.txt", "CUB-200-2011 images.txt"))
     labels = _read_id_table(_require_file(base / "image_class_labels.txt",
@@ -195,7 +207,7 @@ def _collect_cub200(name: str, spec: dict, root: Path) -> tuple[list[_Item], set
         items.append(_file_item(path, f"{class_name}__{path.stem}", class_id=label - 1,
                                 class_name=class_name,
                                 split="train" if is_train[image_id].strip() == "1" else "test"))
-    return items, {"train", "test"}
+    return Collected(items, {"train", "test"})
 
 
 #: Fixes for a reference level missing from a group (refgroups layout).
@@ -217,7 +229,7 @@ def _missing_level(name: str, path: Path, group: str, level: int, have: list[int
     return _Item(stem=path.stem, source=str(path), load=load, group=group, role=f"ref{level}")
 
 
-def _collect_refgroups(name: str, spec: dict, root: Path) -> list[_Item]:
+def _collect_refgroups(name: str, spec: dict, root: Path, seed: int) -> Collected:
     """CUFED5's naming: ``<group>_0`` the target, ``<group>_<k>`` its level-k reference (1 = most
     similar). The group id is the text before the last ``_`` (``"001"`` stays ``"001"``) and a
     reference's level is ``k`` from its name, never its rank among the group's files. A gap in a
@@ -267,10 +279,10 @@ def _collect_refgroups(name: str, spec: dict, root: Path) -> list[_Item]:
     items += [(g, k, _file_item(p, p.stem, group=g, role="target" if k == 0 else f"ref{k}"))
               for g, k, p in parsed]
     items.sort(key=lambda t: (_natural_key(t[0]), t[1]))
-    return [item for _, _, item in items]
+    return Collected([item for _, _, item in items])
 
 
-def _collect_refpairs(name: str, spec: dict, root: Path) -> list[_Item]:
+def _collect_refpairs(name: str, spec: dict, root: Path, seed: int) -> Collected:
     """CUFED's training layout: ``input/<name>`` and its reference ``ref/<name>`` -> group
     ``<name stem>`` with target ``<stem>_0`` and reference ``<stem>_1``."""
     folders = {role: root / sub for role, sub in (("target", "input"), ("ref1", "ref"))}
@@ -288,10 +300,10 @@ def _collect_refpairs(name: str, spec: dict, root: Path) -> list[_Item]:
     for stem in sorted(inputs, key=_natural_key):
         items.append(_file_item(inputs[stem], f"{stem}_0", group=stem, role="target"))
         items.append(_file_item(refs[stem], f"{stem}_1", group=stem, role="ref1"))
-    return items
+    return Collected(items)
 
 
-def _collect_builtin_refgroups(name: str, spec: dict, seed: int) -> tuple[list[_Item], pd.DataFrame]:
+def _collect_builtin_refgroups(name: str, spec: dict, root: None, seed: int) -> Collected:
     from sfsr.data.refgroups import synthetic_groups
 
     if spec["hr_size"] is None:
@@ -300,7 +312,7 @@ def _collect_builtin_refgroups(name: str, spec: dict, seed: int) -> tuple[list[_
                             seed=seed)
     items = [_Item(stem=r["stem"], source=f"builtin:{r['photo']}", load=lambda im=r["image"]: im,
                    group=r["group"], role=r["role"]) for r in rows]
-    return items, pd.DataFrame(rows, columns=REFERENCE_COLUMNS)
+    return Collected(items, references=pd.DataFrame(rows, columns=REFERENCE_COLUMNS))
 
 
 def _grid_crops(photo: np.ndarray, size: int, count: int) -> list[tuple[int, int]]:
@@ -313,7 +325,7 @@ def _grid_crops(photo: np.ndarray, size: int, count: int) -> list[tuple[int, int
     return [(y0 + (c // cols) * size, x0 + (c % cols) * size) for c in cells]
 
 
-def _collect_builtin_classes(name: str, spec: dict) -> list[_Item]:
+def _collect_builtin_classes(name: str, spec: dict, root: None, seed: int) -> Collected:
     size, count = spec["hr_size"], int(spec["samples_per_class"])
     if size is None:
         raise ConfigError(f"datasets.{name}.hr_size: layout builtin_classes needs hr_size (the crop size)")
@@ -335,4 +347,48 @@ def _collect_builtin_classes(name: str, spec: dict) -> list[_Item]:
             items.append(_Item(stem=f"{photo_name}__{i:03d}", source=f"builtin:{photo_name}",
                                load=lambda crop=crop: crop, class_id=class_id,
                                class_name=photo_name, split="train"))
-    return items
+    return Collected(items)
+
+
+# ----------------------------------------------------------------------------- the table
+@dataclass(frozen=True)
+class Layout:
+    """One dataset layout. ``collect(name, spec, root, seed)``: its images (``root`` None for builtin
+    sources); ``kind``: flat (plain HR images), classes (classification: class labels and splits),
+    refgroups (reference groups with ranked levels, for reference-based SR testing) or refpairs (one
+    reference per target, reference-based SR training only); ``sources``: any, builtin (photos shipped
+    in the wheels) or files (an archive or folder); ``hr_size``: how the layout uses ``hr_size``:
+    resize (short side resized and centre-cropped to it), crop (crops of that size cut from the
+    builtin photos) or None (not used)."""
+    collect: Callable[[str, dict, Path | None, int], Collected]
+    kind: str
+    sources: str = "files"
+    hr_size: str | None = None
+
+
+#: Every dataset layout, in the order of the schema's ``layout`` enum (tests/test_recipes.py checks
+#: that they agree). Adding a layout: its ``_collect_<layout>`` above, one line here, the name in the
+#: schema's enum (docs/architecture.md, "Adding things").
+LAYOUTS: dict[str, Layout] = {
+    "flat": Layout(_collect_flat, "flat", sources="any"),
+    "class_folders": Layout(_collect_class_folders, "classes", hr_size="resize"),
+    "flowers102": Layout(_collect_flowers102, "classes", hr_size="resize"),
+    "cub200": Layout(_collect_cub200, "classes", hr_size="resize"),
+    "refgroups": Layout(_collect_refgroups, "refgroups"),
+    "refpairs": Layout(_collect_refpairs, "refpairs"),
+    "builtin_classes": Layout(_collect_builtin_classes, "classes", sources="builtin", hr_size="crop"),
+    "builtin_refgroups": Layout(_collect_builtin_refgroups, "refgroups", sources="builtin", hr_size="crop"),
+}
+KINDS = ("flat", "classes", "refgroups", "refpairs")
+SOURCES = ("any", "builtin", "files")
+
+
+def layouts_where(*, kind: str | tuple[str, ...] | None = None, sources: str | tuple[str, ...] | None = None,
+                  layouts: dict[str, Layout] | None = None) -> tuple[str, ...]:
+    """The names of the layouts of ``kind`` (one or several) whose ``sources`` is one of
+    ``sources``, in table order (``layouts``: the table, default :data:`LAYOUTS`)."""
+    table = LAYOUTS if layouts is None else layouts
+    kinds = (kind,) if isinstance(kind, str) else kind
+    srcs = (sources,) if isinstance(sources, str) else sources
+    return tuple(n for n, lay in table.items()
+                 if (kinds is None or lay.kind in kinds) and (srcs is None or lay.sources in srcs))

@@ -21,12 +21,10 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from sfsr import io
+from sfsr import io, schema
 from sfsr.data.bicubic import imresize, modcrop
 from sfsr.data.images import DEFAULT_EXTENSIONS, images_by_stem, read_image
-from sfsr.data.layouts import (SPLITS, _collect_builtin_classes, _collect_builtin_refgroups, _collect_class_folders,
-                               _collect_cub200, _collect_flat, _collect_flowers102, _collect_refgroups,
-                               _collect_refpairs, _round_half_up,
+from sfsr.data.layouts import (LAYOUTS, SPLITS, _round_half_up, layouts_where,
                                resize_short_side_center_crop)  # the last: public here too
 from sfsr.errors import BAD_IMAGE_HINTS, ConfigError, DataError, ImageError
 from sfsr.outputs import check_output_folder, move_into_folder
@@ -34,17 +32,13 @@ from sfsr.outputs import check_output_folder, move_into_folder
 MANIFEST_COLUMNS = ["stem", "file", "height", "width", "channels", "gray", "class_id", "class_name",
                     "split", "group", "role", "source_path"]
 SKIPPED_COLUMNS = ["path", "reason"]
-CLASS_LAYOUTS = ("class_folders", "flowers102", "cub200", "builtin_classes")
+CLASS_LAYOUTS = layouts_where(kind="classes")  # class_folders, flowers102, cub200, builtin_classes
 
-# Defaults of the keys read here; they mirror config.schema.yaml ($defs.dataset / $defs.split).
-_SPEC_DEFAULTS: dict[str, Any] = {"layout": "flat", "root": "", "images": [],
-                                  "extensions": list(DEFAULT_EXTENSIONS), "hr_size": None,
-                                  "samples_per_class": 12, "groups_per_image": 4, "on_bad_image": None,
-                                  "split": {}}
-BUILTIN_LAYOUTS = ("flat", "builtin_classes", "builtin_refgroups")
-_SPLIT_DEFAULTS: dict[str, Any] = {"dirs": {}, "carve_val_from": "train", "carve_test_from": "train",
-                                   "val_fraction": 0.1, "test_fraction": 0.1, "carve_sr_from": None,
-                                   "sr_fraction": 0.5, "seed": 0}
+# Defaults of a dataset entry and of its split, read from config.schema.yaml ($defs.dataset /
+# $defs.split, their one source), for library use without a validated config.
+_SPEC_DEFAULTS: dict[str, Any] = {**schema.defaults("#/$defs/dataset"), "split": {}}
+BUILTIN_LAYOUTS = layouts_where(sources=("any", "builtin"))  # flat, builtin_classes, builtin_refgroups
+_SPLIT_DEFAULTS: dict[str, Any] = schema.defaults("#/$defs/split")
 
 
 # ----------------------------------------------------------------------------- folder building
@@ -135,15 +129,17 @@ def prepare_dataset(name: str, spec: dict, source_root: Path | None, out_dir: Pa
     if mode not in ("fail", "skip"):
         raise ConfigError(f"on_bad_image must be 'fail' or 'skip', got {mode!r} (dataset {name})")
     min_side = max(int(min_size), int(max_scale))
+    if layout not in LAYOUTS:
+        raise ConfigError(f"datasets.{name}.layout: unknown layout {layout!r}")
+    entry = LAYOUTS[layout]
     hr_size = spec["hr_size"]
-    if hr_size is not None and layout not in (*CLASS_LAYOUTS, "builtin_refgroups"):
+    if hr_size is not None and entry.hr_size is None:
         raise ConfigError(f"datasets.{name}.hr_size: only classification layouts "
                           f"({', '.join(CLASS_LAYOUTS)}) use hr_size; remove it for layout {layout}")
     if hr_size is not None and hr_size < min_side:
         raise ConfigError(f"datasets.{name}.hr_size={hr_size} is smaller than the minimum image size "
                           f"{min_side} (min_image_size {min_size}, largest scale {max_scale})")
-    if (source == "builtin" and layout not in BUILTIN_LAYOUTS) or \
-            (layout in BUILTIN_LAYOUTS and layout != "flat" and source != "builtin"):
+    if (source == "builtin" and entry.sources == "files") or (entry.sources == "builtin" and source != "builtin"):
         raise ConfigError(f"datasets.{name}: source {source!r} cannot use layout {layout!r} "
                           f"(builtin sources use layout {', '.join(BUILTIN_LAYOUTS)})")
 
@@ -160,25 +156,8 @@ def prepare_dataset(name: str, spec: dict, source_root: Path | None, out_dir: Pa
             raise ConfigError(f"dataset {name}: output folder {out_dir} is inside the source folder "
                               f"{root}; sources are never written to, choose another data_dir")
 
-    given: set[str] = set()
-    if layout == "flat":
-        items = _collect_flat(name, spec, root)
-    elif layout == "class_folders":
-        items, given = _collect_class_folders(name, spec, root)
-    elif layout == "flowers102":
-        items, given = _collect_flowers102(name, spec, root)
-    elif layout == "cub200":
-        items, given = _collect_cub200(name, spec, root)
-    elif layout == "refgroups":
-        items = _collect_refgroups(name, spec, root)
-    elif layout == "refpairs":
-        items = _collect_refpairs(name, spec, root)
-    elif layout == "builtin_classes":
-        items = _collect_builtin_classes(name, spec)
-    elif layout == "builtin_refgroups":
-        items, references = _collect_builtin_refgroups(name, spec, seed)
-    else:
-        raise ConfigError(f"datasets.{name}.layout: unknown layout {layout!r}")
+    collected = entry.collect(name, spec, root, seed)
+    items = collected.items
 
     seen: dict[str, str] = {}
     for item in items:
@@ -187,7 +166,7 @@ def prepare_dataset(name: str, spec: dict, source_root: Path | None, out_dir: Pa
                             f"{seen[item.stem]} and {item.source}; rename or remove one")
         seen[item.stem] = item.source
 
-    resize = hr_size is not None and layout not in ("builtin_classes", "builtin_refgroups")  # cut to size
+    resize = hr_size is not None and entry.hr_size == "resize"  # builtin crops are cut at hr_size
     rows: list[dict] = []
     skipped: list[dict] = []
     skipped_groups: set[str] = set()
@@ -223,23 +202,23 @@ def prepare_dataset(name: str, spec: dict, source_root: Path | None, out_dir: Pa
                          "class_id": item.class_id, "class_name": item.class_name,
                          "split": item.split, "group": item.group, "role": item.role,
                          "source_path": item.source})
-        if layout in ("refgroups", "refpairs") and rows:
+        if entry.kind in ("refgroups", "refpairs") and rows:
             rows = _drop_groups_without_refs(rows, skipped, tmp)
         if not rows:
             raise DataError(f"dataset {name}: no usable image left ({len(skipped)} skipped); see the "
                             f"reasons above or in skipped.csv")
         frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
         frame["class_id"] = frame["class_id"].astype("Int64")
-        if layout in CLASS_LAYOUTS:
-            frame = carve_splits(frame, given, spec["split"], seed, name)
+        if entry.kind == "classes":
+            frame = carve_splits(frame, collected.given, spec["split"], seed, name)
             order = {s: i for i, s in enumerate(SPLITS)}
             frame = frame.sort_values(["split", "class_id", "stem"], key=lambda c: c.map(order)
                                       if c.name == "split" else c, kind="stable").reset_index(drop=True)
         io.write_csv(tmp / "manifest.csv", frame)
         if mode == "skip":
             io.write_csv(tmp / "skipped.csv", pd.DataFrame(skipped, columns=SKIPPED_COLUMNS))
-        if layout == "builtin_refgroups":
-            io.write_csv(tmp / "references.csv", references)
+        if collected.references is not None:
+            io.write_csv(tmp / "references.csv", collected.references)
     return frame
 
 

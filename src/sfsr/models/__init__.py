@@ -4,8 +4,9 @@ Plain functions and one table:
 
 * :data:`GENERATORS`: name -> (class, default kwargs) of every generator (``srresnet``,
   ``msrresnet``, ``edsr_baseline``, ``edsr``, ``rrdbnet``, ``autoencoder``, and the reference-based
-  ``ssen`` whose forward is ``forward(lr, ref)``); the defaults are the
-  torch-free :data:`sfsr.model_options.GENERATOR_KWARGS`. :func:`build_generator` builds from it. Generators take float RGB NCHW in [0, 1] and return the SR image, approximately in
+  ``ssen`` whose forward is ``forward(lr, ref)``), built from the torch-free table
+  :data:`sfsr.model_options.GENERATORS` (the defaults: the class's signature, and a preset's own values,
+  :data:`sfsr.model_options.GENERATOR_KWARGS`). :func:`build_generator` builds from it. Generators take float RGB NCHW in [0, 1] and return the SR image, approximately in
   [0, 1] (never clamped inside). Every generator has ``.encode(lr)`` (body features at LR size),
   ``.upsample(features)`` (the residual branch), ``.decode(features, lr)``, ``.num_features``,
   ``.scale`` and ``.base``; ``forward(lr) = decode(encode(lr), lr) = upsample(encode(lr)) + base(lr)``
@@ -16,6 +17,7 @@ Plain functions and one table:
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from torch import nn
 
 from sfsr import io
 from sfsr.errors import DataError
+from sfsr import model_options
 from sfsr.model_options import BASES, GENERATOR_KWARGS, GENERATOR_NAMES, SUPPORTED_SCALES, generator_kwargs
 from sfsr.models.autoencoder import ConvAutoencoderSR
 from sfsr.models.classifier import Classifier, build_classifier, classifier_features
@@ -35,18 +38,20 @@ from sfsr.models.rrdbnet import RRDBNet
 from sfsr.models.srresnet import SRResNet
 from sfsr.models.ssen import SSEN
 
-#: name -> (class, default kwargs): every generator, built as ``cls(scale, **kwargs)``. The defaults
-#: live in the torch-free sfsr.model_options (the workflow checks a config's kwargs against them).
+
+
+def model_class(module: str, cls: str) -> type[nn.Module]:
+    """The class ``cls`` of ``module`` (an entry of the tables of :mod:`sfsr.model_options`)."""
+    return getattr(importlib.import_module(module), cls)
+
+
+#: name -> (class, default kwargs): every generator of :data:`sfsr.model_options.GENERATORS`, built as
+#: ``cls(scale, **kwargs)``. The defaults are the class's signature (and a preset's own values), read
+#: torch-free by sfsr.model_options (the workflow checks a config's kwargs against them).
 GENERATORS: dict[str, tuple[type[SRGenerator], dict[str, Any]]] = {
-    "srresnet": (SRResNet, GENERATOR_KWARGS["srresnet"]),
-    "msrresnet": (SRResNet, GENERATOR_KWARGS["msrresnet"]),
-    "edsr_baseline": (EDSR, GENERATOR_KWARGS["edsr_baseline"]),
-    "edsr": (EDSR, GENERATOR_KWARGS["edsr"]),
-    "rrdbnet": (RRDBNet, GENERATOR_KWARGS["rrdbnet"]),
-    "autoencoder": (ConvAutoencoderSR, GENERATOR_KWARGS["autoencoder"]),
-    "ssen": (SSEN, GENERATOR_KWARGS["ssen"]),
-}
-DISCRIMINATOR_NAMES = ("vgg", "patchgan")
+    name: (model_class(module, cls), GENERATOR_KWARGS[name])
+    for name, (module, cls, _) in model_options.GENERATORS.items()}
+DISCRIMINATOR_NAMES = tuple(model_options.DISCRIMINATORS)
 
 __all__ = [
     "GENERATORS", "GENERATOR_NAMES", "DISCRIMINATOR_NAMES", "SUPPORTED_SCALES", "BASES",
@@ -77,10 +82,8 @@ def build_discriminator(name: str, **kwargs: Any) -> nn.Module:
     """``vgg`` (SRGAN discriminator with adaptive pooling, logits (N,1); kwargs in_channels,
     num_features, pool_size, dense_features) or ``patchgan`` (pix2pix 70x70, logit map; kwargs
     in_channels, num_features, n_layers)."""
-    if name == "vgg":
-        return VGGDiscriminator(**kwargs)
-    elif name == "patchgan":
-        return PatchDiscriminator(**kwargs)
+    if name in model_options.DISCRIMINATORS:
+        return model_class(*model_options.DISCRIMINATORS[name])(**kwargs)
     raise ValueError(f"unknown discriminator {name!r}; valid names: {', '.join(DISCRIMINATOR_NAMES)}")
 
 

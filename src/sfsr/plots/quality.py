@@ -16,10 +16,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from sfsr.evaluation import bootstrap_ci
+from sfsr.metrics import METRICS
 from sfsr.plots.style import _canonical_order, _check_columns, _colors_for, _legend_below, _save_and_close, _style
-
-
-_METRIC_LABELS = {"psnr_y": "PSNR-Y (dB)", "ssim_y": "SSIM-Y", "psnr_rgb": "PSNR-RGB (dB)"}
 
 
 def make_metric_bars(summary: pd.DataFrame, metric: str = "psnr_y",
@@ -38,7 +36,7 @@ def make_metric_bars(summary: pd.DataFrame, metric: str = "psnr_y",
     cols = _colors_for(models, colors)
     datasets = sorted(summary["dataset"].astype(str).unique())
     scales = sorted(summary["scale"].unique())
-    ylabel = _METRIC_LABELS.get(metric, metric)
+    ylabel = METRICS[metric].title if metric in METRICS else metric
     with _style():
         fig = Figure(figsize=(max(4.5, 0.55 * len(models) + 1.8) * len(scales),
                               3.4 * len(datasets) + 0.8), layout="constrained")

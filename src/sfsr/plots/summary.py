@@ -10,6 +10,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from sfsr.errors import DataError
+from sfsr.metrics import METRICS
 from sfsr.plots.accuracy import _name_column
 from sfsr.plots.style import family_lookup, model_family, _canonical_order, _check_columns
 
@@ -56,7 +57,7 @@ def summary_table(summary: pd.DataFrame, accuracy: pd.DataFrame | None = None,
                         f"{dup[['model', 'dataset', 'scale']].drop_duplicates().to_dict('records')}; "
                         "summarize by model, dataset and scale")
     metric_cols = [c for c in summary.columns
-                   if c.startswith(("psnr_y", "ssim_y", "psnr_rgb", "lpips"))]
+                   if c.startswith((*METRICS, "lpips"))]
     out = summary[["model", "dataset", "scale"] + (["n"] if "n" in summary.columns else [])
                   + metric_cols + ["convention"]].copy()
     out["model"] = out["model"].astype(str)

@@ -27,9 +27,7 @@ import copy
 import logging
 import math
 import os
-import shutil
-import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -38,72 +36,43 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
-from sfsr import io, provenance
+from sfsr import io, provenance, schema
 from sfsr.data.images import images_by_stem, read_image, to_rgb
-from sfsr.errors import ConfigError, DataError, SfsrError
+from sfsr.errors import ConfigError, DataError
 from sfsr.metrics import topk_accuracy
 from sfsr.models import build_classifier, count_parameters
-from sfsr.models.classifier import CLASSIFIER_NAMES, checkpoint_dict, eval_transform, read_classifier_checkpoint
+from sfsr.models.classifier import checkpoint_dict, eval_transform, read_classifier_checkpoint
 from sfsr.tensors import eval_mode, resolve_device, to_float
-from sfsr.training.speed import autocast_context, speed_flags
-from sfsr.training.state import load_state, save_state
+from sfsr.training.parts import make_optimizer, make_scheduler
+from sfsr.training.runner import NonFinite, Run, begin, check_finite, resumable_state
+from sfsr.training.settings import CHECKED_WHEN_APPLIED, check_settings
+from sfsr.training.speed import autocast_context, place, speed_flags
 
 log = logging.getLogger("sfsr.training")
 
 STATE_FORMAT = 1
+WHAT = "classifier training"
 LOG_COLUMNS = ["epoch", "train_loss", "val_top1", "val_top5", "lr", "elapsed_s"]
 
-#: Settings of classifier training (config section proposed: ``classifier``). ``weights``: null
-#: (from scratch), 'imagenet' (torchvision's DEFAULT weights) or a local .pth path.
-CLASSIFIER_DEFAULTS: dict[str, Any] = {
-    "arch": "resnet50",
-    "weights": "imagenet",
-    "input_size": 224,
-    "resize_size": None,
-    "batch_size": 32,
-    "epochs": 30,
-    "optimizer": "sgd",
-    "lr": 0.01,
-    "momentum": 0.9,
-    "betas": [0.9, 0.999],
-    "weight_decay": 1.0e-4,
-    "scheduler": "cosine",
-    "eta_min": 0.0,
-    "label_smoothing": 0.0,
-    "device": "auto",
-    "bf16": True,  # true = auto (sfsr.training.speed), always, false
-    "channels_last": True,
-    "num_workers": 4,
-}
+#: Job resources of the ``classifier`` config section (the workflow's, not the training's settings).
+CLASSIFIER_RESOURCES = ("threads", "gpus", "mem_mb", "runtime")
+#: Settings of classifier training: the ``classifier`` config section's defaults as config.schema.yaml
+#: gives them (its one source), less the job resources. ``weights``: null (from scratch), 'imagenet'
+#: (torchvision's DEFAULT weights) or a local .pth path.
+CLASSIFIER_DEFAULTS: dict[str, Any] = {k: v for k, v in schema.defaults("#/properties/classifier").items()
+                                       if k not in CLASSIFIER_RESOURCES}
 
 
 # ------------------------------------------------------------------------------------ settings
 def resolve_classifier_config(cfg: dict) -> dict:
-    """``cfg`` over :data:`CLASSIFIER_DEFAULTS`; unknown keys and bad values raise ConfigError."""
-    unknown = sorted(set(cfg) - set(CLASSIFIER_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"unknown classifier setting(s) {unknown}; valid: "
-                          f"{', '.join(sorted(CLASSIFIER_DEFAULTS))}")
+    """``cfg`` over :data:`CLASSIFIER_DEFAULTS`; unknown keys and values the schema refuses raise
+    ConfigError (:func:`sfsr.training.settings.check_settings`), as does a resize_size below input_size."""
     out = {**copy.deepcopy(CLASSIFIER_DEFAULTS), **copy.deepcopy(cfg)}
-    checks = [("arch", CLASSIFIER_NAMES), ("optimizer", ("sgd", "adamw")),
-              ("scheduler", ("cosine", "constant"))]
-    for key, allowed in checks:
-        if out[key] not in allowed:
-            raise ConfigError(f"classifier setting '{key}' is {out[key]!r}; allowed: {', '.join(allowed)}")
-    for key in ("input_size", "batch_size", "epochs"):
-        if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < 1:
-            raise ConfigError(f"classifier setting '{key}' must be a positive integer, got {out[key]!r}")
-    if out["resize_size"] is not None and (not isinstance(out["resize_size"], int)
-                                           or out["resize_size"] < out["input_size"]):
+    check_settings(out, "#/properties/classifier", "classifier setting", skip=CHECKED_WHEN_APPLIED)
+    if out["resize_size"] is not None and out["resize_size"] < out["input_size"]:
         raise ConfigError(f"classifier setting 'resize_size' must be null or an integer >= input_size "
                           f"({out['input_size']}), got {out['resize_size']!r}")
-    if not out["lr"] > 0:
-        raise ConfigError(f"classifier setting 'lr' must be > 0, got {out['lr']!r}")
-    if not 0 <= out["label_smoothing"] < 1:
-        raise ConfigError(f"classifier setting 'label_smoothing' must be in [0, 1), got "
-                          f"{out['label_smoothing']!r}")
     return out
 
 
@@ -187,6 +156,59 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0])
 
 
+@dataclass
+class Splits:
+    """The train / val / test images of a classification set, its classes and how it is batched."""
+    train: ClassificationSet
+    val: ClassificationSet
+    test: ClassificationSet
+    class_ids: list[int]
+    class_names: list[str]
+    batch_size: int
+    drop_last: bool
+    steps_per_epoch: int
+    loader_kw: dict
+
+    def epoch_batches(self, seed: int, epoch: int) -> DataLoader:
+        """The shuffled training batches of ``epoch``: their order and augmentation depend only on
+        ``(seed, epoch)``, so a resumed run sees the batches an uninterrupted one does."""
+        epoch_seed = _epoch_seed(seed, epoch)
+        torch.manual_seed(epoch_seed)  # augmentation in the main process (num_workers 0)
+        return DataLoader(self.train, batch_size=self.batch_size, shuffle=True, drop_last=self.drop_last,
+                          generator=torch.Generator().manual_seed(epoch_seed), **self.loader_kw)
+
+    def batches(self, dataset: Dataset) -> DataLoader:
+        """The batches of an evaluation split, in order."""
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, **self.loader_kw)
+
+
+def read_splits(cfg: dict, dataset_dir: Path, image_dir: str | os.PathLike | None,
+                device: torch.device) -> Splits:
+    """The splits of the prepared set ``dataset_dir`` (``image_dir``: its images replaced by those of
+    the same stems there), with the transforms of training and evaluation; at least 2 training and 1
+    validation image."""
+    frame, class_ids, class_names = read_class_manifest(dataset_dir)
+    resize_size = cfg["resize_size"] or round(cfg["input_size"] * 256 / 224)
+    images = images_by_stem(image_dir, what="classifier training image") if image_dir is not None else None
+    train_set = _split_set(frame, dataset_dir, "train", train_transform(cfg["input_size"]), images)
+    val_set = _split_set(frame, dataset_dir, "val", eval_transform(cfg["input_size"], resize_size), images)
+    test_set = _split_set(frame, dataset_dir, "test", eval_transform(cfg["input_size"], resize_size), images)
+    if len(train_set) < 2:
+        raise DataError(f"{dataset_dir / 'manifest.csv'}: the train split has {len(train_set)} image(s); "
+                        "a classifier needs at least 2")
+    if len(val_set) == 0:
+        raise DataError(f"{dataset_dir / 'manifest.csv'}: the val split is empty; the best epoch is chosen "
+                        "on it - set the dataset's split.val_fraction > 0 (or carve_val_from) and re-prepare")
+    batch_size = min(cfg["batch_size"], len(train_set))
+    drop_last = len(train_set) % batch_size == 1  # a batch of one breaks BatchNorm in training mode
+    steps_per_epoch = len(train_set) // batch_size + (0 if drop_last or len(train_set) % batch_size == 0
+                                                      else 1)
+    loader_kw = dict(num_workers=int(cfg["num_workers"]), pin_memory=device.type == "cuda",
+                     persistent_workers=False)
+    return Splits(train_set, val_set, test_set, class_ids, class_names, batch_size, drop_last, steps_per_epoch,
+                  loader_kw)
+
+
 # ------------------------------------------------------------------------------------ evaluation
 @torch.no_grad()
 def evaluate_loader(model: nn.Module, loader: DataLoader, device: torch.device,
@@ -221,160 +243,130 @@ def train_classifier(cfg: dict, *, dataset_dir: str | os.PathLike, out_dir: str 
     true = on CUDA, bf16 also on a CPU with native bf16; always = on any device). An existing
     ``out_dir/state/last.pt`` is resumed (epoch granularity; the data order and augmentation of
     epoch ``e`` depend only on ``(seed, e)``, so an interrupted run ends where an uninterrupted one
-    would). A non-finite training loss raises SfsrError; the last saved state is kept."""
+    would). A non-finite training loss raises SfsrError; the last saved state is kept. Resume,
+    speed settings, optimiser, progress and the non-finite stop are the SR stages'
+    (:mod:`sfsr.training.runner`)."""
+    # ---- prepare: settings, speed flags, seeds, data, model, optimiser, schedule
     cfg = resolve_classifier_config(cfg)
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
     state_path, best_path = out_dir / "state" / "last.pt", out_dir / "state" / "best.pt"
     dev = resolve_device(cfg["device"] if device == "auto" else device, "classifier.device")
-    cuda = dev.type == "cuda"
-    flags = speed_flags(cfg, dev, what="classifier training")
-    bf16, channels_last = flags["bf16"], flags["channels_last"]
+    flags = speed_flags(cfg, dev, what=WHAT)
     autocast = autocast_context(flags, dev)
     epochs = cfg["epochs"]
     stop = epochs if max_epochs is None else min(epochs, int(max_epochs))
     provenance.seed_everything(seed)
-    if cuda:
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-    # ---- data
-    frame, class_ids, class_names = read_class_manifest(dataset_dir)
-    resize_size = cfg["resize_size"] or round(cfg["input_size"] * 256 / 224)
-    images = images_by_stem(image_dir, what="classifier training image") if image_dir is not None else None
-    train_set = _split_set(frame, dataset_dir, "train", train_transform(cfg["input_size"]), images)
-    val_set = _split_set(frame, dataset_dir, "val", eval_transform(cfg["input_size"], resize_size), images)
-    test_set = _split_set(frame, dataset_dir, "test", eval_transform(cfg["input_size"], resize_size), images)
-    if len(train_set) < 2:
-        raise DataError(f"{dataset_dir / 'manifest.csv'}: the train split has {len(train_set)} image(s); "
-                        "a classifier needs at least 2")
-    if len(val_set) == 0:
-        raise DataError(f"{dataset_dir / 'manifest.csv'}: the val split is empty; the best epoch is chosen "
-                        "on it - set the dataset's split.val_fraction > 0 (or carve_val_from) and re-prepare")
-    batch_size = min(cfg["batch_size"], len(train_set))
-    drop_last = len(train_set) % batch_size == 1  # a batch of one breaks BatchNorm in training mode
-    steps_per_epoch = len(train_set) // batch_size + (0 if drop_last or len(train_set) % batch_size == 0
-                                                      else 1)
-    workers = int(cfg["num_workers"])
-    loader_kw = dict(num_workers=workers, pin_memory=cuda, persistent_workers=False)
-
-    def eval_loader(dataset: Dataset) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size, shuffle=False, **loader_kw)
-
-    # ---- model, optimiser, schedule
-    model = build_classifier(cfg["arch"], len(class_ids), weights=None if init_checkpoint else cfg["weights"])
-    if init_checkpoint is not None:
-        init = read_classifier_checkpoint(init_checkpoint)
-        if init["class_ids"] != class_ids or init["arch"]["name"] != cfg["arch"]:
-            raise DataError(f"initial classifier {init_checkpoint} ({init['arch']['name']}, classes "
-                            f"{init['class_ids'][:5]}...) does not fit {dataset_dir} with arch {cfg['arch']}; "
-                            "fine-tune the classifier trained on this set")
-        model.load_state_dict(init["state_dict"], strict=True)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(dev, memory_format=memory_format).train()
-    if cfg["optimizer"] == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
-                              weight_decay=cfg["weight_decay"], nesterov=cfg["momentum"] > 0)
-    else:
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]),
-                                weight_decay=cfg["weight_decay"])
-    total_steps = epochs * steps_per_epoch
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps, eta_min=cfg["eta_min"])
-             if cfg["scheduler"] == "cosine" else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
+    data = read_splits(cfg, dataset_dir, image_dir, dev)
+    model, spec = _classifier_model(cfg, data, dataset_dir, dev, flags, image_dir, init_checkpoint)
+    opt = make_optimizer(model.parameters(), cfg, cfg["lr"])
+    sched = make_scheduler(opt, cfg, epochs * data.steps_per_epoch)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
-    spec = {"arch": cfg["arch"], "num_classes": len(class_ids), "input_size": cfg["input_size"],
-            "class_ids": class_ids}
-    if image_dir is not None or init_checkpoint is not None:  # a fine-tuning run (the LR baseline)
-        spec.update(images=str(image_dir), init=str(init_checkpoint))
 
-    # ---- resume
-    start, elapsed, rows = 0, 0.0, []
-    best: dict[str, Any] = {"val_top1": -math.inf, "val_top5": -math.inf, "epoch": 0}
-    state = load_state(state_path, "classifier")  # last.pt, else prev.pt, else None (afresh)
-    if state is not None and (state.get("format") != STATE_FORMAT or state.get("spec") != spec):
-        # the workflow reruns this job when its settings change: the old state is another run's
-        log.warning("%s holds the state of another classifier run (%s, this run: %s): starting afresh",
-                    state_path, state.get("spec"), spec)
-        shutil.rmtree(state_path.parent)
-        state = None
-    resuming = state is not None
-    if resuming:
+    # ---- resume: the state of this model on this data, else afresh
+    state = resumable_state(state_path, WHAT, {"format": STATE_FORMAT, "spec": spec})
+    run = begin(state, state_path, WHAT, "epoch", epochs, LOG_COLUMNS,
+                {"val_top1": -math.inf, "val_top5": -math.inf, "epoch": 0})
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        start, best, elapsed, rows = state["epoch"], state["best"], state["elapsed_s"], state["log"]
-        if state["epochs"] != epochs:
-            log.warning("%s was made for %d epochs, now %d: the schedule changes", state_path,
-                        state["epochs"], epochs)
-        log.info("resuming classifier training from %s at epoch %d", state_path, start)
 
-    t0 = time.perf_counter()
-    bar = tqdm(total=total_steps, initial=start * steps_per_epoch, desc=f"classifier {cfg['arch']}",
-               dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr)
+    run.open_bar(epochs * data.steps_per_epoch, run.start * data.steps_per_epoch, f"classifier {cfg['arch']}")
     try:
-        for epoch in range(start + 1, stop + 1):
-            epoch_seed = _epoch_seed(seed, epoch)
-            torch.manual_seed(epoch_seed)  # augmentation in the main process (num_workers 0)
-            loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=drop_last,
-                                generator=torch.Generator().manual_seed(epoch_seed), **loader_kw)
-            model.train()
-            losses = []
+        for epoch in range(run.start + 1, stop + 1):
+            # ---- batches and steps: one epoch
             lr_now = opt.param_groups[0]["lr"]
-            for images, labels in loader:
-                x = to_float(images, dev, channels_last)
-                y = labels.to(dev, non_blocking=True)
-                with autocast():
-                    loss = criterion(model(x).float(), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                losses.append(loss.detach())
-                bar.update(1)
-            train_loss = float(torch.stack(losses).float().mean().cpu())
-            if not math.isfinite(train_loss):
-                kept = f"the last good state {state_path} was kept" if state_path.is_file() else \
-                    "no state had been saved yet"
-                raise SfsrError(f"classifier training in {out_dir} stopped: the training loss is "
-                                f"{train_loss} in epoch {epoch}; {kept}. Lower lr or turn bf16 off, then "
-                                "re-run (it resumes from the kept state)")
-            val = evaluate_loader(model, eval_loader(val_set), dev, autocast, channels_last)
-            now = elapsed + time.perf_counter() - t0
-            rows.append({"epoch": epoch, "train_loss": train_loss, "val_top1": val["top1"],
-                         "val_top5": val["top5"], "lr": lr_now, "elapsed_s": now})
-            bar.set_postfix({"loss": f"{train_loss:.4g}", "val_top1": f"{val['top1']:.3f}"}, refresh=False)
-            bar.write(f"[classifier] epoch {epoch}/{epochs}: train loss {train_loss:.4f}, val top-1 "
-                      f"{val['top1']:.4f}, top-5 {val['top5']:.4f}")
-            if val["top1"] > best["val_top1"]:
-                best = {"val_top1": val["top1"], "val_top5": val["top5"], "epoch": epoch}
-                io.torch_save(best_path, checkpoint_dict(model, cfg, class_ids, class_names, **best))
-            save_state(state_path, {
-                "format": STATE_FORMAT, "spec": spec, "epoch": epoch, "epochs": epochs,
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "best": best, "elapsed_s": now, "log": rows})
-            io.write_csv(out_dir / "train_log.csv", pd.DataFrame(rows, columns=LOG_COLUMNS))
+            train_loss = _train_epoch(model, opt, sched, criterion, data.epoch_batches(seed, epoch), dev,
+                                      flags["channels_last"], autocast, run, epoch)
+            # ---- validate: log the epoch, keep the best
+            val = evaluate_loader(model, data.batches(data.val), dev, autocast, flags["channels_last"])
+            run.add_row({"epoch": epoch, "train_loss": train_loss, "val_top1": val["top1"], "val_top5": val["top5"],
+                         "lr": lr_now, "elapsed_s": run.elapsed_s()},
+                        {"loss": f"{train_loss:.4g}", "val_top1": f"{val['top1']:.3f}"})
+            run.say(f"[classifier] epoch {epoch}/{epochs}: train loss {train_loss:.4f}, val top-1 "
+                    f"{val['top1']:.4f}, top-5 {val['top5']:.4f}")
+            if val["top1"] > run.best["val_top1"]:
+                run.best = {"val_top1": val["top1"], "val_top5": val["top5"], "epoch": epoch}
+                io.torch_save(best_path, checkpoint_dict(model, cfg, data.class_ids, data.class_names, **run.best))
+            # ---- checkpoint: every epoch
+            run.checkpoint(epoch, {"format": STATE_FORMAT, "spec": spec, "epoch": epoch, "epochs": epochs,
+                                   "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                   "scheduler": sched.state_dict()})
+    except NonFinite as exc:
+        raise run.non_finite(exc, f"classifier training in {out_dir}", "Lower lr or turn bf16 off") from None
     finally:
-        bar.close()
-    elapsed += time.perf_counter() - t0
+        run.close()
     if stop < epochs:
         log.info("stopped at epoch %d of %d (max_epochs); state in %s", stop, epochs, state_path)
         return state_path
 
-    # ---- final outputs (classifier.pt last): the best epoch, with its test accuracy
+    # ---- finish: the best epoch, with its test accuracy (classifier.pt last)
+    return _write_outputs(out_dir, cfg, model, data, run, best_path, dev=dev, flags=flags, autocast=autocast,
+                          seed=seed, dataset_dir=dataset_dir, image_dir=image_dir, init_checkpoint=init_checkpoint)
+
+
+def _classifier_model(cfg: dict, data: Splits, dataset_dir: Path, device: torch.device, flags: dict[str, bool],
+                      image_dir, init_checkpoint) -> tuple[nn.Module, dict]:
+    """The model to train (``cfg['weights']`` or, fine-tuning, ``init_checkpoint``'s weights) on
+    ``device``, and its spec: what a state must match to be resumed."""
+    model = build_classifier(cfg["arch"], len(data.class_ids), weights=None if init_checkpoint else cfg["weights"])
+    if init_checkpoint is not None:
+        init = read_classifier_checkpoint(init_checkpoint)
+        if init["class_ids"] != data.class_ids or init["arch"]["name"] != cfg["arch"]:
+            raise DataError(f"initial classifier {init_checkpoint} ({init['arch']['name']}, classes "
+                            f"{init['class_ids'][:5]}...) does not fit {dataset_dir} with arch {cfg['arch']}; "
+                            "fine-tune the classifier trained on this set")
+        model.load_state_dict(init["state_dict"], strict=True)
+    spec = {"arch": cfg["arch"], "num_classes": len(data.class_ids), "input_size": cfg["input_size"],
+            "class_ids": data.class_ids}
+    if image_dir is not None or init_checkpoint is not None:  # a fine-tuning run (the LR baseline)
+        spec.update(images=str(image_dir), init=str(init_checkpoint))
+    return place(model, device, flags), spec
+
+
+def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched: Any, criterion: nn.Module,
+                 batches: DataLoader, device: torch.device, channels_last: bool, autocast: Any, run: Run,
+                 epoch: int) -> float:
+    """One epoch of optimisation steps; returns the mean training loss (a non-finite one raises
+    :class:`~sfsr.training.runner.NonFinite`)."""
+    model.train()
+    losses = []
+    for images, labels in batches:
+        x = to_float(images, device, channels_last)
+        y = labels.to(device, non_blocking=True)
+        with autocast():
+            loss = criterion(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.detach())
+        run.bar.update(1)
+    values = torch.stack(losses).float()
+    check_finite(values[:, None].cpu().numpy(), ["train_loss"], [epoch] * len(losses))
+    return float(values.mean().cpu())
+
+
+def _write_outputs(out_dir: Path, cfg: dict, model: nn.Module, data: Splits, run: Run, best_path: Path, *,
+                   dev: torch.device, flags: dict[str, bool], autocast: Any, seed: int, dataset_dir: Path,
+                   image_dir, init_checkpoint) -> Path:
+    """train_log.csv, provenance.json and, last, classifier.pt: the best epoch's weights with their
+    test accuracy."""
+    elapsed = run.elapsed_s()
     best_ckpt = io.torch_load(best_path, "best classifier state", "re-run train_classifier",
                               "delete it and re-run train_classifier")
     model.load_state_dict(best_ckpt["state_dict"])
-    test = (evaluate_loader(model, eval_loader(test_set), dev, autocast, channels_last)
-            if len(test_set) else {"top1": None, "top5": None, "n": 0})
-    io.write_csv(out_dir / "train_log.csv", pd.DataFrame(rows, columns=LOG_COLUMNS))
+    test = (evaluate_loader(model, data.batches(data.test), dev, autocast, flags["channels_last"])
+            if len(data.test) else {"top1": None, "top5": None, "n": 0})
+    io.write_csv(out_dir / "train_log.csv", run.frame())
     provenance.write(out_dir / "provenance.json", config=cfg, seed=seed, dataset_dir=str(dataset_dir),
                      image_dir=None if image_dir is None else str(image_dir),
                      init_checkpoint=None if init_checkpoint is None else str(init_checkpoint),
-                     device=str(dev), speed_flags={"bf16": bf16, "channels_last": channels_last},
-                     epochs=epochs, parameters=count_parameters(model), class_ids=class_ids,
-                     n_train=len(train_set), n_val=len(val_set), n_test=len(test_set), best=best,
+                     device=str(dev), speed_flags={k: flags[k] for k in ("bf16", "channels_last")},
+                     epochs=cfg["epochs"], parameters=count_parameters(model), class_ids=data.class_ids,
+                     n_train=len(data.train), n_val=len(data.val), n_test=len(data.test), best=run.best,
                      test_top1=test["top1"], test_top5=test["top5"], training_time_s=elapsed)
-    final = {**best_ckpt, "test_top1": test["top1"], "test_top5": test["top5"], "epochs": epochs,
+    final = {**best_ckpt, "test_top1": test["top1"], "test_top5": test["top5"], "epochs": cfg["epochs"],
              "weights_init": str(init_checkpoint) if init_checkpoint is not None
              else None if cfg["weights"] is None else str(cfg["weights"]),
              "images": "HR" if image_dir is None else str(image_dir),

@@ -18,7 +18,9 @@ The parts live beside it, one job each: :mod:`~sfsr.training.settings` (torch-fr
 merge, checks, loss weights), :mod:`~sfsr.training.parts` (device, models, losses, optimisers),
 :mod:`~sfsr.training.step` (one optimisation step), :mod:`~sfsr.training.data` (patches, splits,
 validation images), :mod:`~sfsr.training.validation`, :mod:`~sfsr.training.state` (checkpoint,
-resume, RNG, fingerprint) and :mod:`~sfsr.training.lr_head` (the shared stage's LR classifier).
+resume, RNG, fingerprint), :mod:`~sfsr.training.runner` (resume, log rows, progress bar, checkpoint,
+non-finite stop: shared with the classifier's training) and :mod:`~sfsr.training.lr_head` (the
+shared stage's LR classifier).
 
 ``cfg`` is the flat settings dict of one model stage (see
 :func:`~sfsr.training.settings.stage_config`): ``arch``, ``scale``, ``kwargs`` plus the keys of
@@ -30,21 +32,19 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from sfsr import io, provenance
-from sfsr.errors import ConfigError, SfsrError
+from sfsr.errors import ConfigError
 from sfsr.models import count_parameters, generator_spec, save_generator
 from sfsr.tensors import resolve_device, to_float
 from sfsr.training import distributed
@@ -53,11 +53,11 @@ from sfsr.training.data import (ManifestPatchDataset, PatchDataset, RefPairDatas
                                 select_training_images, whole_image_lr_patch)
 from sfsr.training.lr_head import save_lr_head, validate_head
 from sfsr.training.parts import FrozenClassifier, Parts, build_generator_part, build_parts, frozen_classifier
+from sfsr.training.runner import NonFinite, Run, begin, check_finite, resumable_state
 from sfsr.training.settings import resolve_config, stage_weights
 from sfsr.training.speed import speed_flags
 from sfsr.training.stages import STAGES, Stage
-from sfsr.training.state import (file_sha256, load_state, rng_state, run_fingerprint, save_state,
-                                 set_rng_state)
+from sfsr.training.state import file_sha256, rng_state, run_fingerprint, set_rng_state
 from sfsr.training.step import train_step
 from sfsr.training.validation import bicubic_reference, validate
 
@@ -93,7 +93,6 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
     ``out_dir/state/last.pt`` of the same run (:func:`~sfsr.training.state.run_fingerprint`) is
     resumed. A non-finite loss raises SfsrError naming the iteration and term; the last saved state
     stays as it was."""
-    # ---- settings
     if stage not in STAGES:
         raise ConfigError(f"unknown training stage {stage!r}; valid: {', '.join(STAGES)}")
     st = STAGES[stage]
@@ -102,178 +101,236 @@ def train(stage: str, cfg: dict, *, train_hr_dirs: Sequence[str | os.PathLike],
     if st.classifier and classifier_checkpoint is None:
         raise ConfigError(f"the {stage} stage needs classifier_checkpoint (the classifier.pt of the "
                           "classifier stage: the frozen fine-grained classifier)")
-    out_dir = Path(out_dir)
-    state_path = out_dir / "state" / "last.pt"
     dev = resolve_device(cfg["device"] if device == "auto" else device, "training.device")
     ddp, dev = distributed.setup(dev)  # started by torchrun: this rank's share (docs/multi_gpu.md)
     try:
-        return _train(stage, st, cfg, weights, out_dir, state_path, dev, ddp, train_hr_dirs=train_hr_dirs,
-                      valid_hr_dirs=valid_hr_dirs, init_checkpoint=init_checkpoint, seed=seed,
-                      max_iterations=max_iterations, feature_net=feature_net,
-                      classifier_checkpoint=classifier_checkpoint)
+        return _train(Job(
+            stage, st, cfg, weights, Path(out_dir), dev, ddp, train_hr_dirs, valid_hr_dirs, init_checkpoint,
+            classifier_checkpoint, feature_net, seed,
+            stop=cfg["iterations"] if max_iterations is None else min(cfg["iterations"], int(max_iterations)),
+            spec=generator_spec(cfg["arch"], cfg["scale"], **cfg["kwargs"]),
+            fingerprint=run_fingerprint(stage, cfg, seed, train_hr_dirs, init_checkpoint, classifier_checkpoint)))
     finally:
         ddp.close()
 
 
-def _train(stage: str, st: Stage, cfg: dict, weights: dict, out_dir: Path, state_path: Path,
-           dev: torch.device, ddp: distributed.Dist, *, train_hr_dirs, valid_hr_dirs, init_checkpoint,
-           seed: int, max_iterations: int | None, feature_net: nn.Module | None,
-           classifier_checkpoint) -> Path:
+@dataclass
+class Job:
+    """One model stage's training as :func:`train` was asked for it: settings resolved, device (and
+    process group) set; ``stop``: the last iteration of this session; ``spec``: the generator's;
+    ``fingerprint``: the run's (:func:`~sfsr.training.state.run_fingerprint`)."""
+    stage: str
+    st: Stage
+    cfg: dict
+    weights: dict
+    out_dir: Path
+    dev: torch.device
+    ddp: distributed.Dist
+    train_hr_dirs: Sequence[str | os.PathLike]
+    valid_hr_dirs: Sequence[str | os.PathLike]
+    init_checkpoint: str | os.PathLike | None
+    classifier_checkpoint: str | os.PathLike | None
+    feature_net: nn.Module | None
+    seed: int
+    stop: int
+    spec: dict
+    fingerprint: str
+
+    @property
+    def state_path(self) -> Path:
+        return self.out_dir / "state" / "last.pt"
+
+    @property
+    def what(self) -> str:
+        return f"{self.stage} training"
+
+
+@dataclass
+class Data:
+    """The training batches (None when no iteration is left), the validation images (their labels:
+    the LR head's) and bicubic's numbers on them."""
+    batches: Iterator | None
+    valid: list[ValidationImage]
+    valid_labels: list[int | None]
+    bicubic: dict[str, float] | None
+    lr_patch: int
+    labels_used: bool
+
+
+def _train(job: Job) -> Path:
     """:func:`train` after the settings are checked and the device (and process group) is set."""
+    cfg, ddp, total = job.cfg, job.ddp, job.cfg["iterations"]
+    # ---- prepare: speed flags, seeds, the state to resume (if any), models, losses, optimisers
+    flags, state, parts = _prepare(job)
+    # ---- resume: weights, optimisers, RNG, log so far
+    run = _resume(job, state, parts)
+    # ---- batches: training patches (from iteration run.start on), validation images, bicubic line
+    data = _data(job, parts.classifier, run.start)
+    run.open_bar(total, run.start, f"{job.stage} {cfg['arch']} x{cfg['scale']}", enabled=ddp.main)
+    book = TrainLog(parts.columns, ["val_head_top1"] if job.st.lr_head else [], run,
+                    _tensorboard(cfg["tensorboard"] and ddp.main, job.out_dir / "tensorboard"), job.stage,
+                    reduce=ddp.mean if ddp.active else None)
+    iteration = run.start
+    try:
+        if run.start == 0 and data.valid:  # the starting point of the curve (a residual model: bicubic)
+            _validate(job, parts, book, run, data, 0)
+        for iteration in range(run.start + 1, job.stop + 1):
+            # ---- step: the next batch, one optimisation step, its losses logged
+            t_wait = time.perf_counter()
+            batch = next(data.batches)
+            wait = time.perf_counter() - t_wait
+            lr_now = parts.opt_g.param_groups[0]["lr"]
+            book.add(train_step(parts, *_on_device(batch, job.dev, cfg["scale"], flags)), lr_now, wait)
+            run.bar.update(1)
+            val_now = iteration % cfg["val_every"] == 0 or iteration == total
+            ckpt_now = iteration % cfg["checkpoint_every"] == 0 or iteration == job.stop
+            if iteration % cfg["log_every"] == 0 or val_now or ckpt_now:
+                book.flush(iteration)
+            # ---- validate: every val_every iterations and at the end
+            if val_now and data.valid:
+                _validate(job, parts, book, run, data, iteration)
+            # ---- checkpoint: every checkpoint_every iterations and at the stop
+            if ckpt_now:
+                _checkpoint(job, run, parts, iteration)
+    except NonFinite as exc:
+        raise run.non_finite(exc, f"{job.stage} training of {cfg['arch']} x{cfg['scale']} in {job.out_dir}",
+                             "Lower lr, set grad_clip or turn bf16 off") from None
+    finally:
+        run.close()
+        book.close()
+    if run.saved != iteration:  # e.g. max_iterations=0: record the initial state
+        _checkpoint(job, run, parts, iteration)
+    # ---- finish: stopped early (a resumable state), else the outputs (generator.pt last)
+    if job.stop < total:
+        if ddp.main:
+            log.info("stopped at iteration %d of %d (max_iterations); state in %s", job.stop, total, job.state_path)
+        return job.state_path
+    if ddp.main:
+        _write_outputs(job, parts, run, data, flags)
+    ddp.barrier()
+    return job.out_dir / "generator.pt"
+
+
+# ------------------------------------------------------------------------------ the steps
+def _prepare(job: Job) -> tuple[dict[str, bool], dict | None, Parts]:
+    """The speed flags, the state to resume (None: start afresh) and the parts (models, losses,
+    optimisers), after seeding; always in this order, so a run makes the same random draws."""
+    cfg, ddp = job.cfg, job.ddp
     if cfg["batch_size"] % ddp.world:
         raise ConfigError(f"training.batch_size {cfg['batch_size']} (the batch of all processes together) "
                           f"must be a multiple of the {ddp.world} processes (gpus); change either")
-    flags = speed_flags(cfg, dev)
-    total, scale = cfg["iterations"], cfg["scale"]
-    stop = total if max_iterations is None else min(total, int(max_iterations))
-    provenance.seed_everything(seed)
-
-    # ---- frozen classifier, the state to resume (if any), models, losses, optimisers
-    classifier = frozen_classifier(st, cfg, weights, classifier_checkpoint, feature_net, dev)
-    spec = generator_spec(cfg["arch"], scale, **cfg["kwargs"])
-    fingerprint = run_fingerprint(stage, cfg, seed, train_hr_dirs, init_checkpoint, classifier_checkpoint)
+    flags = speed_flags(cfg, job.dev)
+    provenance.seed_everything(job.seed)
+    classifier = frozen_classifier(job.st, cfg, job.weights, job.classifier_checkpoint, job.feature_net, job.dev)
     if not ddp.main:  # rank 0 first: it removes stale temporaries or a foreign state
         ddp.barrier()
-    state = _resumable_state(state_path, stage, fingerprint)
+    state = resumable_state(job.state_path, job.what, {"fingerprint": job.fingerprint})
     if ddp.main:
         ddp.barrier()
-    generator = build_generator_part(st, cfg, spec, dev, flags, init_checkpoint, resuming=state is not None)
-    parts = build_parts(st, cfg, weights, generator, dev, flags, classifier, classifier_checkpoint,
-                        feature_net)
-    distributed.wrap(parts, ddp, dev, flags)
-    val_extra = ["val_head_top1"] if st.lr_head else []
+    generator = build_generator_part(job.st, cfg, job.spec, job.dev, flags, job.init_checkpoint,
+                                     resuming=state is not None)
+    parts = build_parts(job.st, cfg, job.weights, generator, job.dev, flags, classifier,
+                        job.classifier_checkpoint, job.feature_net)
+    distributed.wrap(parts, ddp, job.dev, flags)
+    return flags, state, parts
 
-    # ---- resume: weights, optimisers, RNG, log so far
-    start, best, elapsed, rows = 0, {"psnr_y": -math.inf, "iteration": 0}, 0.0, []
+
+def _resume(job: Job, state: dict | None, parts: Parts) -> Run:
+    """A fresh run, or one continuing ``state``: weights, optimisers, RNG, best record, log so far."""
+    if state is not None and (state.get("format") != STATE_FORMAT or state["stage"] != job.stage
+                              or state["spec"] != job.spec):
+        raise ConfigError(f"{job.state_path} holds the state of another run (stage {state.get('stage')}, "
+                          f"model {state.get('spec')}); delete {job.out_dir} to start this one afresh")
+    run = begin(state, job.state_path, job.what, "iteration", job.cfg["iterations"],
+                _log_columns(parts.columns, ["val_head_top1"] if job.st.lr_head else []),
+                {"psnr_y": -math.inf, "iteration": 0}, announce=job.ddp.main)
     if state is not None:
-        if state.get("format") != STATE_FORMAT or state["stage"] != stage or state["spec"] != spec:
-            raise ConfigError(f"{state_path} holds the state of another run (stage {state.get('stage')}, "
-                              f"model {state.get('spec')}); delete {out_dir} to start this one afresh")
         parts.load_state(state)
-        start, best, elapsed, rows = state["iteration"], state["best"], state["elapsed_s"], state["log"]
         set_rng_state(state["rng"])
-        if state["iterations"] != total:
-            log.warning("%s was made for %d iterations, now %d: the schedule changes", state_path,
-                        state["iterations"], total)
-        if ddp.main:
-            log.info("resuming %s training from %s at iteration %d", stage, state_path, start)
+    return run
 
-    # ---- data: training patches (from iteration `start` on), validation images, bicubic line
-    use_labels = st.lr_head and "shared_cls" in weights and cfg["shared"]["mode"] == "label"
+
+def _data(job: Job, classifier: FrozenClassifier | None, start: int) -> Data:
+    """The training batches of iterations ``start + 1 ...`` (labelled for the LR head's ``label``
+    mode), the validation images and bicubic's numbers on them."""
+    st, cfg, scale = job.st, job.cfg, job.cfg["scale"]
+    use_labels = st.lr_head and "shared_cls" in job.weights and cfg["shared"]["mode"] == "label"
     class_to_index = classifier.meta["class_to_index"] if classifier is not None else None
-    keep, labels = select_training_images(train_hr_dirs, cfg["train_split"],
+    keep, labels = select_training_images(job.train_hr_dirs, cfg["train_split"],
                                           class_to_index if use_labels else None)
     lr_patch = cfg["lr_patch"]
     if lr_patch is None:
-        lr_patch = whole_image_lr_patch(train_hr_dirs, scale, keep)
+        lr_patch = whole_image_lr_patch(job.train_hr_dirs, scale, keep)
         log.info("lr_patch null: LR patches of %d px (HR %d px)", lr_patch, lr_patch * scale)
-    if start < stop:
-        loader = _training_batches(cfg, st, train_hr_dirs, scale, lr_patch, keep, labels, total, start, seed, dev,
-                                   ddp)
+    batches = (_training_batches(cfg, st, job.train_hr_dirs, scale, lr_patch, keep, labels, cfg["iterations"],
+                                 start, job.seed, job.dev, job.ddp) if start < job.stop else None)
     if st.data == "refsr":  # each target with its most similar reference
-        valid, valid_labels = load_reference_validation(valid_hr_dirs, scale), []
+        valid, valid_labels = load_reference_validation(job.valid_hr_dirs, scale), []
     else:
-        valid, valid_labels = load_validation_items(valid_hr_dirs, scale, cfg["valid_split"],
+        valid, valid_labels = load_validation_items(job.valid_hr_dirs, scale, cfg["valid_split"],
                                                     class_to_index if st.lr_head else None)
     if not valid:
         log.info("no validation images: best.pt is not written")
-    bicubic = bicubic_reference(valid, scale) if valid else None
+    return Data(batches, valid, valid_labels, bicubic_reference(valid, scale) if valid else None, lr_patch,
+                bool(use_labels))
 
-    # ---- the loop: step, log, validate, checkpoint
-    bar = tqdm(total=total, initial=start, desc=f"{stage} {cfg['arch']} x{scale}", dynamic_ncols=True,
-               mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr, disable=not ddp.main)
-    book = TrainLog(parts.columns, val_extra, rows, elapsed, bar,
-                    _tensorboard(cfg["tensorboard"] and ddp.main, out_dir / "tensorboard"), stage,
-                    reduce=ddp.mean if ddp.active else None)
 
-    run = {"format": STATE_FORMAT, "stage": stage, "spec": spec, "fingerprint": fingerprint,
-           "iterations": total}  # what every saved state of this run says about it
-    saved = start if state is not None else None  # the iteration of the last saved state
-    iteration = start
-    if start == 0 and valid:  # the starting point of the curve (a residual model: bicubic)
-        if ddp.main:
-            best = _validate(parts, book, 0, valid, valid_labels, bicubic, scale, dev, best, out_dir, spec, stage)
-        ddp.barrier()
-    try:
-        for iteration in range(start + 1, stop + 1):
-            t_wait = time.perf_counter()
-            batch = next(loader)
-            wait = time.perf_counter() - t_wait
-            hr_u8 = batch["hr"].to(dev, non_blocking=True)
-            lr_u8 = batch["lr"].to(dev, non_blocking=True) if "lr" in batch else make_lr_batch(hr_u8, scale)
-            label = batch["label"].to(dev, non_blocking=True) if "label" in batch else None
-            ref = to_float(batch["ref"], dev, flags["channels_last"]) if "ref" in batch else None
-            lr_now = parts.opt_g.param_groups[0]["lr"]
-            losses = train_step(parts, to_float(lr_u8, dev, flags["channels_last"]),
-                                to_float(hr_u8, dev, flags["channels_last"]), label, ref)
-            book.add(losses, lr_now, wait)
-            bar.update(1)
-            val_now = iteration % cfg["val_every"] == 0 or iteration == total
-            ckpt_now = iteration % cfg["checkpoint_every"] == 0 or iteration == stop
-            if iteration % cfg["log_every"] == 0 or val_now or ckpt_now:
-                book.flush(iteration)
-            if val_now and valid:
-                if ddp.main:
-                    best = _validate(parts, book, iteration, valid, valid_labels, bicubic, scale, dev, best,
-                                     out_dir, spec, stage)
-                ddp.barrier()
-            if ckpt_now:
-                saved = _checkpoint(state_path, run, iteration, parts, best, book) if ddp.main else iteration
-                ddp.barrier()
-    except _NonFinite as exc:
-        bad_iteration, term, value = exc.args
-        kept = (f"the last good state {state_path} (iteration {saved}) was kept"
-                if saved is not None else "no state had been saved yet")
-        raise SfsrError(f"{stage} training of {cfg['arch']} x{scale} in {out_dir} stopped: loss term "
-                        f"'{term}' is {value} at iteration {bad_iteration}; {kept}. Lower lr, set "
-                        "grad_clip or turn bf16 off, then re-run (it resumes from the kept state)") from None
-    finally:
-        bar.close()
-        if book.writer is not None:
-            book.writer.close()
-    if saved != iteration:  # e.g. max_iterations=0: record the initial state
-        saved = _checkpoint(state_path, run, iteration, parts, best, book) if ddp.main else iteration
-        ddp.barrier()
-    if stop < total:
-        if ddp.main:
-            log.info("stopped at iteration %d of %d (max_iterations); state in %s", stop, total, state_path)
-        return state_path
+def _on_device(batch: dict, dev: torch.device, scale: int, flags: dict[str, bool]) -> tuple:
+    """A batch as :func:`~sfsr.training.step.train_step` takes it: float LR and HR images (LR made
+    here when the batch has none), labels, reference."""
+    hr_u8 = batch["hr"].to(dev, non_blocking=True)
+    lr_u8 = batch["lr"].to(dev, non_blocking=True) if "lr" in batch else make_lr_batch(hr_u8, scale)
+    label = batch["label"].to(dev, non_blocking=True) if "label" in batch else None
+    ref = to_float(batch["ref"], dev, flags["channels_last"]) if "ref" in batch else None
+    return (to_float(lr_u8, dev, flags["channels_last"]), to_float(hr_u8, dev, flags["channels_last"]), label,
+            ref)
 
-    # ---- final outputs (generator.pt last)
-    if ddp.main:
-        _write_outputs(out_dir, st, cfg, parts, book, spec=spec, seed=seed, flags=flags, dev=dev, best=best,
-                       weights=weights, init_checkpoint=init_checkpoint, train_hr_dirs=train_hr_dirs,
-                       valid_hr_dirs=valid_hr_dirs, classifier_checkpoint=classifier_checkpoint,
-                       labels_used=bool(use_labels), lr_patch=lr_patch, world=ddp.world)
-    ddp.barrier()
-    return out_dir / "generator.pt"
+
+def _validate(job: Job, parts: Parts, book: TrainLog, run: Run, data: Data, iteration: int) -> None:
+    """Validate the (EMA) generator (and LR head) on rank 0, log it, write ``best.pt`` when it is the
+    best so far (not at iteration 0); the other ranks wait."""
+    if job.ddp.main:
+        scale = job.cfg["scale"]
+        metrics = validate(parts.eval_generator, data.valid, scale, job.dev)
+        if parts.head is not None:
+            c: FrozenClassifier = parts.classifier
+            metrics["head_top1"] = validate_head(parts.eval_trainable, data.valid, data.valid_labels, c.model,
+                                                 (c.size, c.resize), scale, job.dev)
+        book.validation(iteration, metrics, data.bicubic)
+        if iteration > 0 and metrics["psnr_y"] > run.best["psnr_y"]:
+            run.best = {"psnr_y": metrics["psnr_y"], "ssim_y": metrics["ssim_y"], "iteration": iteration}
+            save_generator(job.out_dir / "best.pt", parts.eval_generator, job.spec, stage=job.stage, **run.best)
+    job.ddp.barrier()
+
+
+def _checkpoint(job: Job, run: Run, parts: Parts, iteration: int) -> None:
+    """Rank 0 saves the training state of ``iteration`` (atomically, the previous one kept) and the
+    log so far; the other ranks wait."""
+    run.checkpoint(iteration, {"format": STATE_FORMAT, "stage": job.stage, "spec": job.spec,
+                               "fingerprint": job.fingerprint, "iterations": job.cfg["iterations"],
+                               "iteration": iteration, **parts.state(), "rng": rng_state()}
+                   if job.ddp.main else None)
+    job.ddp.barrier()
 
 
 # ------------------------------------------------------------------------------ loop helpers
-class _NonFinite(Exception):
-    pass
-
-
 class TrainLog:
-    """The rows of ``train_log.csv``: per-iteration losses gathered in a window and logged as one
-    row of means per ``log_every`` iterations (a non-finite value stops the run), plus the
-    validation numbers; mirrored to the progress bar and TensorBoard."""
+    """The rows of ``train_log.csv`` (kept by the :class:`~sfsr.training.runner.Run`): per-iteration
+    losses gathered in a window and logged as one row of means per ``log_every`` iterations (a
+    non-finite value stops the run), plus the validation numbers; mirrored to the progress bar and
+    TensorBoard."""
 
-    def __init__(self, columns: Sequence[str], val_extra: Sequence[str], rows: list[dict],
-                 elapsed: float, bar: Any, writer: Any, stage: str, reduce: Any = None) -> None:
-        self.columns, self.val_extra, self.rows = list(columns), list(val_extra), rows
+    def __init__(self, columns: Sequence[str], val_extra: Sequence[str], run: Run, writer: Any, stage: str,
+                 reduce: Any = None) -> None:
+        self.columns, self.val_extra, self.run = list(columns), list(val_extra), run
         self.reduce = reduce  # distributed: the mean over the ranks of the window's losses
-        self.elapsed, self.t0 = elapsed, time.perf_counter()  # seconds of earlier sessions, this one's start
-        self.bar, self.writer, self.stage = bar, writer, stage
-        self._reset(self.t0)
+        self.writer, self.stage = writer, stage
+        self._reset(time.perf_counter())
 
     def _reset(self, now: float) -> None:
         self.window: list[torch.Tensor] = []
         self.window_lr: list[float] = []
         self.wait, self.window_start = 0.0, now
-
-    def elapsed_s(self) -> float:
-        return self.elapsed + time.perf_counter() - self.t0
 
     def add(self, losses: torch.Tensor, lr: float, wait: float) -> None:
         self.window.append(losses)
@@ -288,23 +345,18 @@ class TrainLog:
         if self.reduce is not None:  # every rank gets the same numbers (and stops together on NaN)
             values = self.reduce(values)
         values = values.cpu().numpy()
-        bad = np.argwhere(~np.isfinite(values))
-        if len(bad):
-            row, col = bad[0]
-            raise _NonFinite(iteration - len(self.window) + 1 + int(row), self.columns[int(col)],
-                             float(values[row, col]))
+        check_finite(values, self.columns, range(iteration - len(self.window) + 1, iteration + 1))
         now = time.perf_counter()
         rec = {"iteration": iteration, **dict(zip(self.columns, values.mean(axis=0).tolist())),
                "lr": self.window_lr[-1], "data_wait_fraction": self.wait / max(now - self.window_start, 1e-9),
                "val_psnr_y": math.nan, "val_ssim_y": math.nan, **{k: math.nan for k in self.val_extra},
-               "elapsed_s": self.elapsed + now - self.t0}
-        self.rows.append(rec)
+               "elapsed_s": self.run.elapsed + now - self.run.t0}
         if rec.get("offset", 0.0) > OFFSET_WARN_PX:
             log.warning("%s: mean |offset| of the deformable layers is %.1f LR-feature pixels at iteration %d "
                         "(over %d: deformable alignment may be diverging; lower lr or set grad_clip)",
                         self.stage, rec["offset"], iteration, OFFSET_WARN_PX)
-        self.bar.set_postfix({k: f"{rec[k]:.4g}" for k in self.columns} | {
-            "lr": f"{rec['lr']:.2e}", "wait": f"{rec['data_wait_fraction']:.0%}"}, refresh=False)
+        self.run.add_row(rec, {k: f"{rec[k]:.4g}" for k in self.columns} | {
+            "lr": f"{rec['lr']:.2e}", "wait": f"{rec['data_wait_fraction']:.0%}"})
         if self.writer is not None:
             for key in [*self.columns, "lr", "data_wait_fraction"]:
                 self.writer.add_scalar(f"{self.stage}/{key}", rec[key], iteration)
@@ -312,39 +364,29 @@ class TrainLog:
 
     def validation(self, iteration: int, metrics: dict[str, float], bicubic: dict[str, float]) -> None:
         """Record a validation (on the row of ``iteration``, added when there is none)."""
-        if not self.rows or self.rows[-1]["iteration"] != iteration:
-            self.rows.append({"iteration": iteration, "elapsed_s": self.elapsed_s()})
-        self.rows[-1].update(val_psnr_y=metrics["psnr_y"], val_ssim_y=metrics["ssim_y"],
-                             val_bicubic_psnr_y=bicubic["psnr_y"], val_bicubic_ssim_y=bicubic["ssim_y"])
+        rows = self.run.rows
+        if not rows or rows[-1]["iteration"] != iteration:
+            rows.append({"iteration": iteration, "elapsed_s": self.run.elapsed_s()})
+        rows[-1].update(val_psnr_y=metrics["psnr_y"], val_ssim_y=metrics["ssim_y"],
+                        val_bicubic_psnr_y=bicubic["psnr_y"], val_bicubic_ssim_y=bicubic["ssim_y"])
         if "head_top1" in metrics:
-            self.rows[-1]["val_head_top1"] = metrics["head_top1"]
+            rows[-1]["val_head_top1"] = metrics["head_top1"]
         if self.writer is not None:
             for key in ("psnr_y", "ssim_y", "head_top1"):
                 if key in metrics:
                     self.writer.add_scalar(f"{self.stage}/val_{key}", metrics[key], iteration)
         head_text = f", LR-head top-1 {metrics['head_top1']:.3f}" if "head_top1" in metrics else ""
-        self.bar.write(f"[{self.stage}] iteration {iteration}: validation PSNR-Y {metrics['psnr_y']:.3f} dB "
-                       f"(bicubic {bicubic['psnr_y']:.3f}), SSIM-Y {metrics['ssim_y']:.4f}{head_text}")
+        self.run.say(f"[{self.stage}] iteration {iteration}: validation PSNR-Y {metrics['psnr_y']:.3f} dB "
+                     f"(bicubic {bicubic['psnr_y']:.3f}), SSIM-Y {metrics['ssim_y']:.4f}{head_text}")
 
-    def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows, columns=_log_columns(self.columns, self.val_extra))
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def _log_columns(terms: Sequence[str], val_extra: Sequence[str] = ()) -> list[str]:
     return ["iteration", *terms, "lr", "data_wait_fraction", "val_psnr_y", "val_ssim_y",
             "val_bicubic_psnr_y", "val_bicubic_ssim_y", *val_extra, "elapsed_s"]
-
-
-def _resumable_state(state_path: Path, stage: str, fingerprint: str) -> dict | None:
-    """``state/last.pt`` (else ``prev.pt``) when it belongs to this run; a state of another run is
-    deleted (the workflow reruns a stage when its settings or inputs, e.g. the warm-up generator,
-    change: that old state must not be continued)."""
-    state = load_state(state_path, f"{stage} training")
-    if state is not None and state.get("fingerprint") != fingerprint:
-        log.warning("%s belongs to a run with other settings or inputs: starting afresh", state_path)
-        shutil.rmtree(state_path.parent)
-        return None
-    return state
 
 
 def _training_batches(cfg: dict, st: Stage, train_hr_dirs, scale: int, lr_patch: int, keep, labels,
@@ -366,32 +408,6 @@ def _training_batches(cfg: dict, st: Stage, train_hr_dirs, scale: int, lr_patch:
                             rank=ddp.rank))
 
 
-def _validate(parts: Parts, book: TrainLog, iteration: int, valid: Sequence[ValidationImage],
-              valid_labels: Sequence[int | None], bicubic: dict[str, float], scale: int,
-              dev: torch.device, best: dict, out_dir: Path, spec: dict, stage: str) -> dict:
-    """Validate the (EMA) generator (and LR head), log it, write ``best.pt`` when it is the best so
-    far (not at iteration 0); returns the best record."""
-    metrics = validate(parts.eval_generator, valid, scale, dev)
-    if parts.head is not None:
-        c: FrozenClassifier = parts.classifier
-        metrics["head_top1"] = validate_head(parts.eval_trainable, valid, valid_labels, c.model,
-                                             (c.size, c.resize), scale, dev)
-    book.validation(iteration, metrics, bicubic)
-    if iteration > 0 and metrics["psnr_y"] > best["psnr_y"]:
-        best = {"psnr_y": metrics["psnr_y"], "ssim_y": metrics["ssim_y"], "iteration": iteration}
-        save_generator(out_dir / "best.pt", parts.eval_generator, spec, stage=stage, **best)
-    return best
-
-
-def _checkpoint(state_path: Path, run: dict, iteration: int, parts: Parts, best: dict, book: TrainLog) -> int:
-    """Save the training state of ``iteration`` (atomically, the previous one kept) and the log so
-    far; returns ``iteration``."""
-    save_state(state_path, {**run, "iteration": iteration, **parts.state(), "rng": rng_state(),
-                            "best": best, "elapsed_s": book.elapsed_s(), "log": book.rows})
-    io.write_csv(state_path.parent.parent / "train_log.csv", book.frame())
-    return iteration
-
-
 def _tensorboard(enabled: bool, folder: Path):
     if not enabled:
         return None
@@ -404,43 +420,41 @@ def _tensorboard(enabled: bool, folder: Path):
     return SummaryWriter(str(folder))
 
 
-def _write_outputs(out_dir: Path, st: Stage, cfg: dict, parts: Parts, book: TrainLog, *, spec: dict,
-                   seed: int, flags: dict, dev: torch.device, best: dict, weights: dict, init_checkpoint,
-                   train_hr_dirs, valid_hr_dirs, classifier_checkpoint, labels_used: bool,
-                   lr_patch: int, world: int = 1) -> None:
+def _write_outputs(job: Job, parts: Parts, run: Run, data: Data, flags: dict[str, bool]) -> None:
     """train_log.csv, (LR head: lr_head.pt), provenance.json and, last, generator.pt."""
-    elapsed = book.elapsed_s()
-    waits = [r["data_wait_fraction"] for r in book.rows
+    st, cfg, best, out_dir = job.st, job.cfg, run.best, job.out_dir
+    elapsed = run.elapsed_s()
+    waits = [r["data_wait_fraction"] for r in run.rows
              if not pd.isna(r.get("data_wait_fraction", math.nan))]
     if waits:
         log.info("%s: mean fraction of step time waiting for data %.1f%%", st.name, 100 * float(np.mean(waits)))
-    io.write_csv(out_dir / "train_log.csv", book.frame())
+    io.write_csv(out_dir / "train_log.csv", run.frame())
     c: FrozenClassifier | None = parts.classifier
     semantic_info = None
     if c is not None:
-        semantic_info = {"classifier_checkpoint": str(classifier_checkpoint),
-                         "classifier_sha256": file_sha256(classifier_checkpoint),
+        semantic_info = {"classifier_checkpoint": str(job.classifier_checkpoint),
+                         "classifier_sha256": file_sha256(job.classifier_checkpoint),
                          "classifier_input_size": c.size, "classifier_resize_size": c.resize,
-                         "class_ids": c.meta.get("class_ids"), "labels_used": labels_used,
-                         "lr_patch": lr_patch}
+                         "class_ids": c.meta.get("class_ids"), "labels_used": data.labels_used,
+                         "lr_patch": data.lr_patch}
     if parts.head is not None:
         save_lr_head(out_dir / st.outputs["head"], parts.eval_trainable.head,
                      in_features=parts.generator.num_features, classifier_meta=c.meta, scale=cfg["scale"],
-                     classifier_sizes=(c.size, c.resize), mode=cfg["shared"]["mode"], generator=spec,
-                     classifier_checkpoint=str(classifier_checkpoint), iterations=cfg["iterations"],
+                     classifier_sizes=(c.size, c.resize), mode=cfg["shared"]["mode"], generator=job.spec,
+                     classifier_checkpoint=str(job.classifier_checkpoint), iterations=cfg["iterations"],
                      ema=parts.ema is not None)
     found_best = math.isfinite(best["psnr_y"])
-    provenance.write(out_dir / "provenance.json", config=cfg, seed=seed, stage=st.name,
-                     init_checkpoint=str(init_checkpoint) if init_checkpoint else None,
-                     train_hr_dirs=[str(d) for d in train_hr_dirs],
-                     valid_hr_dirs=[str(d) for d in valid_hr_dirs],
-                     device=str(dev), speed_flags=flags, iterations=cfg["iterations"], loss_weights=weights,
+    provenance.write(out_dir / "provenance.json", config=cfg, seed=job.seed, stage=st.name,
+                     init_checkpoint=str(job.init_checkpoint) if job.init_checkpoint else None,
+                     train_hr_dirs=[str(d) for d in job.train_hr_dirs],
+                     valid_hr_dirs=[str(d) for d in job.valid_hr_dirs],
+                     device=str(job.dev), speed_flags=flags, iterations=cfg["iterations"], loss_weights=job.weights,
                      parameters=count_parameters(parts.generator),
                      head_parameters=count_parameters(parts.head) if parts.head is not None else None,
                      discriminator_parameters=count_parameters(parts.disc) if parts.disc is not None else None,
                      ema=parts.ema is not None, best=best if found_best else None,
                      semantic=semantic_info, training_time_s=elapsed,
-                     **({"processes": world} if world > 1 else {}))
-    save_generator(out_dir / "generator.pt", parts.eval_generator, spec, stage=st.name,
+                     **({"processes": job.ddp.world} if job.ddp.world > 1 else {}))
+    save_generator(out_dir / "generator.pt", parts.eval_generator, job.spec, stage=st.name,
                    iterations=cfg["iterations"], ema=parts.ema is not None, training_time_s=elapsed,
                    best_psnr_y=best["psnr_y"] if found_best else None)

@@ -25,26 +25,32 @@ from sfsr.models import build_discriminator, build_generator
 from sfsr.models.classifier import load_classifier
 from sfsr.semantic import LRClassificationHead, SharedFeatureModel, load_semantic_prior
 from sfsr.training.ema import make_ema
-from sfsr.training.speed import autocast_context
-from sfsr.training.stages import SEMANTIC_TERMS, Stage
+from sfsr.training.speed import autocast_context, place
+from sfsr.training.stages import SEMANTIC_TERMS, Stage, needs_classifier
 
 log = logging.getLogger("sfsr.training")
 
 # ----------------------------------------------------------------------------- optimisation
 def make_optimizer(params, cfg: dict, lr: float) -> torch.optim.Optimizer:
-    """Adam or AdamW with the configured betas and weight decay."""
+    """``cfg['optimizer']``: Adam or AdamW with the configured betas and weight decay, or SGD with
+    ``momentum`` (Nesterov when it is > 0; the classifier's)."""
+    if cfg["optimizer"] == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg["momentum"], weight_decay=cfg["weight_decay"],
+                               nesterov=cfg["momentum"] > 0)
     cls = torch.optim.AdamW if cfg["optimizer"] == "adamw" else torch.optim.Adam
     return cls(params, lr=lr, betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: dict) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-iteration schedule: multistep (milestones are fractions of ``iterations``), cosine
-    (to ``eta_min``) or constant."""
-    total = cfg["iterations"]
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: dict,
+                   steps: int | None = None) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step schedule over ``steps`` (default ``cfg['iterations']``): multistep (milestones are
+    fractions of it), cosine (to ``eta_min``) or constant."""
+    total = cfg["iterations"] if steps is None else steps
     if cfg["scheduler"] == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=cfg["eta_min"])
-    milestones = [] if cfg["scheduler"] == "constant" else sorted({max(1, round(m * total))
-                                                                    for m in cfg["milestones"]})
+    if cfg["scheduler"] == "constant":  # the classifier's settings have no gamma
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[], gamma=cfg.get("gamma", 0.1))
+    milestones = sorted({max(1, round(m * total)) for m in cfg["milestones"]})
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=cfg["gamma"])
 
 
@@ -62,9 +68,9 @@ class FrozenClassifier:
 def frozen_classifier(st: Stage, cfg: dict, weights: dict, checkpoint: str | os.PathLike | None,
                       feature_net: nn.Module | None, device: torch.device) -> FrozenClassifier | None:
     """The classifier of ``checkpoint`` when the stage needs it or its perceptual term uses it."""
-    wants_features = ("perceptual" in weights and cfg["perceptual"]["net"] == "classifier"
-                      and feature_net is None and checkpoint is not None)
-    if not (st.classifier or wants_features):
+    resolved = {**cfg, "loss_weights": {"perceptual": weights.get("perceptual", 0.0)}}  # the stage's weights
+    if not needs_classifier(st, resolved) or (
+            not st.classifier and (feature_net is not None or checkpoint is None)):  # features given
         return None
     model, meta = load_classifier(checkpoint, device)
     native = int(meta["arch"]["input_size"])
@@ -160,8 +166,7 @@ def build_generator_part(st: Stage, cfg: dict, spec: dict, device: torch.device,
         raise ConfigError(f"the {st.name} stage needs init_checkpoint (the {st.init} generator.pt)")
     if init_checkpoint is not None and not resuming:
         load_init(generator, Path(init_checkpoint), spec)
-    memory_format = torch.channels_last if flags["channels_last"] else torch.contiguous_format
-    return generator.to(device, memory_format=memory_format).train()
+    return place(generator, device, flags)
 
 
 def build_parts(st: Stage, cfg: dict, weights: dict[str, float], generator: nn.Module, device: torch.device,

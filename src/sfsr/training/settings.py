@@ -17,8 +17,7 @@ from typing import Any
 
 from sfsr import schema as _schema
 from sfsr.errors import ConfigError
-from sfsr.model_options import SHARED_MODES
-from sfsr.training.stages import LOSS_TERMS, STAGES
+from sfsr.training.stages import STAGES
 
 
 def _schema_training_defaults(path=None) -> dict[str, Any]:
@@ -38,10 +37,6 @@ def _schema_training_defaults(path=None) -> dict[str, Any]:
 #: keys are merged one level deep).
 TRAINING_DEFAULTS: dict[str, Any] = _schema_training_defaults()
 MODEL_KEYS = ("arch", "scale", "kwargs")
-SEMANTIC_KEYS = ("temperature", "feature_layers", "feature_weight", "input_size", "view", "clamp")
-SHARED_KEYS = ("mode", "temperature", "head_hidden")
-#: Training-patch augmentations (``auto`` is resolved per stage by :func:`stage_config`).
-AUGMENTATIONS = ("dihedral", "hflip", "none")
 
 #: Settings that do not change what a run computes (where and how fast it runs, how often it logs,
 #: how long it goes on): a resumed state stays valid when only these differ.
@@ -97,10 +92,6 @@ def stage_augmentation(augment: str, stage: str) -> str:
 def resolve_config(cfg: dict, stage: str | None = None) -> dict:
     """``cfg`` with defaults filled in (``augment: auto`` resolved for ``stage``, dihedral without
     one); unknown keys and bad values raise ConfigError."""
-    unknown = sorted(set(cfg) - set(TRAINING_DEFAULTS) - set(MODEL_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown training setting(s) {unknown}; valid: "
-                          f"{', '.join(sorted([*TRAINING_DEFAULTS, *MODEL_KEYS]))}")
     missing = [k for k in ("arch", "scale") if k not in cfg]
     if missing:
         raise ConfigError(f"training settings lack {missing} (the model's arch and scale)")
@@ -108,83 +99,67 @@ def resolve_config(cfg: dict, stage: str | None = None) -> dict:
     out["augment"] = stage_augmentation(out["augment"], stage) if stage else \
         ("dihedral" if out["augment"] == "auto" else out["augment"])
     out.setdefault("kwargs", {})
-    checks = [("optimizer", ("adam", "adamw")), ("scheduler", ("multistep", "cosine", "constant")),
-              ("augment", AUGMENTATIONS),
-              ("lr_source", ("on_the_fly", "prepared"))]
-    for key, allowed in checks:
-        if out[key] not in allowed:
-            raise ConfigError(f"training setting '{key}' is {out[key]!r}; allowed: {', '.join(allowed)}")
-    for key in ("iterations", "batch_size", "lr_patch", "log_every", "val_every", "checkpoint_every"):
-        if key == "lr_patch" and out[key] is None:
-            continue
-        if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < 1:
-            extra = " (lr_patch may also be null: the largest square patch all images hold)" \
-                if key == "lr_patch" else ""
-            raise ConfigError(f"training setting '{key}' must be a positive integer{extra}, got {out[key]!r}")
-    for key in ("lr", "weight_decay", "gamma", "eta_min"):
-        value = out[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 \
-                or (key == "lr" and value == 0):
-            hint = " (YAML 1.1 reads 2e-4 as text: write 2.0e-4)" if isinstance(value, str) else ""
-            raise ConfigError(f"training setting '{key}' must be a number{' > 0' if key == 'lr' else ' >= 0'}, "
-                              f"got {value!r}{hint}")
-    for key in ("train_split", "valid_split"):
-        if out[key] is not None and not isinstance(out[key], str):
-            raise ConfigError(f"training setting '{key}' must be a split name (train, val, test) or null, "
-                              f"got {out[key]!r}")
-    if any(not 0 < m < 1 for m in out["milestones"]):
-        raise ConfigError(f"training setting 'milestones' holds fractions of the iterations in (0, 1), "
-                          f"got {out['milestones']}")
-    bad = sorted(set(out["loss_weights"]) - set(LOSS_TERMS))
-    if bad:
-        raise ConfigError(f"training setting 'loss_weights' has unknown term(s) {bad}; valid: "
-                          f"{', '.join(LOSS_TERMS)}")
-    for term, value in out["loss_weights"].items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ConfigError(f"training setting 'loss_weights.{term}' must be a number >= 0, got {value!r}")
-    _check_semantic(out["semantic"], out["shared"])
-    levels = out["reference_levels"]
-    if levels is not None and (not isinstance(levels, list) or not levels
-                               or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in levels)):
-        raise ConfigError(f"training setting 'reference_levels' must be null (every reference) or a list of "
-                          f"reference levels >= 1 (1 = most similar), got {levels!r}")
-    if out["ema_decay"] is not None and not 0 <= out["ema_decay"] < 1:
-        raise ConfigError(f"training setting 'ema_decay' must be in [0, 1) or null, got {out['ema_decay']}")
+    check_settings({k: v for k, v in out.items() if k not in MODEL_KEYS}, "#/properties/training",
+                   "training setting", skip=CHECKED_WHEN_APPLIED)
     return out
 
 
-def _check_semantic(sem: dict, shared: dict) -> None:
-    """Validate the ``semantic`` and ``shared`` sub-settings (ConfigError naming the key)."""
-    for name, section, keys in (("semantic", sem, SEMANTIC_KEYS), ("shared", shared, SHARED_KEYS)):
-        if not isinstance(section, dict):
-            raise ConfigError(f"training setting '{name}' must be a mapping with keys {', '.join(keys)}, "
-                              f"got {section!r}")
-        unknown = sorted(set(section) - set(keys))
-        if unknown:
-            raise ConfigError(f"training setting '{name}' has unknown key(s) {unknown}; valid: "
-                              f"{', '.join(keys)}")
-        t = section.get("temperature")
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
-            raise ConfigError(f"training setting '{name}.temperature' must be a number > 0, got {t!r}")
-    hidden = shared.get("head_hidden", [])
-    if not isinstance(hidden, list) or not all(isinstance(h, int) and not isinstance(h, bool) and h > 0
-                                                for h in hidden):
-        raise ConfigError(f"training setting 'shared.head_hidden' must be a list of positive layer widths "
-                          f"(e.g. [256]; [] for one linear layer), got {hidden!r}")
-    layers = sem["feature_layers"]
-    if not isinstance(layers, list) or not all(isinstance(x, str) for x in layers):
-        raise ConfigError(f"training setting 'semantic.feature_layers' must be a list of classifier stage "
-                          f"names (e.g. [layer2, layer3]), got {layers!r}")
-    fw = sem["feature_weight"]
-    if isinstance(fw, bool) or not isinstance(fw, (int, float)) or fw < 0:
-        raise ConfigError(f"training setting 'semantic.feature_weight' must be a number >= 0, got {fw!r}")
-    size = sem["input_size"]
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        raise ConfigError(f"training setting 'semantic.input_size' must be a positive integer or null (the "
-                          f"classifier's own input size), got {size!r}")
-    if shared["mode"] not in SHARED_MODES:
-        raise ConfigError(f"training setting 'shared.mode' is {shared['mode']!r}; allowed: "
-                          f"{', '.join(SHARED_MODES)}")
+#: Settings checked where they are applied rather than here: the speed switches
+#: (sfsr.training.speed.speed_flags, whose message names the device).
+CHECKED_WHEN_APPLIED = ("bf16", "channels_last", "compile")
+
+_TYPE_NAMES = {"integer": "an integer", "number": "a number", "string": "a string", "boolean": "true or false",
+               "array": "a list", "object": "a mapping", "null": "null"}
+
+
+def check_settings(settings: dict, pointer: str, what: str, skip: tuple[str, ...] = ()) -> None:
+    """Check merged ``settings`` against the schema section at ``pointer`` (the package's own
+    config.schema.yaml, the one statement of every setting's type and range; ``skip``: keys checked
+    elsewhere): :class:`ConfigError` naming the setting, its value and what it must be."""
+    import jsonschema  # a dependency (also Snakemake's); imported here: the settings tables need none
+
+    section = copy.deepcopy(_schema.resolve(_schema.own(), pointer))
+    section["properties"].update({k: {} for k in skip if k in section["properties"]})
+    errors = list(jsonschema.Draft202012Validator(section).iter_errors(settings))
+    if errors:
+        error = max(errors, key=lambda e: len(e.absolute_path))  # the deepest names the key most precisely
+        raise ConfigError(_problem(error, what, section))
+
+
+def _problem(error, what: str, section: dict) -> str:
+    """A schema violation of a setting: its key, its value, what it must be, and (from the schema's
+    description of the key) what the setting means."""
+    node, about = section, ""
+    for part in error.absolute_path:
+        node = (node.get("items") if isinstance(part, int) else node.get("properties", {}).get(part)) or {}
+        about = node.get("description", about)
+    about = about.split(". ")[0].strip().rstrip(".")
+    short = about and len(about) <= 110 and error.validator != "additionalProperties"
+    return _violation(error, what) + (f" ({about})" if short else "")
+
+
+def _violation(error, what: str) -> str:
+    parts = list(error.absolute_path)
+    key = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(parts))
+    value, rule, kind = error.instance, error.validator_value, error.validator
+    if kind == "additionalProperties":
+        allowed = [k for k in error.schema.get("properties", {})]
+        extra = sorted(set(value) - set(allowed))
+        if not parts:
+            return f"unknown {what}(s) {extra}; valid: {', '.join(sorted(allowed))}"
+        return f"{what} '{key}' has unknown key(s) {extra}; valid: {', '.join(allowed)}"
+    if kind == "enum":
+        return f"{what} '{key}' is {value!r}; allowed: {', '.join(str(v) for v in rule)}"
+    if kind == "type":
+        names = " or ".join(_TYPE_NAMES.get(t, t) for t in ([rule] if isinstance(rule, str) else rule))
+        hint = " (YAML 1.1 reads 2e-4 as text: write 2.0e-4)" if isinstance(value, str) and "number" in str(rule) else ""
+        return f"{what} '{key}' must be {names}, got {value!r}{hint}"
+    bounds = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
+    if kind in bounds:
+        return f"{what} '{key}' must be {bounds[kind]} {rule}, got {value!r}"
+    if kind in ("minItems", "maxItems"):
+        return f"{what} '{key}' must hold {'at least' if kind == 'minItems' else 'at most'} {rule} item(s), got {value!r}"
+    return f"{what} '{key}' is {value!r}: {error.message}"
 
 
 def stage_weights(stage: str, cfg: dict) -> dict[str, float]:

@@ -143,6 +143,13 @@ def describe(cfg: dict, flags: dict[str, bool], device: torch.device, native: bo
     return ", ".join(parts)
 
 
+def place(module: torch.nn.Module, device: torch.device, flags: dict[str, bool]) -> torch.nn.Module:
+    """``module`` on ``device`` in the memory format of ``flags`` (channels_last or contiguous), in
+    training mode."""
+    memory_format = torch.channels_last if flags["channels_last"] else torch.contiguous_format
+    return module.to(device, memory_format=memory_format).train()
+
+
 def autocast_context(flags: dict[str, bool], device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
     """A factory of the job's autocast context: bf16 autocast on ``device`` where ``flags['bf16']``,
     else a null context."""

@@ -95,6 +95,23 @@ STAGES["shared_control"] = replace(STAGES["shared"], name="shared_control", eval
 CLASSIFIER_STAGES = tuple(s.name for s in STAGES.values() if s.classifier)
 
 
+def needs_classifier(stage: str | Stage, settings: dict) -> bool:
+    """Whether ``stage`` trained with ``settings`` (its merged settings, sfsr.training.settings.
+    stage_config) needs the frozen classifier: a stage that always does (``classifier``), or one
+    whose perceptual term uses the classifier's features (``perceptual.net: classifier``) with a
+    weight > 0: ``loss_weights.perceptual``, else the stage's default (every ``loss_preset`` weights
+    the perceptual term, tests/test_settings_source.py checks it; a pixel-only stage has none).
+    The one place this rule lives: the workflow's inputs (rules/common.smk), the config checks
+    (sfsr.config) and the training parts (sfsr.training.parts) ask it."""
+    st = STAGES[stage] if isinstance(stage, str) else stage
+    if st.classifier:
+        return True
+    if st.pixel_only or (settings.get("perceptual") or {}).get("net") != "classifier":
+        return False
+    default = 1.0 if st.preset else st.default_weights.get("perceptual", 0.0)
+    return bool((settings.get("loss_weights") or {}).get("perceptual", default))
+
+
 def evaluation_name(stage: str, model: str, settings: dict) -> str:
     """Name the generator of ``model``'s ``stage`` is evaluated and reported under."""
     return STAGES[stage].eval_name.format(model=model, **settings)
