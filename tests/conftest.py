@@ -21,18 +21,33 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-#: Test files that take minutes (whole studies, installs, clusters, real signals), collected first so
-#: that ``--dist loadfile`` starts the two longest on the two workers at once instead of leaving one for
-#: last. xdist hands a worker its next file while it has two or fewer tests pending, so the README's
-#: worker (two tests) takes a third file at once: two short ones sit there, not the SLURM or signal
-#: tests, which would wait behind the install.
-HEAVY_FIRST = ["test_study.py", "test_readme.py", "test_bicubic.py", "test_config.py", "test_slurm.py",
-               "test_faults.py", "test_ddp.py", "test_training.py", "test_refsr.py", "test_workflow.py"]
+def pytest_configure(config):
+    # --dist loadfile hands out files in collection order (below) only without xdist's default
+    # reordering of files by how many tests they hold (pytest-xdist 3.8 here: `--loadscope-reorder`
+    # is on by default), under which the hand-kept file order that stood here had no effect. Set
+    # here rather than as `--no-loadscope-reorder` in addopts: an older xdist has no such option.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def _heavy_seconds(item) -> float:
+    marker = item.get_closest_marker("heavy")
+    return float(marker.kwargs.get("seconds", 60)) if marker else 0.0
 
 
 def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise
+    """Files with a ``heavy(seconds=...)`` marker first, longest first (their worker-seconds on the
+    quiet 2-core machine, measured with ``--durations=0`` and kept in the file's ``pytestmark``),
+    then the other files, those with more tests first (xdist's own default order). So ``--dist
+    loadfile`` starts the long files at once on the two workers and fills in with the short ones,
+    instead of leaving a long one for last (longest-processing-time-first). xdist gives a worker its
+    next file when it has two or fewer tests pending."""
+    cost: dict = {}
+    count: dict = {}
+    for item in items:  # a file's cost: the largest of its tests' markers (a file stays on one worker)
+        cost[item.path] = max(cost.get(item.path, 0.0), _heavy_seconds(item))
+        count[item.path] = count.get(item.path, 0) + 1
+    items.sort(key=lambda item: (-cost[item.path], -count[item.path]))  # stable: a file stays together
 
 
 def shared_data_dir() -> Path | None:
@@ -57,6 +72,18 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory) -> Path:
+    """The working folder of the run's one tiny whole study (``helpers.TINY_STUDY``, rule ``all``),
+    run by whichever worker asks first and read by all (``helpers.tiny_study``: a file lock in the
+    folder the workers share). Tests read it and may dry-run or report in it; none changes its
+    outputs."""
+    from helpers import tiny_study
+
+    base = tmp_path_factory.getbasetemp()  # under xdist: <run's folder>/popen-gw<N>
+    return tiny_study(base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base)
 
 
 # Tiny photos: crops of scikit-image's sample photos, saved as PNG (the training and fault tests).

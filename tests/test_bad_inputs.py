@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,13 +18,13 @@ import yaml
 from PIL import Image
 from skimage import data as skdata
 
+from helpers import corrupt, without_dac_override
 from sfsr.cli import main
 from sfsr.config import validate
 from sfsr.data.images import DEFAULT_MAX_IMAGE_PIXELS, read_image, set_max_image_pixels
 from sfsr.data.prepare import prepare_dataset
 from sfsr.errors import CLI, WORKFLOW, ConfigError, DataError, ImageError
 from sfsr.evaluation import PSNR_CAP_DB, mean_metrics, summarize
-from test_faults import _corrupt
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 1_000_000  # the pixel limit of these tests: the good images are far below it
@@ -149,7 +148,7 @@ def test_cli_upscale_refuses_a_bad_checkpoint_by_name(tmp_path, case, capsys):
     if case == "not_a_generator":
         torch.save({"weights": torch.zeros(3)}, ckpt)
     else:
-        _corrupt(ckpt, case)  # the corruptions of training states (tests/test_faults.py)
+        corrupt(ckpt, case)  # the corruptions of training states (tests/test_faults.py)
     rc = main(["upscale", "--checkpoint", str(ckpt), "--device", "cpu", "--quiet",
                str(tmp_path / "in"), str(tmp_path / "out")])
     err = capsys.readouterr().err
@@ -230,29 +229,12 @@ def test_csv_pointing_at_a_folder_is_refused_before_the_work(tmp_path, capsys):
     assert list((tmp_path / "table").iterdir()) == []
 
 
-def _without_dac_override(folder: Path) -> list[str]:
-    """A command prefix that runs without root's permission override (or nothing when not root);
-    skips when the override cannot be dropped here."""
-    if os.geteuid() != 0:
-        return []
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("running as root and util-linux's setpriv is missing: cannot drop the "
-                    "permission override to test unwritable folders")
-    prefix = [setpriv, "--inh-caps=-dac_override,-dac_read_search",
-              "--bounding-set=-dac_override,-dac_read_search", "--"]
-    probe = subprocess.run(prefix + ["touch", str(folder / "probe")], capture_output=True)
-    if probe.returncode == 0:
-        pytest.skip("setpriv did not drop the permission override here (the write succeeded)")
-    return prefix
-
-
 def test_unwritable_output_and_unreadable_image_are_one_line_errors(tmp_path):
     _good(tmp_path / "in")
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o555)
-    prefix = _without_dac_override(locked)
+    prefix = without_dac_override(locked)
     cli = prefix + [sys.executable, "-m", "sfsr.cli"]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     run = subprocess.run(cli + ["make-lr", "--scale", "2", "--quiet", str(tmp_path / "in"),

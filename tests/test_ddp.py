@@ -37,7 +37,7 @@ from sfsr.training.distributed import launch
 from sfsr.training.loop import train
 from sfsr.training.state import load_state
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = [pytest.mark.slow, pytest.mark.heavy(seconds=76), pytest.mark.usefixtures("one_torch_thread")]
 REPO = Path(__file__).resolve().parents[1]
 WEIGHT_ATOL = 1e-3  # one Adam step of lr 1e-3 (measured: 3.4e-4 from thread count alone)
 LOSS_RTOL = 5e-4  # relative, every logged iteration (measured 7.7e-5)

@@ -2,34 +2,11 @@
 valid configuration (schema and cross-checks), so a study fails here, not on the cluster."""
 
 import copy
-from pathlib import Path
 
 import pytest
-import yaml
-from snakemake.utils import update_config
 
+from helpers import EXPERIMENT_FILES as FILES, EXPERIMENT_OVERRIDES as OVERRIDES, EXPERIMENTS as ALL, merged
 from sfsr import config as cfg
-
-REPO = Path(__file__).resolve().parents[1]
-ALL = sorted((REPO / "experiments").glob("*.yaml"))
-
-
-def _base_of(path: Path) -> Path | None:
-    """The experiment an override file goes on top of: ``<base>_<what>.yaml`` (e.g.
-    ``classic291_x4_local.yaml`` over ``classic291_x4.yaml``); None for a standalone experiment."""
-    return next((q for q in ALL if q != path and path.stem.startswith(q.stem + "_")), None)
-
-
-#: Standalone experiments, and the override files that go on top of each.
-FILES = [p for p in ALL if _base_of(p) is None]
-OVERRIDES = {p: [q for q in ALL if _base_of(q) == p] for p in FILES}
-
-
-def merged(*paths: Path) -> dict:
-    out: dict = {}
-    for path in (REPO / "config.yaml", *paths):
-        update_config(out, yaml.safe_load(path.read_text()))
-    return out
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])

@@ -8,7 +8,6 @@ import contextlib
 import copy
 import logging
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -19,10 +18,12 @@ import pytest
 import torch
 import yaml
 
+from helpers import corrupt
 from sfsr.training.loop import train
 from sfsr.training.state import load_state, previous_path, save_state
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.heavy(seconds=110)
 
 
 @pytest.fixture(scope="module")
@@ -45,29 +46,6 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["state_dict"]
 
 
-class _Evil:
-    """A pickle that would run a shell command when unpickled without weights_only."""
-
-    def __reduce__(self):
-        return (os.system, ("touch /tmp/sfsr_pwned",))
-
-
-def _corrupt(path: Path, how: str) -> None:
-    raw = path.read_bytes()
-    if how == "truncated":
-        path.write_bytes(raw[: len(raw) // 2])
-    elif how == "empty":
-        path.write_bytes(b"")
-    elif how == "garbage":
-        path.write_bytes(os.urandom(4096))
-    elif how == "unsafe_pickle":
-        path.write_bytes(pickle.dumps({"format": 1, "evil": _Evil()}))
-    elif how == "not_a_dict":
-        torch.save([1, 2, 3], path)
-    else:
-        raise AssertionError(how)
-
-
 @pytest.fixture(scope="module")
 def reference(photos, tmp_path_factory) -> dict[str, torch.Tensor]:
     return _weights(_train(photos, tmp_path_factory.mktemp("uninterrupted")))
@@ -79,7 +57,7 @@ def test_corrupt_last_state_falls_back_to_prev_and_ends_identical(photos, tmp_pa
     last = tmp_path / "state" / "last.pt"
     assert previous_path(last).is_file()
     assert torch.load(previous_path(last), weights_only=True)["iteration"] == 2
-    _corrupt(last, how)
+    corrupt(last, how)
     with caplog.at_level(logging.WARNING):
         out = _train(photos, tmp_path)
     assert "resuming from the previous good state" in caplog.text and "prev.pt" in caplog.text
@@ -92,8 +70,8 @@ def test_both_states_corrupt_start_afresh_and_stale_temporaries_are_removed(phot
                                                                               caplog):
     _train(photos, tmp_path, max_iterations=4)
     state_dir = tmp_path / "state"
-    _corrupt(state_dir / "last.pt", "truncated")
-    _corrupt(state_dir / "prev.pt", "empty")
+    corrupt(state_dir / "last.pt", "truncated")
+    corrupt(state_dir / "prev.pt", "empty")
     stale = state_dir / ".last.abc123.tmp.pt"  # what a write killed mid-way leaves (sfsr.io)
     stale.write_bytes(b"half a checkpoint")
     with caplog.at_level(logging.WARNING):

@@ -247,7 +247,7 @@ def test_without_lpips_tables_the_summary_markdown_is_as_before():
 def test_workflow_job_skips_offline_with_one_line_and_the_summary_says_so(tmp_path, monkeypatch):
     """A tiny study (builtin test set, bicubic, x2) without the weights: the perceptual_metrics
     job succeeds, its log has one warning naming the file, the table and summary say skipped."""
-    from test_workflow import NO_REFSR, run_snakemake
+    from helpers import NO_REFSR, run_snakemake
 
     home = tmp_path / "empty_torch_home"
     monkeypatch.setenv("TORCH_HOME", str(home))  # run_snakemake passes os.environ on
@@ -279,7 +279,7 @@ def test_workflow_job_skips_offline_with_one_line_and_the_summary_says_so(tmp_pa
 
 
 def test_with_lpips_null_no_lpips_job_is_planned(tmp_path):
-    from test_workflow import run_snakemake
+    from helpers import run_snakemake
 
     proc = run_snakemake(tmp_path, "-n", "evaluate")  # config.yaml: lpips null (offline demo)
     assert "perceptual_metrics" not in proc.stdout + proc.stderr

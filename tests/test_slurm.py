@@ -7,9 +7,10 @@
    its ``sbatch`` line: ``--gpus=N`` on the GPU partition exactly for the jobs with gpu N > 0, no
    GPU and the CPU partition for all others.
 2. A real single-node SLURM (Debian's slurm-wlm, installed with apt-get where missing; see
-   tests/slurm_cluster.py) runs the smallest study through ``--profile profiles/slurm``; its
-   metrics tables and trained generator equal a local run's (same seed, CPU), and slurmctld's own
-   record shows which jobs got a GPU and on which partition. Skips with the reason where it is not
+   tests/slurm_cluster.py) runs part of the suite's shared tiny study (data, warm-up training,
+   upscaling, metrics) through ``--profile profiles/slurm``; its per-image metrics tables and trained
+   generator equal the shared local run's bit for bit (same settings, seed and job environment, CPU),
+   and slurmctld's own record shows which jobs got a GPU and on which partition. Skips with the reason where it is not
    root, cannot install or slurm does not start. Timings: docs/cluster.md.
 """
 
@@ -22,7 +23,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,11 +31,12 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-pytestmark = pytest.mark.slow
+from helpers import (EXPERIMENT_FILES as FILES, EXPERIMENT_OVERRIDES as OVERRIDES, EXPERIMENTS, REPO, SNAKEMAKE,
+                     TINY_STUDY, TINY_STUDY_ENV, merged)
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.slow, pytest.mark.heavy(seconds=100)]
+
 PROFILE = REPO / "profiles" / "slurm"
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 #: How the README runs the cluster profile (profiles/README.md): without the local workflow profile.
 CLUSTER = ["--profile", str(PROFILE), "--workflow-profile", "none"]
 #: Test cluster only: no accounting storage, so job states come from squeue (MinJobAge is an hour
@@ -45,10 +46,6 @@ TEST_CLUSTER_OPTIONS = ["--slurm-status-command", "squeue", "--slurm-no-account"
 #: Rules that declare a `gpu` resource in rules/*.smk; no other rule may get a GPU.
 GPU_RULES = re.compile(r"train_\w+|pretrain_classifier|pretrain_judge|finetune_lr_classifier|classify|classify_judge"
                        r"|upscale|perceptual_metrics|refsr_metrics")
-NO_REFSR = {"refsr_models": [], "refsr_train": [], "refsr_valid": [], "refsr": []}
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_experiments import ALL as EXPERIMENTS, FILES, OVERRIDES, merged  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------- the profile
@@ -173,14 +170,12 @@ def test_gpu_requests_are_exactly_the_jobs_that_declare_a_gpu(files, tmp_path):
 
 
 # ------------------------------------------------------------------------------- a real SLURM run
-TINY = {"arch": "edsr_baseline", "scale": 2, "kwargs": {"num_blocks": 1, "num_features": 8, "base": "bicubic"},
-        "warmup": {"iterations": 12, "checkpoint_every": 4, "val_every": 6, "log_every": 3, "batch_size": 2,
-                   "lr_patch": 12, "lr": 1.0e-3, "threads": 1, "mem_mb": 2000, "runtime": 10},
-        "gan": None, "semantic": None, "shared": None}
-#: The smallest study: two builtin photos at x2, one tiny model trained for 12 iterations, evaluated.
-STUDY = {"scales": [2], "train": ["builtin_valid"], "valid": ["builtin_valid"], "test": ["builtin_valid"],
-         "classification": [], "sr_models": ["tiny"], "models": {"tiny": TINY}, "controls": False,
-         "evaluation": {"bootstrap": 200}, **NO_REFSR}
+#: What the SLURM run builds of the run's shared tiny study (helpers.TINY_STUDY, same settings and
+#: job environment): the warm-up generator and the per-image metrics of it and of bicubic on the test
+#: set. Every kind of job a study submits is there (data, training, upscale, metrics; with and
+#: without a GPU request); the rest of the study would only repeat them.
+SLURM_TARGETS = ["models/srresnet_x4/warmup/generator.pt", "metrics/srresnet_x4/builtin_valid_x4.csv",
+                 "metrics/bicubic/builtin_valid_x4.csv"]
 
 
 @pytest.fixture(scope="module")
@@ -208,15 +203,17 @@ def slurm():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _start(workdir: Path, extra: list[str], env: dict | None = None) -> subprocess.Popen:
-    """`snakemake evaluate` of the smallest study in ``workdir`` (started, not waited for)."""
+def _start(workdir: Path, extra: list[str], env: dict) -> subprocess.Popen:
+    """`snakemake` of :data:`SLURM_TARGETS` of the tiny study in ``workdir`` (started, not waited for)."""
     workdir.mkdir(parents=True, exist_ok=True)
     over = workdir / "study.yaml"
-    over.write_text(yaml.safe_dump(copy.deepcopy(STUDY)))
-    cmd = SNAKEMAKE + ["evaluate", *extra, "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+    over.write_text(yaml.safe_dump({"data_dir": str(workdir / "data"), "results_dir": str(workdir / "results"),
+                                    **copy.deepcopy(TINY_STUDY)}))
+    targets = [str(_results(workdir) / t) for t in SLURM_TARGETS]
+    cmd = SNAKEMAKE + [*targets, *extra, "-s", str(REPO / "Snakefile"), "-d", str(workdir),
                        "--configfile", str(REPO / "config.yaml"), str(over)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**(env or os.environ), "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+                            env={**env, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 600) -> str:
@@ -237,32 +234,35 @@ def _results(workdir: Path) -> Path:
     return workdir / "results" / "default"
 
 
-def test_the_smallest_study_on_slurm_equals_a_local_run(slurm, tmp_path):
+def test_part_of_the_tiny_study_on_slurm_equals_the_shared_local_run(slurm, tmp_path, request):
     import pandas as pd
     import torch
 
-    # both at once: the SLURM run spends most of its time waiting for the scheduler and its checks
+    # the SLURM run first: it spends most of its time waiting for the scheduler and its checks, while
+    # this worker runs (or waits for) the run's shared local study
     start = time.monotonic()
-    on_slurm = _start(tmp_path / "slurm", CLUSTER + TEST_CLUSTER_OPTIONS, env=slurm.env)
+    on_slurm = _start(tmp_path / "slurm", CLUSTER + TEST_CLUSTER_OPTIONS, env={**slurm.env, **TINY_STUDY_ENV})
     try:
-        _finish(_start(tmp_path / "local", ["--cores", "1"]))
+        local_work = request.getfixturevalue("tiny_study")
         local_s = time.monotonic() - start
     finally:
         out = _finish(on_slurm)
     slurm_s = time.monotonic() - start
-    print(f"local run {local_s:.0f} s, SLURM run {slurm_s:.0f} s (at once)")
+    print(f"shared study ready after {local_s:.0f} s, SLURM run {slurm_s:.0f} s (at once)")
     assert "workflow specific profile" not in out
 
-    local, cluster = _results(tmp_path / "local"), _results(tmp_path / "slurm")
-    tables = sorted(p.relative_to(local) for p in (local / "metrics").rglob("*.csv"))
-    assert Path("metrics/summary.csv") in tables and Path("metrics/tiny/builtin_valid_x2.csv") in tables
+    local, cluster = _results(local_work), _results(tmp_path / "slurm")
+    tables = sorted(p.relative_to(cluster) for p in (cluster / "metrics").rglob("*.csv"))
+    assert tables == [Path("metrics/bicubic/builtin_valid_x4.csv"), Path("metrics/srresnet_x4/builtin_valid_x4.csv")]
     for table in tables:
         pd.testing.assert_frame_equal(pd.read_csv(cluster / table), pd.read_csv(local / table), check_exact=True)
-    generator = Path("models/tiny/warmup/generator.pt")
+    generator = Path("models/srresnet_x4/warmup/generator.pt")
     ours, theirs = (torch.load(r / generator, weights_only=True)["state_dict"] for r in (cluster, local))
     assert ours.keys() == theirs.keys()
     for key in ours:
         assert torch.equal(ours[key], theirs[key]), key
+    # the training job ran as the local one did (bf16 autocast as on a native-bf16 CPU)
+    assert "on cpu: bf16 autocast on (SFSR_CPU_BF16=native)" in (cluster / "logs/train_warmup/srresnet_x4.log").read_text()
 
     # slurmctld's record of the run: every job of a rule that declares gpu > 0 got a GPU on the GPU
     # partition, every other job none on the CPU partition
@@ -270,7 +270,8 @@ def test_the_smallest_study_on_slurm_equals_a_local_run(slurm, tmp_path):
     assert all(j["JobState"] == "COMPLETED" for j in jobs.values()), jobs
     assert all(j["Requeue"] == "1" for j in jobs.values()), jobs  # slurm-requeue: preempted jobs come back
     gpu_jobs = {c for c, j in jobs.items() if "gpu" in j.get("TresPerJob", "")}
-    assert gpu_jobs == {"rule_train_warmup_wildcards_tiny", "rule_upscale_wildcards_tiny_builtin_valid_2"}, jobs
+    assert gpu_jobs == {"rule_train_warmup_wildcards_srresnet_x4",
+                        "rule_upscale_wildcards_srresnet_x4_builtin_valid_4"}, jobs
     for comment, job in jobs.items():
         assert job["Partition"] == ("gpu" if comment in gpu_jobs else "cpu"), (comment, job)
-    assert len(jobs) == 8, sorted(jobs)  # prepare, make_lr, train_warmup, upscale x2, image_metrics x2, summarize
+    assert len(jobs) == 7, sorted(jobs)  # prepare, make_lr, train_warmup, upscale x2, image_metrics x2

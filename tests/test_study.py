@@ -1,10 +1,11 @@
 """A whole (tiny) study through the DAG: data -> classifier -> warm-up -> GAN -> evaluation ->
 classification accuracy -> figures -> summary -> Snakemake report, then the report in a browser.
 
-One module-scoped run serves all tests here; the settings only shrink sizes and budgets. It runs as
-on a CPU with native bf16 (``SFSR_CPU_BF16=native``: config.yaml's ``bf16: true`` then turns CPU
-autocast on in every training job), whatever CPU runs the suite; the README test runs the default
-study with the CPU's own detection.
+The run's one shared tiny study (conftest's session fixture ``tiny_study``, run once for all xdist
+workers; the SLURM test compares with it too) serves all tests here; its settings
+(``helpers.TINY_STUDY``) only shrink sizes and budgets. It runs as on a CPU with native bf16
+(``SFSR_CPU_BF16=native``: config.yaml's ``bf16: true`` then turns CPU autocast on in every training
+job), whatever CPU runs the suite; the README test runs the default study with the CPU's own detection.
 """
 
 from __future__ import annotations
@@ -14,48 +15,25 @@ import re
 import shutil
 import subprocess
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from test_workflow import run_snakemake
+from helpers import TINY_STUDY as TINY, run_snakemake
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy(seconds=370)]  # the shared study runs here first
 
-TINY = {
-    "sr_models": ["srresnet_x4"], "scales": [4],
-    "train": ["builtin_valid"], "valid": ["builtin_valid"], "test": ["builtin_valid"],
-    "classification": ["builtin_demo_cls"],
-    "classifier": {"input_size": 32, "epochs": 2, "batch_size": 8},
-    "judges": [{"name": "seed1", "seed": 1, "epochs": 1}], "lr_classifier": {"epochs": 1},
-    "training": {"batch_size": 2, "lr_patch": 8, "val_every": 4, "checkpoint_every": 4, "log_every": 2},
-    "models": {"srresnet_x4": {"kwargs": {"num_blocks": 1, "num_features": 8},
-                               "warmup": {"iterations": 6}, "gan": {"iterations": 4},
-                               "semantic": {"iterations": 4, "batch_size": 4},
-                               "shared": {"iterations": 4, "batch_size": 4}},
-               "ssen_x4": {"kwargs": {"num_blocks": 1, "num_features": 8, "offset_features": 8},
-                           "refsr": {"iterations": 4, "batch_size": 2, "val_every": 2}},
-               "ssen_x4_noref": {"kwargs": {"num_blocks": 1, "num_features": 8},
-                                 "refsr": {"iterations": 4, "batch_size": 2, "val_every": 2}}},
-    "datasets": {"builtin_demo_cls": {"images": ["brick", "grass", "gravel", "coins"],
-                                      "samples_per_class": 8, "hr_size": 32},
-                 "builtin_refgroups_train": {"groups_per_image": 1},
-                 "builtin_refgroups_test": {"groups_per_image": 1}},
-    "plots": {"visual_images": 1},
-}
 MODELS = ["bicubic", "srresnet_x4", "srresnet_x4_srgan", "srresnet_x4_semantic", "srresnet_x4_shared",
           "srresnet_x4_semantic_control", "srresnet_x4_shared_control"]
 STAGES = {"warmup": 6, "gan": 4, "semantic": 4, "shared": 4, "semantic_control": 4, "shared_control": 4}
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    work = tmp_path_factory.mktemp("study")
-    run_snakemake(work, config=TINY, env={"SFSR_CPU_BF16": "native"})  # rule all
-    return work, work / "results" / "default"
+def study(tiny_study):
+    """The run's shared tiny study (conftest ``tiny_study``: helpers.TINY_STUDY, rule ``all``)."""
+    return tiny_study, tiny_study / "results" / "default"
 
 
 def test_every_training_job_ran_bf16_autocast_as_on_a_native_bf16_cpu(study):

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 import re
 import shutil
 import subprocess
@@ -26,6 +25,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import corrupt, without_dac_override
 from sfsr import inference, memory
 from sfsr.cli import main
 from sfsr.data import bicubic as bc
@@ -35,8 +35,6 @@ from sfsr.errors import DataError
 from sfsr.models import (GENERATORS, build_generator, generator_spec, implied_tensor_count, load_generator,
                          save_generator)
 from sfsr.models.ssen import SSEN, NonLocalBlock
-from test_bad_inputs import _without_dac_override
-from test_faults import _corrupt
 
 SRC = Path(inference.__file__).resolve().parents[1]  # children run the sfsr this process imported
 ENV = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "2"}
@@ -302,7 +300,7 @@ def test_a_bad_checkpoint_is_one_line_without_torchs_advice(tmp_path, capsys, ca
     if case == "unsafe_zip":
         torch.save({"arch": {}, "state_dict": {}, "extra": _Foreign()}, ckpt)
     else:
-        _corrupt(ckpt, case)
+        corrupt(ckpt, case)
     rc, err = _upscale(capsys, "--checkpoint", ckpt, _image(tmp_path / "a.png", 16, 16), tmp_path / "out.png")
     line = _one_line(err)
     assert rc == 2 and line.startswith(f"sfsr upscale: error: generator checkpoint {ckpt}: ") and REASONS[case] in line
@@ -310,13 +308,13 @@ def test_a_bad_checkpoint_is_one_line_without_torchs_advice(tmp_path, capsys, ca
     assert ("corrupt" in line) != case.startswith("unsafe") and not Path("/tmp/sfsr_pwned").exists()
 
 
-def test_an_unreadable_checkpoint_is_not_called_corrupt(tmp_path):
+def test_an_unreadable_checkpoint_is_not_calledcorrupt(tmp_path):
     ckpt = _checkpoint(tmp_path / "g.pt")
     src = _image(tmp_path / "a.png", 16, 16)
     ckpt.chmod(0)
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o555)
-    prefix = _without_dac_override(locked)  # skips where the override cannot be dropped
+    prefix = without_dac_override(locked)  # skips where the override cannot be dropped
     run = subprocess.run(prefix + [sys.executable, "-m", "sfsr.cli", "upscale", "--quiet", "--device", "cpu",
                                    "--checkpoint", str(ckpt), str(src), str(tmp_path / "out.png")],
                          capture_output=True, text=True, env=ENV)

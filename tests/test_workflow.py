@@ -6,13 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 import http.server
-import os
-import shutil
 import subprocess
 import sys
 import threading
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,37 +17,10 @@ import pytest
 import yaml
 from PIL import Image
 
+from helpers import NO_REFSR, REPO, run_snakemake
 from sfsr.data import catalogue
 
-pytestmark = pytest.mark.slow
-
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-#: Config overrides of a study without the default offline reference-based SR.
-NO_REFSR = {"refsr_models": [], "refsr_train": [], "refsr_valid": [], "refsr": []}
-
-
-def run_snakemake(workdir: Path, *args: str, config: dict | None = None, check: bool = True,
-                  configfile: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run the repo's Snakefile in ``workdir`` with data/results redirected there (``env``: extra
-    environment variables of the run and its jobs)."""
-    overrides = {"data_dir": str(workdir / "data"), "results_dir": str(workdir / "results")}
-    overrides.update(config or {})
-    override_file = workdir / "test-overrides.yaml"
-    override_file.write_text(yaml.safe_dump(overrides))
-    # targets and flags first: --configfile takes all the words that follow it; later config
-    # files override earlier ones (the repo's config, then the dataset file, then the overrides)
-    cmd = SNAKEMAKE + list(args) + ["-s", str(REPO / "Snakefile"), "-d", str(workdir),
-                                    "--cores", "2", "--configfile", str(REPO / "config.yaml")]
-    if configfile:
-        cmd.append(str(configfile))
-    cmd.append(str(override_file))
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
-                             f"{proc.stderr[-8000:]}")
-    return proc
+pytestmark = [pytest.mark.slow, pytest.mark.heavy(seconds=80)]
 
 
 def test_lint_is_clean(tmp_path):
