@@ -195,10 +195,14 @@ EXPERIMENT_OVERRIDES = {p: [q for q in EXPERIMENTS if _base_of(q) == p] for p in
 
 
 def merged(*paths: Path) -> dict:
-    """config.yaml with ``paths`` merged over it, key by key (Snakemake's ``update_config``)."""
+    """config.yaml with ``paths`` merged over it, key by key (Snakemake's ``update_config``), its
+    ``datasets`` over the package's dataset catalogue (as ``sfsr.config.validate`` merges them)."""
     from snakemake.utils import update_config
+
+    from sfsr.data.catalogue import with_catalogue
 
     out: dict = {}
     for path in (REPO / "config.yaml", *paths):
         update_config(out, yaml.safe_load(path.read_text()))
+    out["datasets"] = with_catalogue(out.get("datasets"))
     return out

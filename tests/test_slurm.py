@@ -164,7 +164,8 @@ def test_gpu_requests_are_exactly_the_jobs_that_declare_a_gpu(files, tmp_path):
         else:
             assert "--gpus" not in line and "--gres" not in line and partition not in gpu_partitions, where
     assert all(GPU_RULES.fullmatch(r) for r in gpu_rules), gpu_rules  # no CPU-only rule asks for one
-    config = merged(*files)
+    from sfsr.config import validate
+    config = validate(merged(*files))  # the schema's defaults filled (config.yaml leaves training.gpus out)
     if config["training"]["gpus"] > 0:  # a study that trains on GPUs requests them for its training
         assert any(r.startswith("train_") for r in gpu_rules), gpu_rules
 
