@@ -506,7 +506,10 @@ def test_report_captions_render(repo_root, wildcards):
     from jinja2 import Environment
     from snakemake.iocontainers import Wildcards
 
-    config = yaml.safe_load((repo_root / "config.yaml").read_text())
+    from sfsr.config import validate
+
+    # the config Snakemake's report sees: validated, so the schema's defaults and the catalogue are in it
+    config = validate(yaml.safe_load((repo_root / "config.yaml").read_text()))
     config["classification"] = ["flowers102"]
 
     class Snakemake:  # the attributes Snakemake's report passes to captions
