@@ -12,8 +12,11 @@ out. Training images: DIR, or the builtin photos of the default config written t
 folder.
 
 ``--cpu``: the CPU settings instead (``always`` forces a speed setting on a CPU, where ``true`` leaves
-it off: bf16 needs AVX512-BF16/AMX for ``true``): the default (fp32 eager), fp32 on 1 thread, bf16
-autocast, channels_last, bf16 + channels_last, torch.compile, bf16 + compile; ``--only`` picks some.
+it off except bf16 on a CPU with AVX512-BF16/AMX): the default config (``default``: bf16 autocast on a
+CPU with native bf16, float32 elsewhere), float32 (``fp32``, every switch off, on any CPU), fp32 on 1
+thread, bf16 autocast, channels_last, bf16 + channels_last, torch.compile, bf16 + compile; ``--only``
+picks some. Every row says what actually ran (``ran``: the speed flags the training recorded in its
+provenance), so a label never hides another dtype.
 ``--converge N``: N iterations per setting from the same seed, the loss table at 10 checkpoints and
 the final validation PSNR-Y on ``--valid`` (e.g. Set5), to compare convergence.
 """
@@ -21,6 +24,7 @@ the final validation PSNR-Y on ``--valid`` (e.g. Set5), to compare convergence.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import tempfile
@@ -44,14 +48,22 @@ SETTINGS = [
 ]
 #: CPU settings ("always" forces a speed setting on a CPU); "threads" sets torch's intra-op threads.
 CPU_SETTINGS = [
-    ("fp32", dict(bf16=True, channels_last=True, compile=False)),  # the default config: fp32 eager here
-    ("fp32-1thread", dict(bf16=True, channels_last=True, compile=False, threads=1)),
+    ("default", dict(bf16=True, channels_last=True, compile=False)),  # the default config: bf16 only on native bf16
+    ("fp32", dict(bf16=False, channels_last=False, compile=False)),
+    ("fp32-1thread", dict(bf16=False, channels_last=False, compile=False, threads=1)),
     ("bf16", dict(bf16="always", channels_last=False, compile=False)),
     ("channels_last", dict(bf16=False, channels_last="always", compile=False)),
     ("bf16+channels_last", dict(bf16="always", channels_last="always", compile=False)),
     ("compile", dict(bf16=False, channels_last=False, compile="always")),
     ("bf16+compile", dict(bf16="always", channels_last=False, compile="always")),
 ]
+
+
+def ran(out_dir: Path) -> str:
+    """What a training run actually ran, from the speed flags its provenance.json records: e.g.
+    ``bf16+channels_last``, or ``fp32`` when no switch was on."""
+    flags = json.loads((out_dir / "provenance.json").read_text(encoding="utf-8"))["speed_flags"]
+    return "+".join(k for k in ("bf16", "channels_last", "compile") if flags.get(k)) or "fp32"
 
 
 def main() -> None:
@@ -111,7 +123,7 @@ def main() -> None:
             log = full.dropna(subset=["lr"])
             first, last = log.iloc[0], log.iloc[-1]
             rate = (last.iteration - first.iteration) / (last.elapsed_s - first.elapsed_s)
-            row = {"setting": label, "threads": threads, "it_per_s": rate,
+            row = {"setting": label, "ran": ran(tmp / label), "threads": threads, "it_per_s": rate,
                    "patches_per_s": rate * args.batch_size,
                    "data_wait_fraction": log.data_wait_fraction.iloc[1:].mean(),
                    "first_window_s": first.elapsed_s, "load_before": load,
