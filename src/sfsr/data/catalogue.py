@@ -41,24 +41,16 @@ def load() -> dict[str, Any]:
     return copy.deepcopy(_read())
 
 
-def _merge(base: dict, override: dict) -> dict:
-    """``override`` over ``base``, nested mappings merged key by key (Snakemake's ``update_config``)."""
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) \
-            else value
-    return out
-
-
 def with_catalogue(datasets: Any) -> Any:
-    """The catalogue with a config's ``datasets`` merged over it (its new names after the catalogue's).
-    Anything but a mapping (or None) is returned as it is, for the schema to refuse with its message."""
+    """The catalogue with a config's ``datasets`` merged over it by Snakemake's own ``update_config``
+    (nested mappings key by key, new names after the catalogue's). Anything but a mapping (or None)
+    is returned as it is, for the schema to refuse with its message."""
     if datasets is None:
         datasets = {}
     if not isinstance(datasets, dict):
         return datasets
-    catalogue = load()
-    merged = {name: _merge(entry, datasets[name]) if isinstance(datasets.get(name), dict) else
-              datasets.get(name, entry) for name, entry in catalogue.items()}
-    merged.update((name, spec) for name, spec in datasets.items() if name not in catalogue)
+    from snakemake.utils import update_config  # snakemake is a dependency of the package
+
+    merged = load()
+    update_config(merged, copy.deepcopy(datasets))
     return merged
