@@ -308,7 +308,7 @@ def test_a_bad_checkpoint_is_one_line_without_torchs_advice(tmp_path, capsys, ca
     assert ("corrupt" in line) != case.startswith("unsafe") and not Path("/tmp/sfsr_pwned").exists()
 
 
-def test_an_unreadable_checkpoint_is_not_calledcorrupt(tmp_path):
+def test_an_unreadable_checkpoint_is_not_called_corrupt(tmp_path):
     ckpt = _checkpoint(tmp_path / "g.pt")
     src = _image(tmp_path / "a.png", 16, 16)
     ckpt.chmod(0)
