@@ -11,8 +11,10 @@ Every file of one run is paired with the same path in the other and compared by 
 - ``*.csv``: every cell equal, except columns that time or date a run (seconds, elapsed, wall,
   time, date, commit, host);
 - ``*.png``: every pixel equal;
-- anything else (logs, provenance JSON, the report's HTML) is listed as not compared: it holds
-  times, paths and commits by design.
+- ``*.json`` (per-image classification records, provenance): like a checkpoint, keys that time,
+  date or place a run skipped; a provenance's ``command`` and ``git_commit`` differ by design;
+- anything else (logs, the report's HTML, Markdown tables holding training times) is listed as not
+  compared.
 
 It prints one line per difference and a count per kind, and exits 1 if any compared file differs or
 exists in one run only (``--ignore GLOB`` leaves paths out, e.g. a benchmark's own timing table).
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import json
 import re
 import sys
 from pathlib import Path
@@ -34,7 +37,7 @@ from PIL import Image
 #: CSV columns and checkpoint keys that record when, where or how fast a run went, not what it computed.
 VOLATILE = re.compile(r"(^|_)(sec|secs|seconds|s|elapsed|wall|time|times|date|commit|host|hostname|"
                       r"created|started|finished|duration|provenance|versions|git|pid|it_per_s|"
-                      r"iters_per_s|throughput|wait|speed|load)($|_)", re.IGNORECASE)
+                      r"wait|command)($|_)", re.IGNORECASE)
 
 
 #: the volatile CSV columns and checkpoint keys skipped so far (printed, so nothing is skipped unseen)
@@ -95,13 +98,19 @@ def compare_csv(a: Path, b: Path) -> list[str]:
     return [f"column {c!r} differs" for c in bad]
 
 
+def compare_json(a: Path, b: Path) -> list[str]:
+    out: list[str] = []
+    _same(json.loads(a.read_text(encoding="utf-8")), json.loads(b.read_text(encoding="utf-8")), "", out)
+    return out
+
+
 def compare_png(a: Path, b: Path) -> list[str]:
     with Image.open(a) as x, Image.open(b) as y:
         same = x.mode == y.mode and x.size == y.size and np.array_equal(np.asarray(x), np.asarray(y))
     return [] if same else ["pixels differ"]
 
 
-COMPARERS = {".pt": compare_checkpoint, ".csv": compare_csv, ".png": compare_png}
+COMPARERS = {".pt": compare_checkpoint, ".csv": compare_csv, ".png": compare_png, ".json": compare_json}
 
 
 def compare(a: Path, b: Path, ignore: tuple[str, ...] = ()) -> tuple[list[str], dict[str, int]]:
