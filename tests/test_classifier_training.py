@@ -183,6 +183,8 @@ def test_bad_settings_and_data_raise_user_errors(tmp_path, texture_set) -> None:
         resolve_classifier_config({"arch": "resnet9"})
     with pytest.raises(ConfigError, match="resize_size"):
         resolve_classifier_config({"input_size": 64, "resize_size": 32})
+    with pytest.raises(ConfigError, match=r"\['threads'\] are the workflow's job resources"):
+        resolve_classifier_config({"threads": 2})  # in the schema's classifier section, not a training setting
     with pytest.raises(DataError, match="manifest.csv"):
         train_classifier(BASE, dataset_dir=tmp_path / "nowhere", out_dir=tmp_path / "o")
     frame = pd.read_csv(texture_set / "manifest.csv")

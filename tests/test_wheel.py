@@ -126,8 +126,10 @@ def test_an_installed_wheel_trains_a_model(wheel, tmp_path, photo_saver):
         in last and "Reinstall it" in last and "repository root" not in last, last
 
 
-def test_a_missing_schema_names_the_package_resource_and_the_fix(monkeypatch, tmp_path):
+def test_a_missing_schema_names_the_package_resource_and_the_fix(monkeypatch, tmp_path, request):
     monkeypatch.setattr(schema, "resource", lambda: tmp_path / "gone" / schema.RESOURCE)
+    schema.own.cache_clear()  # the package's schema is read once per process: read it afresh here,
+    request.addfinalizer(schema.own.cache_clear)  # and again (the real one) after the test
     for read in (schema.load, load_schema, settings._schema_training_defaults):
         with pytest.raises(ConfigError, match=r"package resource sfsr/config\.schema\.yaml .*Reinstall it"):
             read()

@@ -12,19 +12,19 @@ import pandas as pd
 from sfsr import io
 from sfsr.classification import judged_accuracy_table, split_accuracy
 from sfsr.evaluation import mean_metrics
-from sfsr.training.classifier import train_classifier
+from sfsr.training.classifier import CLASSIFIER_RESOURCES, train_classifier
 from sfsr.training.lr_head import load_lr_classifier
 from sfsr.workflow import run_rule
 
 
 def pretrain_classifier(smk):
-    cfg = {k: v for k, v in smk.params.cfg.items() if k not in ("threads", "gpus", "mem_mb", "runtime")}
+    cfg = {k: v for k, v in smk.params.cfg.items() if k not in CLASSIFIER_RESOURCES}
     train_classifier(cfg, dataset_dir=Path(smk.input.manifest).parent,
                      out_dir=Path(smk.output[0]).parent, seed=smk.params.seed)
 
 
 def finetune_lr_classifier(smk):
-    cfg = {k: v for k, v in smk.params.cfg.items() if k not in ("threads", "gpus", "mem_mb", "runtime")}
+    cfg = {k: v for k, v in smk.params.cfg.items() if k not in CLASSIFIER_RESOURCES}
     train_classifier(cfg, dataset_dir=Path(smk.input.manifest).parent, out_dir=Path(smk.output[0]).parent,
                      seed=smk.params.seed, image_dir=smk.input.images, init_checkpoint=smk.input.classifier)
 

@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 
 from sfsr.data.images import images_by_stem, read_image, to_rgb
 from sfsr.errors import DataError
-from sfsr.evaluation import METRIC_COLUMNS, _shorten
-from sfsr.metrics import topk_accuracy
+from sfsr.evaluation import _shorten
+from sfsr.metrics import METRICS, topk_accuracy
 
 if TYPE_CHECKING:  # torch, torchvision and the classifier are imported where a model runs, so the
     import torch    # per-image metrics and summaries (light jobs) do not pay for them
@@ -175,7 +175,7 @@ def accuracy_table(accuracies: Mapping[str, Mapping[str, Any]],
         row: dict[str, Any] = {"input": name, "top1": float(acc["top1"]), "top5": float(acc["top5"]),
                                "n": int(acc["n"])}
         m = metrics.get(name, {})
-        for col in METRIC_COLUMNS:
+        for col in METRICS:
             row[col] = float(m[col]) if col in m else float("nan")
         rows.append(row)
     table = pd.DataFrame(rows)

@@ -304,7 +304,7 @@ def fill_defaults(config: dict, schema: dict) -> dict:
 def validate(config: dict, schema_path: str | Path | None = None, source: str = "config") -> dict:
     """Validate ``config`` in place (defaults filled as snakemake.utils.validate fills them) and
     return it (``schema_path``: default the package's own schema)."""
-    schema = load_schema(schema_path)
+    schema = _schema.own() if schema_path is None else load_schema(schema_path)  # own: read once, shared
     config["datasets"] = with_catalogue(config.get("datasets"))  # the package's catalogue + this config's
     check_schema(config, schema, source)
     fill_defaults(config, schema)

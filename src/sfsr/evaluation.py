@@ -26,9 +26,8 @@ from sfsr.data.images import images_by_stem, read_image
 from sfsr.errors import DataError
 from sfsr.metrics import METRICS, image_metrics
 
-#: The per-image metric columns, :data:`sfsr.metrics.METRICS` (read at call time by the functions here).
-METRIC_COLUMNS = tuple(METRICS)
-PSNR_COLUMNS = ("psnr_y", "psnr_rgb")
+#: The metrics in dB (PSNRs): an exact reproduction (``inf``) is capped in their means.
+PSNR_COLUMNS = tuple(name for name, metric in METRICS.items() if metric.unit == "dB")
 #: The PSNR an exact reproduction (``inf``) counts as in means.
 PSNR_CAP_DB = 100.0
 log = logging.getLogger(__name__)

@@ -2,9 +2,10 @@
 :mod:`sfsr.plots` functions, its files under ``results/<experiment>/figures/`` and its place in the
 Snakemake report. Torch- and matplotlib-free (plain data), so the rules read it when the workflow
 is parsed: ``rules/report.smk`` takes each figure's output files and report entry from here
-(:func:`figure_file`, :func:`report_args`), ``workflow_scripts/report.py`` checks that it handles every
-rule of the table, and ``tests/test_recipes.py`` that every figure is an output of its rule, listed
-in the report with a caption file, and drawn by functions :mod:`sfsr.plots` has.
+(:func:`figure_file`, :func:`report_args`); ``tests/test_recipes.py`` checks that every figure is
+an output of its rule, handled by ``workflow_scripts/report.py``, listed in the report with a
+caption file, and drawn by functions :mod:`sfsr.plots` has (the rules and the handlers name their
+rule and PDF outputs themselves; the test holds them to the table).
 
 Adding a figure: its plot function in ``sfsr.plots``, one entry here, its rule (or an output of an
 existing rule) in ``rules/report.smk`` with a handler in ``workflow_scripts/report.py``, its caption

@@ -5,6 +5,7 @@ parsed (before any job starts) without importing torch. ``sfsr.models`` builds f
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,18 @@ GENERATORS: dict[str, tuple[str, str, dict[str, Any]]] = {
 }
 
 
+@functools.cache
+def _source_tree(path: Path) -> ast.Module:
+    """The parsed source of a module (parsed once: several names share a module)."""
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
 def signature_defaults(module: str, cls: str, skip: tuple[str, ...] = ("self", "scale")) -> dict[str, Any]:
     """The keyword defaults of ``cls.__init__`` in ``module`` (a module of this package), read from
     its source with ``ast`` (nothing imported, so no torch): every parameter but ``skip`` whose
     default is a literal, in signature order."""
     path = Path(__file__).resolve().parent.joinpath(*module.split(".")[1:]).with_suffix(".py")
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    tree = _source_tree(path)
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == cls:
             init = next(f for f in node.body if isinstance(f, ast.FunctionDef) and f.name == "__init__")

@@ -134,8 +134,9 @@ def prepare_dataset(name: str, spec: dict, source_root: Path | None, out_dir: Pa
     entry = LAYOUTS[layout]
     hr_size = spec["hr_size"]
     if hr_size is not None and entry.hr_size is None:
-        raise ConfigError(f"datasets.{name}.hr_size: only classification layouts "
-                          f"({', '.join(CLASS_LAYOUTS)}) use hr_size; remove it for layout {layout}")
+        users = ", ".join(n for n, e in LAYOUTS.items() if e.hr_size is not None)
+        raise ConfigError(f"datasets.{name}.hr_size: only the layouts {users} use hr_size; remove it for "
+                          f"layout {layout}")
     if hr_size is not None and hr_size < min_side:
         raise ConfigError(f"datasets.{name}.hr_size={hr_size} is smaller than the minimum image size "
                           f"{min_side} (min_image_size {min_size}, largest scale {max_scale})")

@@ -68,6 +68,10 @@ CLASSIFIER_DEFAULTS: dict[str, Any] = {k: v for k, v in schema.defaults("#/prope
 def resolve_classifier_config(cfg: dict) -> dict:
     """``cfg`` over :data:`CLASSIFIER_DEFAULTS`; unknown keys and values the schema refuses raise
     ConfigError (:func:`sfsr.training.settings.check_settings`), as does a resize_size below input_size."""
+    resources = sorted(set(cfg) & set(CLASSIFIER_RESOURCES))
+    if resources:  # the schema's classifier section has them, the training does not take them
+        raise ConfigError(f"classifier setting(s) {resources} are the workflow's job resources, not training "
+                          "settings; leave them out of train_classifier's settings")
     out = {**copy.deepcopy(CLASSIFIER_DEFAULTS), **copy.deepcopy(cfg)}
     check_settings(out, "#/properties/classifier", "classifier setting", skip=CHECKED_WHEN_APPLIED)
     if out["resize_size"] is not None and out["resize_size"] < out["input_size"]:

@@ -23,7 +23,8 @@ from sfsr.training.stages import STAGES
 def _schema_training_defaults(path=None) -> dict[str, Any]:
     """``{key: default}`` of the schema's ``training`` properties (read once, at import; ``path``:
     default the package's own schema, :func:`sfsr.schema.resource`)."""
-    schema = _schema.load(path)  # ConfigError naming the file (and how to reinstall) if unreadable
+    # ConfigError naming the file (and how to reinstall) if unreadable; the package's own is read once
+    schema = _schema.own() if path is None else _schema.load(path)
     try:
         return {k: v["default"] for k, v in schema["properties"]["training"]["properties"].items()}
     except (KeyError, TypeError, AttributeError) as exc:

@@ -91,8 +91,6 @@ STAGES["semantic_control"] = replace(STAGES["semantic"], name="semantic_control"
                                      zero_terms=SEMANTIC_TERMS)
 STAGES["shared_control"] = replace(STAGES["shared"], name="shared_control", eval_name="{model}_shared_control",
                                    control_of="shared", zero_terms=("shared_cls",), lr_head=False, outputs={})
-#: Stages that need the frozen fine-grained classifier (``classifier_checkpoint``).
-CLASSIFIER_STAGES = tuple(s.name for s in STAGES.values() if s.classifier)
 
 
 def needs_classifier(stage: str | Stage, settings: dict) -> bool:
