@@ -124,9 +124,44 @@ rule accuracy_table:
     output:
         csv=f"{RESULTS}/classification/{{dataset}}_x{{scale}}/accuracy.csv",
         md=f"{RESULTS}/classification/{{dataset}}_x{{scale}}/accuracy.md",
+        # the pre-registered comparisons (config key analysis), when the study states them
+        **({"analysis": f"{RESULTS}/classification/{{dataset}}_x{{scale}}/analysis.csv",
+            "analysis_md": f"{RESULTS}/classification/{{dataset}}_x{{scale}}/analysis.md"}
+           if config["analysis"].get("primary") else {}),
+    params:
+        analysis=config["analysis"],
+        primary_judge=analysis_judge(),
+        seed_names=seed_groups(),
+        bootstrap=config["evaluation"]["bootstrap"],
+        seed=config["seed"],
     log:
         f"{RESULTS}/logs/accuracy_table/{{dataset}}_x{{scale}}.log",
     conda:
         "../envs/light.yaml"
+    script:
+        "../workflow_scripts/classify.py"
+
+
+# The go / no-go gate of config key analysis.gate, decided on the VALIDATION split after the
+# warm-up: the semantic and shared stages (and their controls) take its file as an input, so they
+# train only when HR beats the warm-up generator by analysis.gate.min_gap under the gate's judge;
+# otherwise this job fails saying so, and the study stops before them.
+rule gate:
+    input:
+        classifier=lambda wc: judge_checkpoint(wc.dataset, config["analysis"]["gate"]["judge"]),
+        hr=lambda wc: prepared_hr(wc.dataset),
+        sr=f"{RESULTS}/sr/{{model}}/{{dataset}}_x{{scale}}",
+        manifest=lambda wc: f"{DATA}/prepared/{wc.dataset}/manifest.csv",
+    output:
+        f"{RESULTS}/classification/{{dataset}}_x{{scale}}/gate_{{model}}.json",
+    params:
+        gate=config["analysis"].get("gate"),
+        device=config["evaluation"]["device"],
+    log:
+        f"{RESULTS}/logs/gate/{{dataset}}_x{{scale}}/{{model}}.log",
+    resources:
+        gpu=1,
+    conda:
+        "../envs/torch.yaml"
     script:
         "../workflow_scripts/classify.py"

@@ -160,6 +160,9 @@ def training_inputs(stage):
         if st.init is not None:
             out["init"] = stage_checkpoint(wildcards.model, st.init)
         out |= perceptual_classifier(wildcards.model, stage)  # the frozen classifier, where needed
+        if st.data == "classification" and config["analysis"].get("gate"):  # go only past the gate
+            out["gate"] = gate_file(semantic_dataset(), config["models"][wildcards.model]["scale"],
+                                    MODEL_SEEDS[wildcards.model][0])
         return out
 
     return inputs
@@ -337,6 +340,17 @@ def classification_inputs(dataset, scale):
     heads += [LR_CLASSIFIER] if config["lr_classifier"]["enabled"] else []
     return [accuracy_record(dataset, scale, judge, name) for judge in JUDGES
             for name in ["hr"] + models_at(scale) + (heads if judge == "prior" else [])]
+
+
+def gate_file(dataset, scale, model):
+    """The go / no-go decision of config key analysis.gate for a model's first-seed warm-up."""
+    return f"{RESULTS}/classification/{dataset}_x{scale}/gate_{model}.json"
+
+
+def analysis_judge():
+    """The judge of the pre-registered primary comparison (config keys analysis.primary.judge,
+    primary_judge), resolved by sfsr.config.primary_judge."""
+    return sfsr.config.primary_judge(config)
 
 
 def accuracy_tables():

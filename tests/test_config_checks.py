@@ -150,6 +150,35 @@ def test_negative_seed_in_seeds(base):
     assert "'seeds[1]'" in msg and "-1" in msg and "minimum of 0" in msg
 
 
+# ------------------------------------------------------------------------- the pre-registered analysis
+def test_primary_judge_must_be_an_independent_judge(base):
+    base["primary_judge"] = "prior"
+    msg = rejected(base)
+    assert "'primary_judge' is 'prior'" in msg and "seed1" in msg
+
+
+def test_analysis_judge_must_exist(base):
+    base["analysis"] = {"primary": {"model": "srresnet_x4_semantic", "against": "srresnet_x4_semantic_control",
+                                    "judge": "resnet99", "metric": "top1"}}
+    msg = rejected(base)
+    assert "'analysis.primary.judge' is 'resnet99'" in msg and "prior, seed1" in msg
+
+
+def test_secondary_comparisons_need_a_primary(base):
+    base["analysis"] = {"secondary": [{"model": "srresnet_x4", "against": "bicubic", "metric": "top1"}]}
+    assert "'analysis.secondary' is set without 'analysis.primary'" in rejected(base)
+
+
+def test_primary_judge_resolution(base):
+    base["judges"] = [{"name": "zeta"}, {"name": "alpha"}]
+    assert cfg.primary_judge(base) == "alpha"  # the first independent judge by name
+    base["primary_judge"] = "zeta"
+    assert cfg.primary_judge(base) == "zeta"
+    base["analysis"] = {"primary": {"model": "m", "against": "c", "metric": "top1", "judge": "prior"}}
+    assert cfg.primary_judge(base) == "prior"  # the comparison's own judge wins
+    assert cfg.primary_judge({"judges": []}) == "prior"
+
+
 # ------------------------------------------------------------------------- paths
 def test_empty_data_dir(base):
     base["data_dir"] = ""

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from sfsr import io
-from sfsr.classification import accuracy_table, classification_accuracy
+from sfsr.classification import (accuracy_table, classification_accuracy, gate_decision, mark_comparisons,
+                                 per_image_predictions, summary_judge)
 from sfsr.data.bicubic import imresize, modcrop
 from sfsr.data.images import read_image
 from sfsr.errors import DataError
@@ -148,9 +149,11 @@ def test_classification_accuracy_known_confusion():
     clf = ChannelClassifier()
     clf.train()
     acc = classification_accuracy(clf, images, labels, input_size=16, batch_size=4)
-    assert acc == {"top1": pytest.approx(4 / 6), "top5": pytest.approx(5 / 6), "n": 6,
-                   "correct_top1": [True, False, False, True, True, True],  # per image, in order
-                   "images": ["0", "1", "2", "3", "4", "5"]}
+    assert {k: acc[k] for k in ("top1", "top5", "n", "correct_top1", "images", "label")} == {
+        "top1": pytest.approx(4 / 6), "top5": pytest.approx(5 / 6), "n": 6,
+        "correct_top1": [True, False, False, True, True, True],  # per image, in order
+        "images": ["0", "1", "2", "3", "4", "5"], "label": labels}
+    assert [p == y for p, y in zip(acc["pred_top1"], labels)] == acc["correct_top1"]
     assert clf.training  # mode restored
     assert classification_accuracy(clf, images, labels, input_size=16, batch_size=1) == acc
 
@@ -177,14 +180,53 @@ def test_classification_accuracy_from_folder_and_manifest(tmp_path):
     mapping = {f"c{k}": k for k in range(10)}
     acc = classification_accuracy(ChannelClassifier(), tmp_path / "sr", manifest=manifest,
                                   class_to_index=mapping, input_size=16)
-    assert acc == {"top1": pytest.approx(4 / 6), "top5": pytest.approx(5 / 6), "n": 6,
-                   "correct_top1": [True, False, False, True, True, True], "images": stems}
+    assert {k: acc[k] for k in ("top1", "top5", "n", "correct_top1", "images")} == {
+        "top1": pytest.approx(4 / 6), "top5": pytest.approx(5 / 6), "n": 6,
+        "correct_top1": [True, False, False, True, True, True], "images": stems}
     with pytest.raises(DataError, match="class_to_index"):
         classification_accuracy(ChannelClassifier(), tmp_path / "sr", manifest=manifest, input_size=16)
     manifest.loc[len(manifest)] = {"stem": "ghost", "class_id": "c0"}
     with pytest.raises(DataError, match="ghost"):
         classification_accuracy(ChannelClassifier(), tmp_path / "sr", manifest=manifest,
                                 class_to_index=mapping, input_size=16)
+
+
+def test_per_image_predictions_by_hand():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 3.0]])
+    out = per_image_predictions(logits, torch.tensor([0, 1]), k=2)
+    assert out["pred_top1"] == [0, 2] and out["correct_top1"] == [True, False] and out["label"] == [0, 1]
+    logp = [2 - math.log(math.exp(2) + 2), 1 - math.log(1 + math.e + math.exp(3))]
+    assert out["logp_true"] == pytest.approx(logp, abs=1e-6)
+    assert out["prob_true"] == pytest.approx([math.exp(v) for v in logp], abs=1e-6)
+    assert out["topk_index"][1] == [2, 1] and out["topk_logit"][1] == [3.0, 1.0]
+
+
+def test_gate_goes_only_with_a_gap_worth_closing():
+    hr, warm = {"top1": 0.60, "n": 300, "split": "val"}, {"top1": 0.52, "n": 300, "split": "val"}
+    go = gate_decision(hr, warm, min_gap=0.05, judge="prior", name="srresnet_x8")
+    assert go["go"] and go["gap"] == pytest.approx(0.08) and go["split"] == "val"
+    assert not gate_decision(hr, warm, min_gap=0.1, judge="prior", name="srresnet_x8")["go"]
+    assert gate_decision(hr, {"top1": 0.55, "n": 300}, min_gap=0.05, judge="prior", name="m")["go"]  # equal
+
+
+def test_comparison_marks_on_the_accuracy_table():
+    table = pd.DataFrame({"judge": ["prior", "prior", "j", "j"], "input": ["sem", "warm", "sem", "warm"]})
+    comps = pd.DataFrame([
+        {"role": "secondary", "model": "sem", "against": "ctl", "judge": "prior", "metric": "top1", "p_holm": 0.2},
+        {"role": "primary", "model": "sem", "against": "ctl", "judge": "j", "metric": "top1", "p_holm": 0.01},
+        {"role": "secondary", "model": "sem", "against": "bicubic", "judge": "j", "metric": "top1", "p_holm": 0.5},
+        {"role": "secondary", "model": "warm", "against": "bicubic", "judge": "j", "metric": "psnr_y", "p_holm": 0.03}])
+    out = mark_comparisons(table, comps)
+    assert out["role"].tolist() == ["secondary", "descriptive", "primary", "descriptive"]
+    assert out["compared_with"].tolist() == ["ctl", "", "ctl", ""]  # the primary's mark wins on its row
+    assert out["p_holm"].tolist()[0] == 0.2 and out["p_holm"].tolist()[2] == 0.01
+    assert np.isnan(out["p_holm"].tolist()[1])
+
+
+def test_summary_judge_prefers_the_marked_primary_judge():
+    assert summary_judge(["prior", "b", "a"]) == "a"
+    assert summary_judge(["prior", "b", "a"], [False, True, False]) == "b"
+    assert summary_judge(["prior", "b"], [False, False]) == "b"
 
 
 def test_accuracy_table_gap_closed():

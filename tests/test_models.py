@@ -174,6 +174,17 @@ def test_classifier_vgg19_bn_layer_names() -> None:
     assert model.head.out_channels == 3
 
 
+def test_classifier_mobilenet_v2_features_and_logits() -> None:
+    torch.manual_seed(0)
+    model = build_classifier("mobilenet_v2", 5).eval()
+    assert model.layer_names == [str(i) for i in range(19)] and model.feature_channels == 1280
+    assert not any(getattr(m, "inplace", False) for m in model.features.modules())  # features stay readable
+    x = torch.rand(2, 3, 64, 64)
+    feats = classifier_features(model, x, ["18"])
+    manual = model.head(feats["18"].mean((2, 3), keepdim=True)).flatten(1)
+    assert torch.allclose(manual, model(x), atol=1e-5) and model(x).shape == (2, 5)
+
+
 def test_vgg19_layer_names_match_torchvision_indices() -> None:
     import torchvision
 

@@ -108,8 +108,10 @@ def classification_accuracy(
     (default) normalises unless the classifier is a :class:`sfsr.models.classifier.Classifier`,
     which normalises inside its ``forward`` and takes [0, 1] RGB. Gray images are replicated to
     RGB. The classifier is moved to ``device`` and run in eval mode (its mode is restored).
-    Returns ``{"top1", "top5", "n", "correct_top1", "images"}``: the per-image top-1 correctness
-    (in image order) and the image names (stems), for paired statistics (:mod:`sfsr.stats`).
+    Returns ``{"top1", "top5", "n", "images"}`` and the per-image predictions of
+    :func:`per_image_predictions` (``correct_top1``, ``label``, ``pred_top1``, ``prob_true``,
+    ``logp_true``, ``topk_index``, ``topk_logit``) in the order of ``images`` (the stems), for
+    paired statistics (:mod:`sfsr.stats`, :mod:`sfsr.analysis`).
     """
     import torch
 
@@ -146,10 +148,31 @@ def classification_accuracy(
                 x = torch.stack([_preprocess(a, view, mean_t, std_t) for a in arrays])
                 logits.append(classifier(x.to(device)).float().cpu())
     all_logits = torch.cat(logits)
-    acc = topk_accuracy(all_logits, torch.tensor(labels), ks=(1, 5))
-    correct = (all_logits.topk(1, dim=1).indices[:, 0] == torch.tensor(labels)).tolist()  # as top1, per image
+    target = torch.tensor(labels)
+    acc = topk_accuracy(all_logits, target, ks=(1, 5))
     names = [x.stem if isinstance(x, Path) else str(i) for i, x in enumerate(items)]
-    return {"top1": acc[1], "top5": acc[5], "n": len(items), "correct_top1": correct, "images": names}
+    return {"top1": acc[1], "top5": acc[5], "n": len(items), "images": names,
+            **per_image_predictions(all_logits, target)}
+
+
+def per_image_predictions(logits: torch.Tensor, labels: torch.Tensor, k: int = 5) -> dict[str, list]:
+    """Per image (in order), from N x C logits and the N true class indices: ``correct_top1``
+    (the top-1 prediction is right, as ``top1``), ``label``, ``pred_top1`` (predicted class index),
+    ``prob_true`` / ``logp_true`` (softmax probability and log-probability of the true class,
+    float64 log-softmax), ``topk_index`` / ``topk_logit`` (the ``k`` highest logits and their
+    classes). Paired analyses read them (:mod:`sfsr.analysis`): agreement with another input's
+    prediction, the true-class log-probability, changed confusions."""
+    import torch
+
+    logp = torch.log_softmax(logits.double(), dim=1)
+    logp_true = logp.gather(1, labels.view(-1, 1))[:, 0]
+    top = logits.topk(min(k, logits.shape[1]), dim=1)
+    pred = top.indices[:, 0]
+    return {"correct_top1": (pred == labels).tolist(), "label": labels.tolist(), "pred_top1": pred.tolist(),
+            "prob_true": [round(float(v), 6) for v in logp_true.exp()],
+            "logp_true": [round(float(v), 6) for v in logp_true],
+            "topk_index": top.indices.tolist(),
+            "topk_logit": [[round(float(v), 4) for v in row] for row in top.values]}
 
 
 def accuracy_table(accuracies: Mapping[str, Mapping[str, Any]],
@@ -188,14 +211,17 @@ def accuracy_table(accuracies: Mapping[str, Mapping[str, Any]],
 
 
 def judged_accuracy_table(records: Sequence[Mapping[str, Any]],
-                          metrics: Mapping[str, Mapping[str, Any]] | None = None) -> pd.DataFrame:
+                          metrics: Mapping[str, Mapping[str, Any]] | None = None, *, n_boot: int = 2000,
+                          seed: int = 0, primary_judge: str | None = None) -> pd.DataFrame:
     """The accuracy table of every judge: the ``classify`` records (``input``, optional ``judge``,
     default ``prior``; ``top1``/``top5``/``n`` and per-image ``correct_top1``/``images``) grouped by
     judge, each group made into :func:`accuracy_table` with the paired statistics of
     :func:`sfsr.stats.add_paired_columns` (against bicubic and each model's control, under the same
     judge). Columns ``judge`` and ``independent`` (False for the prior, whose KL the semantic stage
     minimises, so its verdict on semantic models is not independent) come first. Every judge must
-    have judged the same test images."""
+    have judged the same test images. ``n_boot``/``seed``: the bootstrap's (config keys
+    evaluation.bootstrap and seed). ``primary_judge``: the study's primary judge (config key; column
+    ``primary_judge`` True on its rows, which the study summary shows)."""
     from sfsr.stats import add_paired_columns
 
     by_judge: dict[str, dict[str, Mapping[str, Any]]] = {}
@@ -212,7 +238,8 @@ def judged_accuracy_table(records: Sequence[Mapping[str, Any]],
             raise DataError(f"classification records {mismatched} (judge {judge!r}) list other test "
                             "images than the rest; re-run the classify jobs of this set")
         table = add_paired_columns(accuracy_table(accuracies, metrics),
-                                   {n: accuracies[n]["correct_top1"] for n in order})
+                                   {n: accuracies[n]["correct_top1"] for n in order}, n_boot=n_boot, seed=seed)
+        table.insert(0, "primary_judge", judge == primary_judge)
         table.insert(0, "independent", judge != "prior")
         table.insert(0, "judge", judge)
         tables.append(table)
@@ -254,11 +281,40 @@ def seed_summary(summary: pd.DataFrame, accuracy: pd.DataFrame | None,
     return pd.DataFrame(rows)
 
 
-def summary_judge(judges: Sequence[str]) -> str:
-    """The judge whose accuracy the study summary shows: the first independent one (by name), or
-    the prior when there is none."""
+def summary_judge(judges: Sequence[str], primary: Sequence[bool] | None = None) -> str:
+    """The judge whose accuracy the study summary shows: the study's primary judge (``primary``: the
+    accuracy table's ``primary_judge`` column, beside ``judges``) when one is marked, else the first
+    independent one (by name), else the prior."""
+    if primary is not None:
+        marked = sorted({str(j) for j, p in zip(judges, primary) if bool(p)})
+        if marked:
+            return marked[0]
     independent = sorted({str(j) for j in judges} - {"prior"})
     return independent[0] if independent else "prior"
+
+
+def mark_comparisons(table: pd.DataFrame, comparisons: pd.DataFrame) -> pd.DataFrame:
+    """The accuracy table with the pre-registered comparisons' marks (:func:`sfsr.analysis.comparisons`):
+    ``role`` (primary / secondary; descriptive for every other row), ``compared_with`` and ``p_holm``
+    on the row (judge, input) of each top-1 comparison's model (its first seed); a row named by two
+    comparisons keeps the primary's, else the first secondary's."""
+    out = table.copy()
+    out["role"], out["compared_with"], out["p_holm"] = "descriptive", "", np.nan
+    top1 = comparisons[comparisons["metric"] == "top1"]
+    for _, c in top1.sort_values("role", key=lambda r: r != "primary", kind="stable").iloc[::-1].iterrows():
+        at = (out["judge"] == c["judge"]) & (out["input"] == c["model"])
+        out.loc[at, ["role", "compared_with", "p_holm"]] = [c["role"], c["against"], c["p_holm"]]
+    return out
+
+
+def gate_decision(hr: Mapping[str, Any], model: Mapping[str, Any], *, min_gap: float, judge: str,
+                  name: str) -> dict[str, Any]:
+    """The go / no-go of config key analysis.gate from two :func:`split_accuracy` results on the
+    validation split: go when ``top1(hr) - top1(model) >= min_gap`` (a gap worth closing)."""
+    gap = float(hr["top1"]) - float(model["top1"])
+    return {"judge": judge, "model": name, "split": hr.get("split", "val"), "n": int(hr["n"]),
+            "top1_hr": float(hr["top1"]), "top1_model": float(model["top1"]), "gap": gap,
+            "min_gap": float(min_gap), "go": bool(gap >= float(min_gap) - 1e-12)}
 
 
 def split_accuracy(classifier_checkpoint: str | os.PathLike, images: str | os.PathLike,

@@ -318,7 +318,47 @@ def validate(config: dict, schema_path: str | Path | None = None, source: str = 
     check_paths(config)
     check_references(config)
     check_training(config)
+    check_analysis(config)
     return config
+
+
+def primary_judge(config: dict) -> str:
+    """The judge of the pre-registered primary comparison and of the study summary: ``analysis.primary
+    .judge``, else ``primary_judge``, else the first independent judge by name, else ``prior``."""
+    primary = (config.get("analysis") or {}).get("primary") or {}
+    if primary.get("judge"):
+        return str(primary["judge"])
+    if config.get("primary_judge"):
+        return str(config["primary_judge"])
+    names = sorted(j["name"] for j in config.get("judges") or [])
+    return names[0] if names else "prior"
+
+
+def check_analysis(config: dict) -> None:
+    """``primary_judge`` names a judge (never the prior), every judge the ``analysis`` section names
+    is the prior or a judge, and a gate or a comparison has a classification set to run on:
+    :class:`ConfigError` naming the key otherwise. (Model names are checked by the accuracy-table job,
+    which knows the evaluation names.)"""
+    judges = [j["name"] for j in config.get("judges") or []]
+    known = ["prior", *judges]
+    if config.get("primary_judge") is not None and config["primary_judge"] not in judges:
+        raise ConfigError(f"config key 'primary_judge' is {config['primary_judge']!r}, which is not a "
+                          f"judges[].name (judges: {judges or 'none'}); the primary judge must be "
+                          "independent of the prior: add it to 'judges' or set primary_judge: null.")
+    analysis = config.get("analysis") or {}
+    named = [("analysis.primary", analysis.get("primary"))]
+    named += [(f"analysis.secondary[{i}]", c) for i, c in enumerate(analysis.get("secondary") or [])]
+    named += [("analysis.gate", analysis.get("gate"))]
+    for key, entry in named:
+        if entry and entry.get("judge") is not None and entry["judge"] not in known:
+            raise ConfigError(f"config key '{key}.judge' is {entry['judge']!r}; valid: {', '.join(known)} "
+                              "(the prior or a judges[].name).")
+    if analysis.get("secondary") and not analysis.get("primary"):
+        raise ConfigError("config key 'analysis.secondary' is set without 'analysis.primary': state the "
+                          "primary comparison (tested alone) before the secondary ones.")
+    if any(entry for _, entry in named) and not config.get("classification"):
+        raise ConfigError("config key 'analysis' compares classification accuracy, but 'classification' "
+                          "lists no set; add one or set analysis: {}.")
 
 
 #: Config keys naming a folder the workflow writes into (relative: to the working directory).

@@ -31,7 +31,7 @@ from sfsr.errors import DataError, SfsrError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CLASSIFIER_NAMES = ("resnet18", "resnet50", "vgg19_bn")
+CLASSIFIER_NAMES = ("resnet18", "resnet50", "vgg19_bn", "mobilenet_v2")
 
 
 def vgg_layer_names(features: nn.Sequential) -> list[str]:
@@ -63,7 +63,7 @@ def named_vgg_features(features: nn.Sequential) -> nn.Sequential:
 
 def _disable_inplace(module: nn.Module) -> None:
     for m in module.modules():
-        if isinstance(m, nn.ReLU):
+        if isinstance(m, (nn.ReLU, nn.ReLU6)):
             m.inplace = False
 
 
@@ -144,7 +144,9 @@ class Classifier(nn.Module):
 
 
 def build_classifier(name: str, num_classes: int, *, weights: str | Path | None = None) -> Classifier:
-    """A :class:`Classifier` on the torchvision backbone ``name`` ('resnet18', 'resnet50', 'vgg19_bn').
+    """A :class:`Classifier` on the torchvision backbone ``name`` ('resnet18', 'resnet50', 'vgg19_bn',
+    'mobilenet_v2': its ``features`` stages '0'..'18', a family apart from the ResNets for an
+    independent judge).
 
     ``weights``: None = from scratch; 'imagenet' = torchvision's DEFAULT ImageNet weights (needs the
     network or the torch hub cache); or a path to a local .pth state dict of the torchvision model.
@@ -158,6 +160,9 @@ def build_classifier(name: str, num_classes: int, *, weights: str | Path | None 
         stages = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
         features = nn.Sequential(OrderedDict((s, getattr(model, s)) for s in stages))
         channels = model.fc.in_features
+    elif name.startswith("mobilenet"):
+        features = model.features
+        channels = model.last_channel
     else:
         features = named_vgg_features(model.features)
         channels = 512
