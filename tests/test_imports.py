@@ -35,7 +35,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("objectives", ("sfsr.losses", "sfsr.semantic")),
     ("training", ("sfsr.training",)),
     ("evaluation", ("sfsr.evaluation", "sfsr.perceptual_metrics", "sfsr.classification", "sfsr.refsr",
-                    "sfsr.inference")),
+                    "sfsr.inference", "sfsr.analysis")),
     ("plots", ("sfsr.plots",)),
     ("entry", ("sfsr.workflow", "sfsr.cli", "sfsr.config", "sfsr.training.worker")),
 ]
