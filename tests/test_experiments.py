@@ -27,13 +27,14 @@ def test_there_are_experiments():
 def test_paper_presets_keep_their_papers_base_and_cpu_overrides_use_bicubic(path):
     """config.yaml's tiny models use the bicubic base; an experiment that reuses a model name must not
     inherit it silently (Snakemake merges kwargs key by key). Paper presets: the paper's base
-    (sfsr.model_options); the CPU overrides (*_local.yaml): bicubic."""
+    (sfsr.model_options); the CPU overrides and CPU studies (*_local.yaml): bicubic."""
     from sfsr.model_options import GENERATOR_KWARGS
     config = merged(path)
     for name in config["sr_models"]:
         model = config["models"][name]
         base = (model.get("kwargs") or {}).get("base", GENERATOR_KWARGS[model["arch"]]["base"])
-        assert base == GENERATOR_KWARGS[model["arch"]]["base"], (path.name, name, base)
+        wanted = "bicubic" if path.stem.endswith("_local") else GENERATOR_KWARGS[model["arch"]]["base"]
+        assert base == wanted, (path.name, name, base)
     local = path.with_name(f"{path.stem}_local.yaml")
     if local.exists():
         config = merged(path, local)

@@ -178,7 +178,7 @@ def _compare(item: Mapping[str, Any], index, metrics, seed_names, stems, n_boot:
 def comparisons(spec: Mapping[str, Any], records: Sequence[Mapping[str, Any]], *,
                 metrics: Mapping[str, pd.DataFrame] | None = None,
                 seed_names: Mapping[str, tuple[str, int]] | None = None, n_boot: int = 2000,
-                seed: int = 0) -> pd.DataFrame:
+                seed: int = 0, default_judge: str = "prior") -> pd.DataFrame:
     """The pre-registered comparisons of ``spec`` (``{"primary": {model, against, judge, metric,
     test, alpha}, "secondary": [{model, against, judge, metric}, ...]}``), one row each.
 
@@ -208,6 +208,8 @@ def comparisons(spec: Mapping[str, Any], records: Sequence[Mapping[str, Any]], *
     (``p_holm < alpha`` for secondaries, ``p < alpha`` for the primary; None without a p),
     ``fixed, broken`` (pooled discordant images of the binary metrics; NaN elsewhere), ``status``.
 
+    ``default_judge`` judges the comparisons that name no judge (the study's primary judge).
+
     Raises :class:`ConfigError` naming the key for an unknown model, judge, metric or a test that
     does not fit the metric, and :class:`DataError` naming the record when a record lacks the field
     a metric needs."""
@@ -219,6 +221,9 @@ def comparisons(spec: Mapping[str, Any], records: Sequence[Mapping[str, Any]], *
     base_alpha = float(primary.get("alpha", 0.05)) if primary else 0.05
     items = ([("primary", "primary", primary)] if primary else []) + [
         ("secondary", f"secondary[{i}]", item) for i, item in enumerate(secondary)]
+    # a comparison without a judge is judged by the study's primary judge (config key primary_judge)
+    items = [(role, where, item if item.get("judge") or item["metric"] == "psnr_y"
+              else {**item, "judge": default_judge}) for role, where, item in items]
     for _, where, item in items:
         _check(where, item, index, metrics, seed_names)
     rows = []
