@@ -407,3 +407,43 @@ def refsr_targets():
     curves = [f"{RESULTS}/figures/training_refsr.png"] if scales else []
     return curves + [f"{RESULTS}/{kind}" for d in config["refsr"] for s in scales
                      for kind in (f"refsr/{d}_x{s}.csv", f"refsr/{d}_x{s}.md", f"figures/refsr_{d}_x{s}.png")]
+
+
+# ---- semantic examples figure
+def semantic_example_primary():
+    """Config key analysis.primary (the pre-registered comparison: model, against, judge), or {}."""
+    return (config.get("analysis") or {}).get("primary") or {}
+
+
+def semantic_example_judge():
+    """The judge of the semantic examples: analysis.primary.judge, else primary_judge, else (as
+    sfsr.config.primary_judge, where this checkout has it) the first independent judge, else 'prior'."""
+    resolve = getattr(sfsr.config, "primary_judge", None)
+    if resolve is not None:
+        return resolve(config)
+    return semantic_example_primary().get("judge") or config.get("primary_judge") or "prior"
+
+
+def semantic_example_targets():
+    """The figure of test images the prior fixed / broke, per classification set at the primary
+    model's scale; none without an analysis.primary entry."""
+    primary = semantic_example_primary()
+    if not primary:
+        return []
+    gens = evaluated_generators()
+    scales = [gens[m][1] for m in (primary["model"], primary["against"]) if m in gens][:1] or SCALES
+    return [f"{RESULTS}/figures/semantic_examples_{d}_x{s}.png" for d in config["classification"] for s in scales]
+
+
+def semantic_example_inputs(wildcards):
+    """Records of HR, bicubic, the primary model and its reference under the judge; their images."""
+    primary, judge = semantic_example_primary(), semantic_example_judge()
+    d, s = wildcards.dataset, wildcards.scale
+    out = {"manifest": f"{DATA}/prepared/{d}/manifest.csv", "hr": prepared_hr(d)}
+    for key, name in (("record_hr", "hr"), ("record_bicubic", "bicubic"),
+                      ("record_against", primary["against"]), ("record_model", primary["model"])):
+        out[key] = accuracy_record(d, s, judge, name)
+    for key, name in (("sr_bicubic", "bicubic"), ("sr_against", primary["against"]),
+                      ("sr_model", primary["model"])):
+        out[key] = prepared_hr(d) if name == "hr" else f"{RESULTS}/sr/{name}/{d}_x{s}"  # as classify reads
+    return out

@@ -12,6 +12,7 @@ report: "../report/workflow.rst"
 rule figures:
     input:
         figure_targets(),
+        semantic_example_targets(),
         f"{RESULTS}/summary.csv",
 
 
@@ -92,6 +93,26 @@ rule plot_visual:
         f"{RESULTS}/logs/plot_visual/{{dataset}}_x{{scale}}_{{rank}}.log",
     conda:
         "../envs/torch.yaml"
+    script:
+        "../workflow_scripts/report.py"
+
+
+rule plot_semantic_examples:
+    input:
+        unpack(semantic_example_inputs),
+    output:
+        png=report(figure_file("semantic_examples", RESULTS), **report_args("semantic_examples")),
+        pdf=figure_file("semantic_examples", RESULTS, "pdf"),
+    params:
+        model=semantic_example_primary().get("model"),
+        against=semantic_example_primary().get("against"),
+        judge=semantic_example_judge(),
+        universe=color_universe(),
+        families=families(),
+    log:
+        f"{RESULTS}/logs/plot_semantic_examples/{{dataset}}_x{{scale}}.log",
+    conda:
+        "../envs/light.yaml"
     script:
         "../workflow_scripts/report.py"
 

@@ -75,6 +75,24 @@ def test_evaluate_folders_missing_folder(tmp_path):
 
 # ------------------------------------------------------------------------------- bootstrap -------
 
+def test_example_stems_are_test_images_of_a_classification_set(tmp_path):
+    """image_metrics keeps as examples the first n test-split stems of a classification set, the
+    first n stems of any other set (no manifest, no split column, or no test image among them)."""
+    from sfsr.evaluation import example_stems
+
+    stems = ["c01", "a07", "b02", "a01", "b09"]
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame({"stem": ["a01", "a07", "b02", "b09", "c01"], "class_id": [0, 0, 1, 1, 2],
+                  "split": ["train", "train", "test", "sr_train", "test"]}).to_csv(manifest, index=False)
+    assert example_stems(stems, 3, manifest) == ["b02", "c01"]  # only two test images
+    assert example_stems(stems, 1, manifest) == ["b02"]
+    assert example_stems(stems, 3) == ["a01", "a07", "b02"]
+    assert example_stems(stems, 3, tmp_path / "absent.csv") == ["a01", "a07", "b02"]
+    pd.DataFrame({"stem": stems, "split": [None] * 5}).to_csv(manifest, index=False)  # a test set's manifest
+    assert example_stems(stems, 2, manifest) == ["a01", "a07"]
+    assert example_stems(stems, 0, manifest) == []
+
+
 def test_bootstrap_ci_contains_mean_and_narrows_with_n():
     rng = np.random.default_rng(0)
     small = rng.normal(30, 2, 10)

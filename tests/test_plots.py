@@ -545,3 +545,81 @@ def test_accuracy_bars_carry_the_paired_interval_when_given():
     assert len(with_err) == 1  # only the model with a paired interval
     segment = with_err[0].errorbar.lines[2][0].get_segments()[0]
     assert [round(y, 6) for _, y in segment] == [60.0, 80.0]  # 50% + [10, 30] points
+
+
+# ------------------------------------------------------------------------------ semantic examples
+
+def _semantic_study(tmp_path, model_right, control_right):
+    """A toy classification test split of 8 stems (3 classes, 16 px PNGs per input folder) and the
+    classify records of hr, bicubic, control and semantic; ``*_right``: per stem, is that input right."""
+    from sfsr.plots.semantic import read_record
+
+    stems = [f"img{k}" for k in range(8)]
+    manifest = pd.DataFrame({"stem": stems + ["train0", "train1"], "class_id": [7, 3, 5, 3, 7, 5, 3, 7, 9, 9],
+                             "class_name": ["rose", "daisy", "lily", "daisy", "rose", "lily", "daisy", "rose",
+                                            "tulip", "tulip"], "split": ["test"] * 8 + ["train"] * 2})
+    index = {cid: i for i, cid in enumerate(sorted(manifest["class_id"].unique()))}  # 3,5,7,9
+    labels = [index[c] for c in manifest["class_id"][:8]]
+    rng = np.random.default_rng(0)
+    right = {"hr": [True] * 8, "bicubic": [False] * 8, "sem_control": control_right, "sem": model_right}
+    records, folders = {}, {}
+    for name, ok in right.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        for stem in stems:
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f"{stem}.png")
+        pred = [y if r else (y + 1) % 4 for y, r in zip(labels, ok)]
+        order = list(range(8))[::-1] if name == "sem_control" else list(range(8))  # pairing is by stem
+        path = tmp_path / f"{name}.json"
+        io.write_json(path, {"input": name, "judge": "mobilenet_v2", "images": [stems[i] for i in order],
+                             "correct_top1": [ok[i] for i in order], "label": [labels[i] for i in order],
+                             "pred_top1": [pred[i] for i in order]})
+        records[name], folders[name] = read_record(path), folder
+    return records, folders, manifest
+
+
+def test_semantic_examples_pick_fixed_then_broken_test_images(tmp_path):
+    """Fixed: semantic right, control wrong; broken: the reverse; first 3 of each by stem, paired by
+    stem whatever the records' order; rows fixed then broken; class names as the classifier numbers them."""
+    from sfsr.plots.semantic import class_names
+    from sfsr.training.classifier import read_class_manifest
+
+    model_right = [True, True, False, True, True, False, True, False]
+    control_right = [True, False, True, False, False, True, False, False]
+    records, folders, manifest = _semantic_study(tmp_path, model_right, control_right)
+    fixed, broken = plots.pick_semantic_examples(records["sem"], records["sem_control"])
+    assert fixed == ["img1", "img3", "img4"]  # img6 is fixed too: capped at 3
+    assert broken == ["img2", "img5"]
+    assert plots.pick_semantic_examples(records["sem"], records["sem_control"], n=10)[0] == \
+        ["img1", "img3", "img4", "img6"]
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    assert class_names(manifest) == read_class_manifest(tmp_path)[2] == ["daisy", "lily", "rose", "tulip"]
+
+    fig = plots.make_semantic_examples(records, folders, manifest, "sem", "sem_control", 8, judge="mobilenet_v2")
+    assert fig.sfsr_examples == (["img1", "img3", "img4"], ["img2", "img5"])
+    rows = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+    assert [r.split("\n")[0] for r in rows] == ["FIXED"] * 3 + ["BROKEN"] * 2
+    assert rows[0] == "FIXED\ntrue: daisy\nimg1"  # class_id 3 -> index 0 -> daisy
+    titles = [ax.get_title() for ax in fig.axes[:4]]  # first row: HR | bicubic | control | semantic
+    assert titles[0].startswith("HR\n✓ daisy") and titles[2].endswith("✗ lily") and titles[3].endswith("✓ daisy")
+    assert "4 fixed, 2 broken" in fig.get_suptitle()
+    out = plots.plot_semantic_examples(records, folders, manifest, "sem", "sem_control", 8,
+                                       tmp_path / "semantic_examples.png")
+    assert [p.suffix for p in out] == [".png", ".pdf"] and all(p.stat().st_size > 0 for p in out)
+
+
+def test_semantic_examples_without_broken_images_say_so(tmp_path):
+    records, folders, manifest = _semantic_study(tmp_path, [True] * 8, [True, False] + [True] * 6)
+    fig = plots.make_semantic_examples(records, folders, manifest, "sem", "sem_control", 8)
+    assert fig.sfsr_examples == (["img1"], [])
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert texts == ["no broken image: no test image where the semantic model is wrong, the control right"]
+
+
+def test_semantic_examples_need_per_image_predictions(tmp_path):
+    from sfsr.plots.semantic import read_record
+
+    path = tmp_path / "old.json"
+    io.write_json(path, {"input": "sem", "images": ["a"], "correct_top1": [True]})
+    with pytest.raises(DataError, match=r"old\.json.*rerun its classify job"):
+        read_record(path)

@@ -17,7 +17,7 @@ import pandas as pd
 
 from sfsr import io, provenance
 from sfsr.classification import seed_summary as seed_summary_table
-from sfsr.evaluation import add_lpips, evaluate_folders, summary_markdown
+from sfsr.evaluation import add_lpips, evaluate_folders, example_stems, summary_markdown
 from sfsr.evaluation import summarize as summarize_table
 from sfsr.workflow import run_rule
 
@@ -42,7 +42,8 @@ def image_metrics(smk):
     examples = Path(smk.output.examples)
     examples.mkdir(parents=True, exist_ok=True)
     if smk.params.keep != "none":
-        for stem in table["image"].head(smk.params.n_examples):
+        manifest = Path(smk.input.hr).parent / "manifest.csv"  # written with HR/ by prepare
+        for stem in example_stems(table["image"], smk.params.n_examples, manifest):  # test images first
             src = next(Path(smk.input.sr).glob(f"{stem}.png"))
             shutil.copy2(src, examples / src.name)
 

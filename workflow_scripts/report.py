@@ -59,6 +59,18 @@ def plot_visual(smk):
                                size=smk.params.crop_size, colors=_colors(smk))
 
 
+def plot_semantic_examples(smk):
+    from sfsr.plots.semantic import read_record
+
+    p, i = smk.params, smk.input
+    records = {"hr": read_record(i.record_hr), "bicubic": read_record(i.record_bicubic),
+               p.against: read_record(i.record_against), p.model: read_record(i.record_model)}
+    folders = {"hr": i.hr, "bicubic": i.sr_bicubic, p.against: i.sr_against, p.model: i.sr_model}
+    manifest = pd.read_csv(i.manifest, dtype={"stem": str, "split": str})
+    plots.plot_semantic_examples(records, folders, manifest, p.model, p.against, int(smk.wildcards.scale),
+                                 smk.output.png, judge=p.judge, colors=_colors(smk))
+
+
 def summary_table(smk):
     summary = pd.read_csv(smk.input.summary)
     if smk.input.refsr:  # RefSR per reference level: rows '<model> @ ref<k>' (docs/refsr.md)
@@ -94,4 +106,4 @@ def summary_table(smk):
 
 run_rule(snakemake, {"plot_training": plot_training, "plot_metrics": plot_metrics,  # noqa: F821
                      "plot_accuracy": plot_accuracy, "plot_visual": plot_visual,
-                     "summary_table": summary_table})
+                     "plot_semantic_examples": plot_semantic_examples, "summary_table": summary_table})

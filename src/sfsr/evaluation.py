@@ -83,6 +83,22 @@ def evaluate_folders(hr_dir: str | os.PathLike, sr_dir: str | os.PathLike, scale
     return table
 
 
+def example_stems(stems: Sequence[str], n: int, manifest: str | os.PathLike | None = None) -> list[str]:
+    """The ``n`` images the ``image_metrics`` rule keeps under ``examples/``: the first ``n`` of
+    ``stems`` by stem; for a classification set (a ``manifest.csv`` with a ``split`` column naming
+    some of ``stems`` ``test``), the first ``n`` test images by stem instead, so the examples are
+    images no model or classifier trained on. ``manifest``: its path (a missing file counts as no
+    manifest)."""
+    chosen = sorted(str(s) for s in stems)
+    if manifest is not None and Path(manifest).is_file():
+        frame = pd.read_csv(manifest, dtype={"stem": str, "split": str})
+        if {"stem", "split"} <= set(frame.columns):
+            test = set(frame.loc[frame["split"] == "test", "stem"])
+            if test & set(chosen):
+                chosen = [s for s in chosen if s in test]
+    return chosen[:max(int(n), 0)]
+
+
 def mean_metrics(df: pd.DataFrame) -> dict[str, Any]:
     """``{"n", "psnr_y", "ssim_y", "psnr_rgb"}``: the number of images and the plain means."""
     if len(df) == 0:

@@ -44,6 +44,9 @@ FIGURES: dict[str, Figure] = {
                        "3. Semantics", "{dataset} x{scale}"),
     "visual": Figure("plot_visual", ("plot_visual_grid",), "visual_{dataset}_x{scale}_{rank}", "visual_grid.rst",
                      "2. Image quality", "{dataset} x{scale}"),
+    "semantic_examples": Figure("plot_semantic_examples", ("plot_semantic_examples",),
+                                "semantic_examples_{dataset}_x{scale}", "semantic_examples.rst",
+                                "3. Semantics", "{dataset} x{scale}"),
     "refsr": Figure("refsr_summary", ("plot_refsr",), "refsr_{dataset}_x{scale}", "refsr.rst",
                     "Reference-based SR", pdf=False),
 }

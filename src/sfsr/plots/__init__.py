@@ -13,7 +13,8 @@ project's single metric implementation), on the Y channel (own gray values for g
 One module per figure kind: :mod:`~sfsr.plots.style` (colours, families, saving),
 :mod:`~sfsr.plots.curves` (training curves), :mod:`~sfsr.plots.quality` (metric bars, RefSR by
 reference level), :mod:`~sfsr.plots.accuracy` (accuracy, trade-off), :mod:`~sfsr.plots.grids`
-(visual comparison grids), :mod:`~sfsr.plots.summary` (the summary table); the public names are
+(visual comparison grids), :mod:`~sfsr.plots.semantic` (test images the semantic prior fixed or
+broke), :mod:`~sfsr.plots.summary` (the summary table); the public names are
 re-exported here.
 """
 
@@ -23,6 +24,7 @@ from sfsr.plots.accuracy import make_accuracy, make_tradeoff, plot_accuracy, plo
 from sfsr.plots.curves import make_training_curves, plot_training_curves
 from sfsr.plots.grids import choose_crop, make_visual_grid, pick_images, plot_visual_grid
 from sfsr.plots.quality import make_metric_bars, make_refsr, plot_metric_bars, plot_refsr
+from sfsr.plots.semantic import make_semantic_examples, pick_semantic_examples, plot_semantic_examples
 from sfsr.plots.style import FAMILIES, family_lookup, model_colors, model_family, save_figure
 from sfsr.plots.summary import summary_table
 
@@ -34,5 +36,6 @@ __all__ = [
     "make_tradeoff", "plot_tradeoff",
     "choose_crop", "pick_images", "make_visual_grid", "plot_visual_grid",
     "make_refsr", "plot_refsr",
+    "pick_semantic_examples", "make_semantic_examples", "plot_semantic_examples",
     "save_figure", "summary_table",
 ]
