@@ -17,13 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
 
-from sfsr.data.images import read_image, to_rgb
+from sfsr.data.images import read_image, to_rgb  # sfsr before torch: it sets torch's thread waiting
 from sfsr.models import load_generator
 from sfsr.models.classifier import load_classifier
 from sfsr.semantic import load_semantic_prior
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 
 def _batch(folder: Path, stems: list[str]) -> torch.Tensor:

@@ -153,7 +153,7 @@ rule gate:
         sr=f"{RESULTS}/sr/{{model}}/{{dataset}}_x{{scale}}",
         manifest=lambda wc: f"{DATA}/prepared/{wc.dataset}/manifest.csv",
     output:
-        f"{RESULTS}/classification/{{dataset}}_x{{scale}}/gate_{{model}}.json",
+        f"{RESULTS}/gate/{{dataset}}_x{{scale}}/{{model}}.json",
     params:
         gate=config["analysis"].get("gate"),
         device=config["evaluation"]["device"],

@@ -247,6 +247,21 @@ def evaluation_provenance():
     return {k: config[k] for k in keys} | {"datasets": {d: dataset_spec(d) for d in used_datasets()}}
 
 
+EVALUATION_SPLITS = ["val", "test"]  # a classification set's images that SR outputs are made of
+
+
+def evaluation_splits(dataset):
+    """The splits whose images are upscaled and measured: a classification set's val and test
+    splits (never the images models and classifiers trained on); every image of other sets (None)."""
+    return EVALUATION_SPLITS if dataset in config["classification"] else None
+
+
+def upscale_splits(model, dataset):
+    """As evaluation_splits, but bicubic upscales every image: the LR classification baseline
+    fine-tunes on the bicubic images of the training split."""
+    return None if model == "bicubic" else evaluation_splits(dataset)
+
+
 def metric_tables():
     """Bicubic at every scale; a trained generator at its own scale."""
     gens = evaluated_generators()
@@ -344,7 +359,7 @@ def classification_inputs(dataset, scale):
 
 def gate_file(dataset, scale, model):
     """The go / no-go decision of config key analysis.gate for a model's first-seed warm-up."""
-    return f"{RESULTS}/classification/{dataset}_x{scale}/gate_{model}.json"
+    return f"{RESULTS}/gate/{dataset}_x{scale}/{model}.json"
 
 
 def analysis_judge():

@@ -19,6 +19,7 @@ rule upscale:
     output:
         sr_output(f"{RESULTS}/sr/{{model}}/{{dataset}}_x{{scale}}"),
     params:
+        splits=lambda wc: upscale_splits(wc.model, wc.dataset),
         tile=config["evaluation"]["tile"],
         tile_overlap=config["evaluation"]["tile_overlap"],
         device=config["evaluation"]["device"],
@@ -42,6 +43,7 @@ rule image_metrics:
         csv=f"{RESULTS}/metrics/{{model}}/{{dataset}}_x{{scale}}.csv",
         examples=directory(f"{RESULTS}/examples/{{model}}/{{dataset}}_x{{scale}}"),
     params:
+        splits=lambda wc: evaluation_splits(wc.dataset),
         keep=config["evaluation"]["save_sr"],
         n_examples=config["evaluation"]["n_examples"],
     log:
@@ -62,6 +64,7 @@ rule perceptual_metrics:
     output:
         csv=f"{RESULTS}/metrics/{{model}}/{{dataset}}_x{{scale}}_lpips.csv",
     params:
+        splits=lambda wc: evaluation_splits(wc.dataset),
         net=config["evaluation"]["lpips"],
         device=config["evaluation"]["device"],
     log:

@@ -17,7 +17,7 @@ import pandas as pd
 
 from sfsr import io, provenance
 from sfsr.classification import seed_summary as seed_summary_table
-from sfsr.evaluation import add_lpips, evaluate_folders, example_stems, summary_markdown
+from sfsr.evaluation import add_lpips, evaluate_folders, example_stems, split_stems, summary_markdown
 from sfsr.evaluation import summarize as summarize_table
 from sfsr.workflow import run_rule
 
@@ -26,15 +26,18 @@ def upscale(smk):
     from sfsr.inference import upscale_path  # torch: only where a model runs
 
     checkpoint = smk.input.checkpoint if smk.wildcards.model != "bicubic" else None
+    manifest = Path(smk.input.lr).parents[1] / "manifest.csv"  # prepared/<set>/LR_bicubic/X<s>
     upscale_path(smk.input.lr, smk.output[0], scale=int(smk.wildcards.scale), checkpoint=checkpoint,
                  device=smk.params.device, tile=smk.params.tile, tile_overlap=smk.params.tile_overlap,
-                 progress=True)
+                 progress=True, stems=split_stems(manifest, smk.params.splits))
 
 
 def image_metrics(smk):
     w = smk.wildcards
     resizer = "matlab-bicubic" if w.model == "bicubic" else f"model:{w.model}"
-    table = evaluate_folders(smk.input.hr, smk.input.sr, int(w.scale), resizer=resizer)
+    manifest = Path(smk.input.hr).parent / "manifest.csv"  # written with HR/ by prepare
+    table = evaluate_folders(smk.input.hr, smk.input.sr, int(w.scale), resizer=resizer,
+                             stems=split_stems(manifest, smk.params.splits))
     table.insert(0, "scale", int(w.scale))
     table.insert(0, "dataset", w.dataset)
     table.insert(0, "model", w.model)
@@ -42,7 +45,6 @@ def image_metrics(smk):
     examples = Path(smk.output.examples)
     examples.mkdir(parents=True, exist_ok=True)
     if smk.params.keep != "none":
-        manifest = Path(smk.input.hr).parent / "manifest.csv"  # written with HR/ by prepare
         for stem in example_stems(table["image"], smk.params.n_examples, manifest):  # test images first
             src = next(Path(smk.input.sr).glob(f"{stem}.png"))
             shutil.copy2(src, examples / src.name)
@@ -54,15 +56,16 @@ def perceptual_metrics(smk):
 
     w = smk.wildcards
     net, scale = smk.params.net, int(w.scale)
+    stems = split_stems(Path(smk.input.hr).parent / "manifest.csv", smk.params.splits)
     available, message = lpips_available(net)
     if available:
         logging.getLogger("sfsr").info("%s", message)
         table = lpips_table(smk.input.hr, smk.input.sr, scale, net=net,
-                            device=resolve_device(smk.params.device, "evaluation.device"))
+                            device=resolve_device(smk.params.device, "evaluation.device"), stems=stems)
     else:  # offline without the backbone weights: one line, and a table that says so
         logging.getLogger("sfsr").warning("%s", message)
         print(f"[sfsr] {w.model} {w.dataset} x{scale}: {message}", file=sys.__stderr__)
-        table = skipped_table(smk.input.hr, smk.input.sr, scale, message, net=net)
+        table = skipped_table(smk.input.hr, smk.input.sr, scale, message, net=net, stems=stems)
     table.insert(0, "scale", scale)
     table.insert(0, "dataset", w.dataset)
     table.insert(0, "model", w.model)

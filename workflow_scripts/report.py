@@ -84,9 +84,11 @@ def summary_table(smk):
         if smk.input.accuracy else None
     if accuracy is not None:
         accuracy = accuracy.rename(columns={"input": "model"})
-        if "judge" in accuracy.columns:  # the summary shows one judge: the first independent one
-            accuracy = accuracy[accuracy["judge"] == summary_judge(accuracy["judge"])]
-            accuracy = accuracy.drop(columns="independent").rename(columns={"judge": "acc_judge"})
+        if "judge" in accuracy.columns:  # the summary shows one judge: the primary judge
+            primary = accuracy["primary_judge"] if "primary_judge" in accuracy.columns else None
+            accuracy = accuracy[accuracy["judge"] == summary_judge(accuracy["judge"], primary)]
+            accuracy = accuracy.drop(columns=[c for c in ("independent", "primary_judge") if c in accuracy.columns])
+            accuracy = accuracy.rename(columns={"judge": "acc_judge"})
     params, train_time = {}, {}
     for name, path in zip(smk.params.names, smk.input.provenance):
         record = json.loads(Path(path).read_text())

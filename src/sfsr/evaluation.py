@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from collections.abc import Collection
 from typing import Any, Sequence
 
 import numpy as np
@@ -40,12 +41,17 @@ def _shorten(stems: Sequence[str], limit: int = 20) -> str:
     return shown + (f", ... ({len(stems)} in all)" if len(stems) > limit else "")
 
 
-def matched_images(hr_dir: str | os.PathLike, sr_dir: str | os.PathLike
+def matched_images(hr_dir: str | os.PathLike, sr_dir: str | os.PathLike, stems: Collection[str] | None = None
                    ) -> tuple[dict[str, Path], dict[str, Path]]:
     """The HR and SR images of two folders by stem (``{stem: path}`` each), the same stems on both
-    sides; else :class:`DataError` listing what is missing on each side."""
+    sides; else :class:`DataError` listing what is missing on each side. ``stems``: only these
+    images (an SR folder may hold more, e.g. the bicubic images of a training split)."""
     hr = images_by_stem(hr_dir, what="HR")
     sr = images_by_stem(sr_dir, what="SR")
+    if stems is not None:
+        wanted = {str(s) for s in stems}
+        hr = {k: v for k, v in hr.items() if k in wanted}
+        sr = {k: v for k, v in sr.items() if k in wanted}
     missing_sr = sorted(set(hr) - set(sr))
     missing_hr = sorted(set(sr) - set(hr))
     if missing_sr or missing_hr:
@@ -60,15 +66,17 @@ def matched_images(hr_dir: str | os.PathLike, sr_dir: str | os.PathLike
 
 
 def evaluate_folders(hr_dir: str | os.PathLike, sr_dir: str | os.PathLike, scale: int,
-                     *, resizer: str | None = None, progress: bool = False) -> pd.DataFrame:
+                     *, resizer: str | None = None, progress: bool = False,
+                     stems: Collection[str] | None = None) -> pd.DataFrame:
     """Per-image PSNR-Y / SSIM-Y / PSNR-RGB of every SR image against the HR image of the same stem.
 
     Returns a long-format DataFrame with columns ``image, psnr_y, ssim_y, psnr_rgb, channel,
     crop_border, convention`` (+ ``resizer`` when given), sorted by image stem. Raises
     :class:`DataError` when the two folders do not hold the same stems (listing what is missing
     on each side) or when an SR image does not have the size of its modcropped HR image.
+    ``stems``: only these images (:func:`split_stems`).
     """
-    hr, sr = matched_images(hr_dir, sr_dir)
+    hr, sr = matched_images(hr_dir, sr_dir, stems)
     rows = []
     for stem in tqdm(sorted(hr), desc=f"evaluate x{scale}", disable=not progress):
         try:
@@ -81,6 +89,18 @@ def evaluate_folders(hr_dir: str | os.PathLike, sr_dir: str | os.PathLike, scale
     if resizer is not None:
         table["resizer"] = resizer
     return table
+
+
+def split_stems(manifest: str | os.PathLike, splits: Sequence[str] | None) -> list[str] | None:
+    """The stems of a prepared set's images in ``splits`` (its ``manifest.csv``), sorted; None (every
+    image) when ``splits`` is None. The evaluation of a classification set's SR outputs covers its
+    val and test splits only, never the images the models or classifiers trained on."""
+    if splits is None:
+        return None
+    frame = pd.read_csv(manifest, dtype={"stem": str, "split": str})
+    if "split" not in frame.columns:
+        raise DataError(f"{manifest} has no 'split' column, so its {list(splits)} images cannot be chosen")
+    return sorted(frame.loc[frame["split"].isin(list(splits)), "stem"])
 
 
 def example_stems(stems: Sequence[str], n: int, manifest: str | os.PathLike | None = None) -> list[str]:

@@ -25,6 +25,7 @@ import contextlib
 import logging
 import os
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -295,8 +296,9 @@ def _plan_outputs(inputs: list[Path], output: Path, single: bool) -> list[Path]:
 def upscale_path(input: str | os.PathLike, output: str | os.PathLike, *, scale: int | None = None,
                  checkpoint: str | os.PathLike | None = None, device: str = "auto",
                  tile: int | str | None = None, tile_overlap: int = 16, progress: bool = True,
-                 bf16: bool = False) -> list[Path]:
+                 bf16: bool = False, stems: Collection[str] | None = None) -> list[Path]:
     """Upscale an image file or every image of a folder; write ``<stem>.png`` (atomic writes).
+    ``stems``: for a folder, only the images with these stems (all of them must be there).
 
     Without ``checkpoint``: bicubic (MATLAB-exact) at ``scale``. With ``checkpoint``: the
     generator it holds, at its own scale (``scale``, if given, must match it). ``output`` is a
@@ -334,6 +336,12 @@ def upscale_path(input: str | os.PathLike, output: str | os.PathLike, *, scale: 
             raise ConfigError("give a scale for bicubic upscaling (e.g. --scale 4)")
     single = src.is_file()
     inputs = [src] if single else list_images(src, IMAGE_EXTENSIONS)
+    if stems is not None and not single:
+        wanted = {str(s) for s in stems}
+        absent = sorted(wanted - {p.stem for p in inputs})
+        if absent:
+            raise DataError(f"{src} lacks {len(absent)} image(s) to upscale: {', '.join(absent[:5])}")
+        inputs = [p for p in inputs if p.stem in wanted]
     if not inputs:
         raise DataError(f"no images in {src} ({', '.join(IMAGE_EXTENSIONS)})")
     stems = [p.stem for p in inputs]

@@ -21,7 +21,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -140,15 +140,16 @@ def lpips_pair(model: Any, hr: np.ndarray, sr: np.ndarray, scale: int,
 
 def lpips_table(hr_dir: str | os.PathLike, sr_dir: str | os.PathLike, scale: int, *,
                 net: str = "alex", device: str = "cpu", crop_border: int | None = None,
-                model: Any = None) -> pd.DataFrame:
+                model: Any = None, stems: Sequence[str] | None = None) -> pd.DataFrame:
     """Per-image LPIPS of every SR image against the HR image of the same stem.
 
     Columns :data:`LPIPS_COLUMNS` (``skipped`` empty), sorted by stem. ``crop_border`` defaults to
     ``scale`` (the PSNR/SSIM convention). Raises :class:`DataError` when the folders do not match by
     stem, an SR image has the wrong size or the backbone weights are missing (check
-    :func:`lpips_available` first to skip instead)."""
+    :func:`lpips_available` first to skip instead). ``stems``: only these images (as
+    :func:`sfsr.evaluation.evaluate_folders`)."""
     _check_net(net)
-    hr, sr = matched_images(hr_dir, sr_dir)
+    hr, sr = matched_images(hr_dir, sr_dir, stems)
     border = int(scale if crop_border is None else crop_border)
     model = model if model is not None else load_lpips(net, device)
     rows = []
@@ -163,9 +164,10 @@ def lpips_table(hr_dir: str | os.PathLike, sr_dir: str | os.PathLike, scale: int
 
 
 def skipped_table(hr_dir: str | os.PathLike, sr_dir: str | os.PathLike, scale: int, reason: str, *,
-                  net: str = "alex", crop_border: int | None = None) -> pd.DataFrame:
+                  net: str = "alex", crop_border: int | None = None,
+                  stems: Sequence[str] | None = None) -> pd.DataFrame:
     """The table of a skipped LPIPS: one row per image, ``lpips`` NaN and the ``reason``."""
-    hr, _ = matched_images(hr_dir, sr_dir)
+    hr, _ = matched_images(hr_dir, sr_dir, stems)
     border = int(scale if crop_border is None else crop_border)
     return pd.DataFrame([{"image": stem, "lpips": float("nan"), "net": net, "crop_border": border,
                           "convention": LPIPS_CONVENTION, "skipped": reason} for stem in sorted(hr)],
