@@ -61,6 +61,31 @@ def test_evaluate_folders_lists_missing_stems_on_each_side(tmp_path):
     assert "b, c" in msg and "zz" in msg and str(tmp_path / "sr") in msg
 
 
+def test_evaluation_of_some_splits_only(tmp_path):
+    """A classification set's SR outputs are measured on its val and test images only: split_stems
+    reads them from the manifest, evaluate_folders and upscale_path take no other image."""
+    from sfsr.evaluation import split_stems
+    from sfsr.inference import upscale_path
+
+    rng = np.random.default_rng(0)
+    stems = ["a", "b", "c", "d"]
+    for stem in stems:
+        io.save_image(tmp_path / "HR" / f"{stem}.png", rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+        io.save_image(tmp_path / "LR" / f"{stem}.png", rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame({"stem": stems, "split": ["train", "test", "val", "sr_train"]}).to_csv(manifest, index=False)
+    assert split_stems(manifest, ["val", "test"]) == ["b", "c"] and split_stems(manifest, None) is None
+    written = upscale_path(tmp_path / "LR", tmp_path / "SR", scale=4, stems=["b", "c"], progress=False)
+    assert sorted(p.stem for p in written) == ["b", "c"]
+    assert sorted(p.stem for p in (tmp_path / "SR").iterdir()) == ["b", "c"]
+    table = evaluate_folders(tmp_path / "HR", tmp_path / "SR", 4, stems=["b", "c"])
+    assert table["image"].tolist() == ["b", "c"]
+    with pytest.raises(DataError, match="no SR image"):  # HR b, c without stems: a, d have no SR image
+        evaluate_folders(tmp_path / "HR", tmp_path / "SR", 4)
+    with pytest.raises(DataError, match="lacks 1 image"):
+        upscale_path(tmp_path / "LR", tmp_path / "SR2", scale=4, stems=["b", "zz"], progress=False)
+
+
 def test_evaluate_folders_size_mismatch_names_file_and_sizes(tmp_path):
     io.save_image(tmp_path / "hr" / "x.png", np.zeros((40, 31, 3), np.uint8))  # x2 -> 40 x 30
     io.save_image(tmp_path / "sr" / "x.png", np.zeros((40, 32, 3), np.uint8))

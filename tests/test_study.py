@@ -171,10 +171,78 @@ def test_an_independent_judge_gives_its_own_verdicts(study):
         assert record["images"] == prior_record["images"]
 
 
+def test_the_pre_registered_analysis_is_computed_from_the_records(study):
+    """analysis.csv holds the config's comparisons in order; the primary's counts, estimate and p are
+    those of the per-image records of the primary judge (recomputed here), and accuracy.csv marks
+    its row; the records carry predictions; the PSNR comparison uses the test images only."""
+    from scipy.stats import binomtest, wilcoxon
+
+    work, res = study
+    folder = res / "classification" / "builtin_demo_cls_x4"
+    analysis = pd.read_csv(folder / "analysis.csv")
+    assert analysis["role"].tolist() == ["primary", "secondary", "secondary"]
+    assert analysis["metric"].tolist() == ["top1", "agreement", "psnr_y"]
+    primary = analysis.iloc[0]
+    assert primary["judge"] == "seed1"  # primary_judge, as the comparison names none
+
+    def record(name, judge="seed1"):
+        path = folder / ("judges/seed1" if judge == "seed1" else "") / f"{name}.json"
+        return json.loads(path.read_text())
+
+    sem, ctl = record("srresnet_x4_semantic"), record("srresnet_x4_semantic_control")
+    assert len(sem["pred_top1"]) == sem["n"] == len(sem["logp_true"])
+    assert sem["correct_top1"] == [p == y for p, y in zip(sem["pred_top1"], sem["label"])]
+    assert all(0 <= v <= 1 for v in sem["prob_true"])
+    fixed = sum(a and not b for a, b in zip(sem["correct_top1"], ctl["correct_top1"]))
+    broken = sum(b and not a for a, b in zip(sem["correct_top1"], ctl["correct_top1"]))
+    assert (primary["fixed"], primary["broken"]) == (fixed, broken)
+    assert primary["estimate"] == pytest.approx((fixed - broken) / sem["n"])
+    p = binomtest(min(fixed, broken), fixed + broken, 0.5).pvalue if fixed + broken else 1.0
+    assert primary["p"] == pytest.approx(p) and primary["p_holm"] == pytest.approx(p)
+    assert primary["low"] <= primary["estimate"] <= primary["high"] and primary["low"] < primary["high"]
+    # the manipulation check: agreement with the prior's own prediction on HR
+    hr, sem_p, ctl_p = record("hr", "prior"), record("srresnet_x4_semantic", "prior"), \
+        record("srresnet_x4_semantic_control", "prior")
+    agree_sem = [a == h for a, h in zip(sem_p["pred_top1"], hr["pred_top1"])]
+    agree_ctl = [a == h for a, h in zip(ctl_p["pred_top1"], hr["pred_top1"])]
+    assert analysis.iloc[1]["estimate"] == pytest.approx((sum(agree_sem) - sum(agree_ctl)) / len(agree_sem))
+    # PSNR on the test images only, paired per image
+    manifest = pd.read_csv(work / "data" / "prepared" / "builtin_demo_cls" / "manifest.csv", dtype={"stem": str})
+    test = set(manifest.loc[manifest["split"] == "test", "stem"])
+    psnr = {m: pd.read_csv(res / "metrics" / m / "builtin_demo_cls_x4.csv", dtype={"image": str})
+            .set_index("image").loc[sorted(test), "psnr_y"] for m in ("srresnet_x4", "bicubic")}
+    assert analysis.iloc[2]["estimate"] == pytest.approx((psnr["srresnet_x4"] - psnr["bicubic"]).mean(), abs=1e-9)
+    assert analysis.iloc[2]["n_images"] == len(test)
+    differences = (psnr["srresnet_x4"] - psnr["bicubic"]).to_numpy()
+    assert analysis.iloc[2]["p"] == pytest.approx(wilcoxon(differences).pvalue)
+    # accuracy.csv: the primary judge's rows and the primary comparison's row are marked
+    acc = pd.read_csv(folder / "accuracy.csv")
+    assert acc.loc[acc.judge == "seed1", "primary_judge"].all() and not acc.loc[acc.judge == "prior", "primary_judge"].any()
+    row = acc[(acc.judge == "seed1") & (acc.input == "srresnet_x4_semantic")].iloc[0]
+    assert row["role"] == "primary" and row["compared_with"] == "srresnet_x4_semantic_control"
+    assert set(acc.loc[(acc.judge == "prior"), "role"]) == {"descriptive"}
+    assert "primary" in (folder / "analysis.md").read_text()
+
+
+def test_a_gate_comes_before_the_semantic_stages(study):
+    """With analysis.gate, the semantic and shared stages (and controls) take the gate's decision as an
+    input: a dry run schedules the gate and reruns them."""
+    work, _ = study
+    changed = json.loads(json.dumps(TINY))
+    changed["analysis"]["gate"] = {"judge": "prior", "min_gap": 0.05}
+    proc = run_snakemake(work, "-n", config=changed)
+    out = proc.stdout + proc.stderr
+    jobs = set(re.findall(r"^rule (\w+):", out, flags=re.M))
+    assert {"gate", "train_semantic", "train_semantic_control", "train_shared"} <= jobs
+    assert "train_warmup" not in jobs and "train_gan" not in jobs
+    assert "gate/builtin_demo_cls_x4/srresnet_x4.json" in out
+
+
 def test_figures_exist_and_are_not_blank(study):
     _, res = study
     names = ["training_warmup", "training_gan", "training_semantic", "training_shared", "metrics_psnr_y", "metrics_ssim_y",
-             "accuracy_builtin_demo_cls_x4", "tradeoff_builtin_demo_cls_x4", "visual_builtin_valid_x4_1"]
+             "accuracy_builtin_demo_cls_x4", "tradeoff_builtin_demo_cls_x4", "visual_builtin_valid_x4_1",
+             "semantic_examples_builtin_demo_cls_x4"]
     for name in names:
         png = res / "figures" / f"{name}.png"
         assert (res / "figures" / f"{name}.pdf").is_file(), name
