@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from sfsr import stats
-from sfsr.analysis import changed_confusions, comparisons, markdown, null_baseline
+from sfsr.analysis import changed_confusions, comparisons, markdown, null_baseline, primary_context
 from sfsr.errors import ConfigError, DataError
 
 IMAGES = ["a", "b", "c", "d", "e", "f"]
@@ -198,3 +198,13 @@ def test_changed_confusions_most_frequent_first():
     out = changed_confusions(recs, "sem", "ctl", "vgg", top=2)
     assert out.to_dict("records") == [{"true_class": 1, "against_pred": 5, "model_pred": 1, "count": 2},
                                       {"true_class": 0, "against_pred": 0, "model_pred": 4, "count": 1}]
+
+
+def test_primary_context_states_the_noise_floor_and_the_changed_confusions():
+    text = primary_context(records(), SPEC["primary"], SEED_NAMES, "prior")
+    # the primary names its judge (vgg): m_ctl_seed1 vs m_ctl disagree on a and e (2 of 6)
+    assert "m_ctl_seed1 against m_ctl" in text and "33.3% of 6 images" in text and "1 fixed / 1 broken" in text
+    # m_sem vs m_ctl (seed 0): c changed 7 -> 2 (true class 2); e is 7 on both
+    assert "| 2 | 7 | 2 | 1 |" in text and text.count("\n| ") == 2
+    without_seeds = primary_context(records(), SPEC["primary"], {}, "prior")
+    assert "Null baseline" not in without_seeds and "Changed confusions" in without_seeds

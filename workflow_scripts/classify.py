@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821 
 import pandas as pd
 
 from sfsr import io
-from sfsr.analysis import comparisons, markdown as analysis_markdown
+from sfsr.analysis import comparisons, markdown as analysis_markdown, primary_context
 from sfsr.classification import gate_decision, judged_accuracy_table, mark_comparisons, split_accuracy
 from sfsr.errors import SfsrError
 from sfsr.evaluation import mean_metrics
@@ -82,7 +82,9 @@ def accuracy_table(smk):
                             default_judge=smk.params.primary_judge)
         table = mark_comparisons(table, found)
         io.write_csv(smk.output.analysis, found)
-        io.write_text(smk.output.analysis_md, analysis_markdown(found))
+        context = primary_context(records, smk.params.analysis["primary"], smk.params.seed_names,
+                                  smk.params.primary_judge)
+        io.write_text(smk.output.analysis_md, analysis_markdown(found) + "\n" + context)
     table.insert(0, "scale", int(smk.wildcards.scale))
     table.insert(0, "dataset", smk.wildcards.dataset)
     io.write_csv(smk.output.csv, table)

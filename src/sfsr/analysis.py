@@ -307,3 +307,32 @@ def markdown(table: pd.DataFrame) -> str:
                      f"{r['test']} | {r['n_images']} | {r['n_seeds']} | {estimate} | {num(r['p'], 3)} | "
                      f"{num(r['p_holm'], 3)} | {num(r['p_seeds'], 3)} | {sig} |")
     return "\n".join(lines) + "\n"
+
+
+def primary_context(records: Sequence[Mapping[str, Any]], primary: Mapping[str, Any],
+                    seed_names: Mapping[str, tuple[str, int]] | None, judge: str, top: int = 10) -> str:
+    """Markdown beside the comparisons table, for reading the primary comparison: the seed-to-seed
+    noise floor of its reference (:func:`null_baseline`, when the reference has two training seeds)
+    and the changed confusions between model and reference under ``judge`` (first seeds,
+    :func:`changed_confusions`; classes are the classifier's indices)."""
+    model, against = str(primary["model"]), str(primary["against"])
+    judge = str(primary.get("judge") or judge)
+    lines = []
+    twins = _twins(against, seed_names or {})
+    if twins is not None and len(twins) >= 2:
+        b = null_baseline(records, against, judge, seed_names or {})
+        lines += [f"**Null baseline** (judge {judge}): {b['names'][1]} against {b['names'][0]}, the same "
+                  f"recipe with another training seed, disagree on the top-1 prediction of "
+                  f"{b['pred_differs']:.1%} of {b['n']} images; top-1 difference {b['diff']:+.4f} "
+                  f"[{b['low']:+.4f}, {b['high']:+.4f}], {b['fixed']} fixed / {b['broken']} broken, exact "
+                  f"McNemar p = {b['p']:.3g}.", ""]
+    confusions = changed_confusions(records, model, against, judge, top=top)
+    lines += [f"**Changed confusions** (judge {judge}, first seeds): the most frequent (true class, "
+              f"prediction on {against}, prediction on {model}) of the images whose prediction changed.", ""]
+    if confusions.empty:
+        lines.append("(no image changed its prediction)")
+    else:
+        lines += ["| true class | " + against + " | " + model + " | images |", "|---:|---:|---:|---:|"]
+        lines += [f"| {r.true_class} | {r.against_pred} | {r.model_pred} | {r['count']} |"
+                  for _, r in confusions.iterrows()]
+    return "\n".join(lines) + "\n"
