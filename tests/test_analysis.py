@@ -208,3 +208,14 @@ def test_primary_context_states_the_noise_floor_and_the_changed_confusions():
     assert "| 2 | 7 | 2 | 1 |" in text and text.count("\n| ") == 2
     without_seeds = primary_context(records(), SPEC["primary"], {}, "prior")
     assert "Null baseline" not in without_seeds and "Changed confusions" in without_seeds
+
+
+def test_schema_names_the_metrics_and_tests_analysis_knows():
+    """The config schema's comparison (config key analysis) offers exactly the metrics and tests
+    sfsr.analysis computes, so a valid config never fails in the accuracy-table job on them."""
+    from sfsr.analysis import METRIC_TESTS
+    from sfsr.schema import own
+
+    comparison = own()["$defs"]["comparison"]["properties"]
+    assert comparison["metric"]["enum"] == list(METRIC_TESTS)
+    assert sorted(comparison["test"]["enum"]) == sorted(set(METRIC_TESTS.values()))
