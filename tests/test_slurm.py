@@ -45,7 +45,7 @@ TEST_CLUSTER_OPTIONS = ["--slurm-status-command", "squeue", "--slurm-no-account"
                         "--slurm-init-seconds-before-status-checks", "1", "--slurm-keep-successful-logs"]
 #: Rules that declare a `gpu` resource in rules/*.smk; no other rule may get a GPU.
 GPU_RULES = re.compile(r"train_\w+|pretrain_classifier|pretrain_judge|finetune_lr_classifier|classify|classify_judge"
-                       r"|upscale|perceptual_metrics|refsr_metrics")
+                       r"|gate|upscale|perceptual_metrics|refsr_metrics")
 
 
 # ------------------------------------------------------------------------------------- the profile
