@@ -427,16 +427,7 @@ def refsr_targets():
 # ---- semantic examples figure
 def semantic_example_primary():
     """Config key analysis.primary (the pre-registered comparison: model, against, judge), or {}."""
-    return (config.get("analysis") or {}).get("primary") or {}
-
-
-def semantic_example_judge():
-    """The judge of the semantic examples: analysis.primary.judge, else primary_judge, else (as
-    sfsr.config.primary_judge, where this checkout has it) the first independent judge, else 'prior'."""
-    resolve = getattr(sfsr.config, "primary_judge", None)
-    if resolve is not None:
-        return resolve(config)
-    return semantic_example_primary().get("judge") or config.get("primary_judge") or "prior"
+    return config["analysis"].get("primary") or {}
 
 
 def semantic_example_targets():
@@ -452,7 +443,7 @@ def semantic_example_targets():
 
 def semantic_example_inputs(wildcards):
     """Records of HR, bicubic, the primary model and its reference under the judge; their images."""
-    primary, judge = semantic_example_primary(), semantic_example_judge()
+    primary, judge = semantic_example_primary(), analysis_judge()
     d, s = wildcards.dataset, wildcards.scale
     out = {"manifest": f"{DATA}/prepared/{d}/manifest.csv", "hr": prepared_hr(d)}
     for key, name in (("record_hr", "hr"), ("record_bicubic", "bicubic"),

@@ -106,7 +106,7 @@ rule plot_semantic_examples:
     params:
         model=semantic_example_primary().get("model"),
         against=semantic_example_primary().get("against"),
-        judge=semantic_example_judge(),
+        judge=analysis_judge(),
         universe=color_universe(),
         families=families(),
     log:

@@ -9,7 +9,7 @@ import pytest
 
 from sfsr.errors import DataError
 from sfsr.stats import (fieller_ratio, fixed_broken, gap_closed, hierarchical_bootstrap, holm, mcnemar_exact,
-                        paired_bootstrap, paired_continuous_test, paired_diff_interval, paired_table, seed_test)
+                        paired_continuous_test, paired_diff_interval, paired_table, seed_test)
 
 Z95 = 1.959963984540054  # the normal 0.975 quantile
 
@@ -32,24 +32,9 @@ def test_exact_mcnemar_by_hand():
     assert mcnemar_exact(0, 0) == 1.0
 
 
-def test_paired_bootstrap_brackets_the_difference_and_the_gap():
-    rng = np.random.default_rng(1)
-    bicubic = rng.random(400) < 0.5
-    hr = bicubic | (rng.random(400) < 0.6)
-    model = bicubic | (hr & (rng.random(400) < 0.5))  # fixes about half of the gap, breaks nothing
-    boot = paired_bootstrap(model, bicubic, hr=hr, bicubic=bicubic, n_boot=500)
-    diff = model.mean() - bicubic.mean()
-    gap = diff / (hr.mean() - bicubic.mean())
-    assert boot["diff_low"] < diff < boot["diff_high"] and boot["diff_low"] > 0
-    assert boot["gap_low"] < gap < boot["gap_high"] and 0 < boot["gap_low"] and boot["gap_high"] < 1
-    # identical inputs: a zero-width interval at 0
-    same = paired_bootstrap(bicubic, bicubic, n_boot=100)
-    assert same == {"diff_low": 0.0, "diff_high": 0.0}
-
-
 def test_paired_table_against_a_reference():
     correct = {"hr": [1, 1, 1, 1], "bicubic": [0, 1, 0, 0], "sr": [1, 1, 0, 0]}
-    table = paired_table(correct, "bicubic", n_boot=200).set_index("input")
+    table = paired_table(correct, "bicubic").set_index("input")
     assert list(table.index) == ["hr", "sr"]
     assert table.loc["sr", ["fixed", "broken"]].tolist() == [1, 0]
     assert table.loc["sr", "top1"] == 0.5 and table.loc["sr", "top1_reference"] == 0.25
@@ -84,7 +69,7 @@ def test_accuracy_table_gains_paired_columns_against_bicubic_and_the_control():
     correct = {"hr": [1, 1, 1, 1, 1, 1], "bicubic": [0, 1, 0, 0, 1, 0], "m_semantic": [1, 1, 1, 0, 1, 0],
                "m_semantic_control": [1, 1, 0, 0, 1, 0], "m_lr_head": [0, 0, 0, 0, 1, 0]}
     table = pd.DataFrame({"input": ["hr", "bicubic", "m_semantic", "m_semantic_control", "m_lr_head", "x"]})
-    out = add_paired_columns(table, correct, n_boot=100).set_index("input")
+    out = add_paired_columns(table, correct).set_index("input")
     assert out.loc["m_semantic", ["fixed_vs_bicubic", "broken_vs_bicubic"]].tolist() == [2, 0]
     assert out.loc["m_semantic", "control"] == "m_semantic_control"
     assert out.loc["m_semantic", ["fixed_vs_control", "broken_vs_control"]].tolist() == [1, 0]

@@ -74,8 +74,7 @@ def accuracy_table(smk):
         per_image[frame["model"].iloc[0]] = frame[frame["image"].isin(test_stems)]
     metrics = {name: mean_metrics(frame) for name, frame in per_image.items()}
     # every judge's table, with paired statistics vs bicubic and vs each model's control
-    table = judged_accuracy_table(records, metrics, n_boot=smk.params.bootstrap, seed=smk.params.seed,
-                                  primary_judge=smk.params.primary_judge)
+    table = judged_accuracy_table(records, metrics, primary_judge=smk.params.primary_judge)
     if "analysis" in smk.output.keys():  # the pre-registered comparisons (config key analysis)
         found = comparisons(smk.params.analysis, records, metrics=per_image, seed_names=smk.params.seed_names,
                             n_boot=smk.params.bootstrap, seed=smk.params.seed,
@@ -96,7 +95,8 @@ def accuracy_table(smk):
                   "(acc_hr - acc_bicubic); PSNR/SSIM on the same images (Y channel). Paired on the "
                   "same images: fixed/broken = images right/wrong that bicubic (or the model's "
                   "budget-matched control) gets wrong/right, p = exact McNemar, *_low/*_high = 95% "
-                  "paired-bootstrap intervals of the top-1 difference and of gap_closed.\n")
+                  "intervals of the top-1 difference (Newcombe) and of gap_closed (Fieller; "
+                  "gap_closed_status 'no gap to close' when HR and bicubic do not differ).\n")
 
 
 run_rule(snakemake, {"pretrain_classifier": pretrain_classifier, "pretrain_judge": pretrain_classifier,  # noqa: F821

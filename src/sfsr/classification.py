@@ -211,16 +211,15 @@ def accuracy_table(accuracies: Mapping[str, Mapping[str, Any]],
 
 
 def judged_accuracy_table(records: Sequence[Mapping[str, Any]],
-                          metrics: Mapping[str, Mapping[str, Any]] | None = None, *, n_boot: int = 2000,
-                          seed: int = 0, primary_judge: str | None = None) -> pd.DataFrame:
+                          metrics: Mapping[str, Mapping[str, Any]] | None = None, *,
+                          primary_judge: str | None = None) -> pd.DataFrame:
     """The accuracy table of every judge: the ``classify`` records (``input``, optional ``judge``,
     default ``prior``; ``top1``/``top5``/``n`` and per-image ``correct_top1``/``images``) grouped by
     judge, each group made into :func:`accuracy_table` with the paired statistics of
     :func:`sfsr.stats.add_paired_columns` (against bicubic and each model's control, under the same
     judge). Columns ``judge`` and ``independent`` (False for the prior, whose KL the semantic stage
     minimises, so its verdict on semantic models is not independent) come first. Every judge must
-    have judged the same test images. ``n_boot``/``seed``: the bootstrap's (config keys
-    evaluation.bootstrap and seed). ``primary_judge``: the study's primary judge (config key; column
+    have judged the same test images (the intervals are analytic: no bootstrap). ``primary_judge``: the study's primary judge (config key; column
     ``primary_judge`` True on its rows, which the study summary shows)."""
     from sfsr.stats import add_paired_columns
 
@@ -238,7 +237,7 @@ def judged_accuracy_table(records: Sequence[Mapping[str, Any]],
             raise DataError(f"classification records {mismatched} (judge {judge!r}) list other test "
                             "images than the rest; re-run the classify jobs of this set")
         table = add_paired_columns(accuracy_table(accuracies, metrics),
-                                   {n: accuracies[n]["correct_top1"] for n in order}, n_boot=n_boot, seed=seed)
+                                   {n: accuracies[n]["correct_top1"] for n in order})
         table.insert(0, "primary_judge", judge == primary_judge)
         table.insert(0, "independent", judge != "prior")
         table.insert(0, "judge", judge)

@@ -13,8 +13,6 @@ paired: per image, ``True`` where the top-1 prediction is right.
 * :func:`hierarchical_bootstrap`, :func:`seed_test`: uncertainty over training seeds, then images.
 * :func:`paired_continuous_test`: Wilcoxon signed-rank test of paired continuous values.
 * :func:`holm`: Holm–Bonferroni adjusted p-values.
-* :func:`paired_bootstrap`: percentile-bootstrap intervals over images (kept for callers; the tables
-  use the intervals above).
 * :func:`paired_table`, :func:`add_paired_columns`: the above for every input against a reference.
 """
 
@@ -254,37 +252,8 @@ def paired_continuous_test(x: Sequence[float], y: Sequence[float]) -> float:
     return float(wilcoxon(a, b, zero_method="wilcox").pvalue)
 
 
-def paired_bootstrap(model: Sequence[bool], reference: Sequence[bool], *, hr: Sequence[bool] | None = None,
-                     bicubic: Sequence[bool] | None = None, n_boot: int = 2000, seed: int = 0,
-                     alpha: float = 0.05) -> dict[str, float]:
-    """Percentile-bootstrap intervals over images (the same resampled images for every input):
-    ``diff_low/diff_high`` of ``top1(model) - top1(reference)`` and, with ``hr`` and ``bicubic``,
-    ``gap_low/gap_high`` of ``(top1(model) - top1(bicubic)) / (top1(hr) - top1(bicubic))`` (resamples
-    where HR and bicubic tie are left out). :func:`paired_table` uses :func:`paired_diff_interval` and
-    :func:`gap_closed` instead (a bootstrap gives [0, 0] with no discordant image)."""
-    m, r = _bool(model), _bool(reference)
-    n = m.size
-    if n == 0 or r.size != n:
-        raise DataError(f"paired_bootstrap needs the same non-empty set of images ({n} vs {r.size})")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(n, size=(int(n_boot), n))
-    q = [alpha / 2, 1 - alpha / 2]
-    diff = m[idx].mean(axis=1) - r[idx].mean(axis=1)
-    out = dict(zip(("diff_low", "diff_high"), np.quantile(diff, q).tolist()))
-    if hr is not None and bicubic is not None:
-        h, b = _bool(hr), _bool(bicubic)
-        if h.size != n or b.size != n:
-            raise DataError("paired_bootstrap: hr and bicubic need the same images as the model")
-        denom = h[idx].mean(axis=1) - b[idx].mean(axis=1)
-        ok = denom != 0
-        gap = (m[idx].mean(axis=1)[ok] - b[idx].mean(axis=1)[ok]) / denom[ok]
-        out.update(zip(("gap_low", "gap_high"), np.quantile(gap, q).tolist() if gap.size else [np.nan] * 2))
-    return {k: float(v) for k, v in out.items()}
-
-
 def paired_table(correct: Mapping[str, Sequence[bool]], reference: str, *, hr: str = "hr",
-                 bicubic: str = "bicubic", n_boot: int = 2000, seed: int = 0,
-                 alpha: float = 0.05) -> pd.DataFrame:
+                 bicubic: str = "bicubic", alpha: float = 0.05) -> pd.DataFrame:
     """One row per input of ``correct`` (input -> per-image top-1 correctness, same image order)
     against ``reference``: ``input, reference, n, top1, top1_reference, fixed, broken,
     mcnemar_p, diff_low, diff_high, gap_low, gap_high, gap_status``.
@@ -292,9 +261,8 @@ def paired_table(correct: Mapping[str, Sequence[bool]], reference: str, *, hr: s
     ``diff_low/high``: Newcombe's hybrid score interval of ``top1 - top1_reference``
     (:func:`paired_diff_interval`). ``gap_low/high``: Fieller's interval of the share of the
     bicubic-to-HR gap closed (:func:`gap_closed`), with ``gap_status`` ``"ok"`` or ``"no gap to
-    close"`` (NaN interval); all NaN (status None) without HR and bicubic. ``n_boot`` and ``seed``
-    are accepted for callers and unused."""
-    del n_boot, seed
+    close"`` (NaN interval); all NaN (status None) without HR and bicubic. Analytic intervals: no
+    bootstrap, so nothing here depends on a random seed."""
     if reference not in correct:
         raise DataError(f"paired_table: no predictions for the reference {reference!r} (has {sorted(correct)})")
     with_gap = hr in correct and bicubic in correct
@@ -317,8 +285,7 @@ def paired_table(correct: Mapping[str, Sequence[bool]], reference: str, *, hr: s
 
 
 def add_paired_columns(table: pd.DataFrame, correct: Mapping[str, Sequence[bool]], *, hr: str = "hr",
-                       bicubic: str = "bicubic", control_suffix: str = "_control", n_boot: int = 2000,
-                       seed: int = 0) -> pd.DataFrame:
+                       bicubic: str = "bicubic", control_suffix: str = "_control") -> pd.DataFrame:
     """The accuracy table (one row per ``input``) with paired statistics against bicubic
     (``fixed_vs_bicubic``, ``broken_vs_bicubic``, ``p_vs_bicubic``, ``top1_diff_low/high``: Newcombe's
     interval, ``gap_closed_low/high``: Fieller's interval, ``gap_closed_status``) and, for an input
@@ -327,8 +294,8 @@ def add_paired_columns(table: pd.DataFrame, correct: Mapping[str, Sequence[bool]
     Inputs without per-image predictions get NaN. See :func:`paired_table`."""
     out = table.copy()
     names = [n for n in out["input"] if n in correct]
-    vs_bic = paired_table({n: correct[n] for n in names}, bicubic, hr=hr, bicubic=bicubic, n_boot=n_boot,
-                          seed=seed).set_index("input") if bicubic in correct else pd.DataFrame()
+    vs_bic = paired_table({n: correct[n] for n in names}, bicubic, hr=hr, bicubic=bicubic
+                          ).set_index("input") if bicubic in correct else pd.DataFrame()
     cols = {"fixed_vs_bicubic": "fixed", "broken_vs_bicubic": "broken", "p_vs_bicubic": "mcnemar_p",
             "top1_diff_low": "diff_low", "top1_diff_high": "diff_high", "gap_closed_low": "gap_low",
             "gap_closed_high": "gap_high", "gap_closed_status": "gap_status"}
@@ -340,8 +307,7 @@ def add_paired_columns(table: pd.DataFrame, correct: Mapping[str, Sequence[bool]
                 "diff_vs_control_high"):
         out[col] = np.nan
     for name, control in controls.items():
-        row = paired_table({name: correct[name], control: correct[control]}, control, n_boot=n_boot,
-                           seed=seed).iloc[0]
+        row = paired_table({name: correct[name], control: correct[control]}, control).iloc[0]
         at = out["input"] == name
         out.loc[at, ["fixed_vs_control", "broken_vs_control", "p_vs_control", "diff_vs_control_low",
                      "diff_vs_control_high"]] = [row["fixed"], row["broken"], row["mcnemar_p"],

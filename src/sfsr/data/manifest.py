@@ -56,3 +56,16 @@ def reference_groups(hr_dir: str | os.PathLike) -> list[tuple[str, Path, list[Pa
     """``(group, target, [references, most similar first])`` of a prepared reference set
     (:func:`reference_levels` without the levels)."""
     return [(group, target, [path for _, path in refs]) for group, target, refs in reference_levels(hr_dir)]
+
+
+def class_index(frame: pd.DataFrame) -> tuple[list[int], list[str]]:
+    """How a classifier numbers its outputs for a classification manifest (columns ``class_id``,
+    optional ``class_name``): ``class_ids`` (index -> class_id, the unique integer ids sorted, over
+    every row) and ``class_names`` (index -> the first ``class_name`` given for that id, the id
+    itself where the manifest has no ``class_name`` column)."""
+    class_ids = sorted(int(c) for c in frame["class_id"].unique())
+    names_by_id: dict[int, str] = {}
+    if "class_name" in frame.columns:
+        for cid, name in zip(frame["class_id"], frame["class_name"]):
+            names_by_id.setdefault(int(cid), "" if pd.isna(name) else str(name))
+    return class_ids, [names_by_id.get(c, str(c)) for c in class_ids]

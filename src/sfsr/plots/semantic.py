@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from sfsr.data.bicubic import modcrop
 from sfsr.data.images import read_image
+from sfsr.data.manifest import class_index
 from sfsr.errors import DataError
 from sfsr.plots.style import _colors_for, _save_and_close, _style
 
@@ -47,19 +48,11 @@ def read_record(path: str | os.PathLike) -> dict[str, Any]:
 
 def class_names(manifest: pd.DataFrame) -> list[str]:
     """Class index -> display name, as the classifier numbers its outputs
-    (:func:`sfsr.training.classifier.read_class_manifest`): the manifest's unique ``class_id``
-    values sorted (over all its rows), named by the first ``class_name`` given for each (the
-    class_id itself where there is none)."""
+    (:func:`sfsr.data.manifest.class_index`, which the classifier's training uses too)."""
     if "class_id" not in manifest.columns:
         raise DataError(f"manifest lacks the column class_id (has {list(manifest.columns)}); "
                         "is it a classification set?")
-    ids = sorted(int(c) for c in manifest["class_id"].dropna().unique())
-    names: dict[int, str] = {}
-    if "class_name" in manifest.columns:
-        for cid, name in zip(manifest["class_id"], manifest["class_name"]):
-            if not pd.isna(cid):
-                names.setdefault(int(cid), "" if pd.isna(name) else str(name))
-    return [names.get(c) or str(c) for c in ids]
+    return [name or str(cid) for cid, name in zip(*class_index(manifest.dropna(subset=["class_id"])))]
 
 
 def pick_semantic_examples(model: Mapping[str, Any], against: Mapping[str, Any], n: int = 3,

@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from sfsr import io, provenance, schema
 from sfsr.data.images import images_by_stem, read_image, to_rgb
+from sfsr.data.manifest import class_index
 from sfsr.errors import ConfigError, DataError
 from sfsr.metrics import topk_accuracy
 from sfsr.models import build_classifier, count_parameters
@@ -98,14 +99,9 @@ def read_class_manifest(dataset_dir: str | os.PathLike) -> tuple[pd.DataFrame, l
         stems = frame.loc[frame["class_id"].isna(), "stem"].tolist()[:5]
         raise DataError(f"{path}: rows without class_id (e.g. {stems}); is this a classification set?")
     frame["class_id"] = frame["class_id"].astype(np.int64)
-    class_ids = sorted(int(c) for c in frame["class_id"].unique())
+    class_ids, class_names = class_index(frame)
     index = {c: i for i, c in enumerate(class_ids)}
     frame["label"] = frame["class_id"].map(index).astype(np.int64)
-    names_by_id: dict[int, str] = {}
-    if "class_name" in frame.columns:
-        for cid, name in zip(frame["class_id"], frame["class_name"]):
-            names_by_id.setdefault(int(cid), "" if pd.isna(name) else str(name))
-    class_names = [names_by_id.get(c, str(c)) for c in class_ids]
     if "file" not in frame.columns:
         frame["file"] = [f"HR/{s}.png" for s in frame["stem"]]
     frame["file"] = [f if isinstance(f, str) and f else f"HR/{s}.png"
