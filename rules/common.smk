@@ -211,7 +211,7 @@ def families():
     guessed from the name)."""
     out = {"hr": "hr", "bicubic": "bicubic"}
     out |= {name: STAGES[stage].family for name, (stage, _) in trained_generators().items()}
-    out |= {refsr_row_name(m, i): "refsr" for m in stage_models("refsr")
+    out |= {refsr_row_name(name, i): STAGES[stage].family for name, (stage, _) in refsr_generators().items()
             for i in ("none", "random", *[f"ref{k}" for k in range(1, 10)])}
     return out | {name: "lr_head" for name in [*lr_heads(), LR_CLASSIFIER]}
 
@@ -401,25 +401,42 @@ def figure_targets():
 
 
 # ---------------------------------------------------------------- reference-based SR wiring
+def refsr_generators():
+    """Evaluation name -> (stage, model) of every generator the reference-based stages train (refsr:
+    '<model>'; refsr_gan: '<model>_gan'), in stage then model order; names from the stage table."""
+    return {evaluation_name(stage, m, stage_settings(m, stage)): (stage, m)
+            for stage, st in STAGES.items() if st.models == "refsr_models" for m in stage_models(stage)}
+
+
 def refsr_eval_models(scale):
-    """Bicubic and every model of refsr_models at ``scale``, evaluated on the refsr test sets."""
-    models = [m for m in stage_models("refsr") if config["models"][m]["scale"] == scale]
-    return ["bicubic", *models] if models else []
+    """Bicubic and every reference-based generator at ``scale`` (refsr_generators), evaluated on the
+    refsr test sets."""
+    names = [n for n, (_, m) in refsr_generators().items() if config["models"][m]["scale"] == scale]
+    return ["bicubic", *names] if names else []
 
 
 def refsr_eval_inputs(wildcards):
-    """The test set's HR folder and, but for bicubic, the model's refsr generator."""
+    """The test set's HR folder and, but for bicubic, the generator of that evaluation name."""
     out = {"hr": prepared_hr(wildcards.dataset)}
     if wildcards.model != "bicubic":
-        out["checkpoint"] = stage_checkpoint(wildcards.model, "refsr")
+        stage, model = refsr_generators()[wildcards.model]
+        out["checkpoint"] = stage_checkpoint(model, stage)
     return out
+
+
+def refsr_pairing():
+    """Evaluation name -> the stage that trained it: sfsr.refsr.paired_against_controls pairs each
+    reference-based run with the no-reference controls of the same stage (SSEN with the control,
+    the GAN SSEN with the GAN control)."""
+    return {name: stage for name, (stage, _) in refsr_generators().items()}
 
 
 def refsr_targets():
     """Summary table, markdown and figure of every refsr test set at every scale of refsr_models,
-    and the learning curves of the refsr stage."""
+    and the learning curves of the reference-based stages."""
     scales = sorted({config["models"][m]["scale"] for m in stage_models("refsr")})
-    curves = [f"{RESULTS}/figures/training_refsr.png"] if scales else []
+    curves = [f"{RESULTS}/figures/training_{stage}.png" for stage, st in STAGES.items()
+              if st.models == "refsr_models" and stage_models(stage)] if scales else []
     return curves + [f"{RESULTS}/{kind}" for d in config["refsr"] for s in scales
                      for kind in (f"refsr/{d}_x{s}.csv", f"refsr/{d}_x{s}.md", f"figures/refsr_{d}_x{s}.png")]
 

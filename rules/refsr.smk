@@ -1,6 +1,7 @@
-# Reference-based SR evaluation by reference similarity level (docs/refsr.md): every model of
-# refsr_models (stage refsr, trained by rules/train.smk) and bicubic on every 'refsr' test set, with
-# each reference level, a random reference (SSEN) or none (the no-reference control).
+# Reference-based SR evaluation by reference similarity level (docs/refsr.md): every generator of
+# refsr_models (stage refsr, and refsr_gan as '<model>_gan' where configured; trained by
+# rules/train.smk) and bicubic on every 'refsr' test set, with each reference level, a random
+# reference (SSEN) or none (the no-reference control).
 # Targets: `refsr` (training, rules/train.smk), `evaluate_refsr` (tables and figures).
 # Code: workflow_scripts/refsr.py -> sfsr.refsr.
 
@@ -40,6 +41,8 @@ rule refsr_summary:
         paired=f"{RESULTS}/refsr/{{dataset}}_x{{scale}}_vs_control.csv",
         png=report(f"{RESULTS}/figures/refsr_{{dataset}}_x{{scale}}.png", caption="../report/refsr.rst",
                    category="Reference-based SR"),
+    params:
+        pairing=refsr_pairing(),  # each run against the controls of its own stage
     log:
         f"{RESULTS}/logs/refsr_summary/{{dataset}}_x{{scale}}.log",
     conda:

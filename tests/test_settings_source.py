@@ -151,7 +151,7 @@ def test_every_loss_preset_weights_the_perceptual_term():
 #: only through a weighted classifier-feature perceptual term, the pixel-only stages never.
 NEEDS_CLASSIFIER = {
     "warmup": (False, False, False, False), "refsr": (False, False, False, False),
-    "gan": (False, True, True, False),
+    "gan": (False, True, True, False), "refsr_gan": (False, True, True, False),
     "semantic": (True, True, True, True), "shared": (True, True, True, True),
     "semantic_control": (True, True, True, True), "shared_control": (True, True, True, True),
 }

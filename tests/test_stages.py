@@ -24,9 +24,9 @@ def _cfg(**overrides):
 
 
 def test_table_constants_follow_the_table():
-    assert tuple(stages.STAGES) == ("warmup", "gan", "semantic", "shared", "refsr", "semantic_control",
-                                    "shared_control")
-    assert [s for s, st in stages.STAGES.items() if st.init] == ["gan", "semantic", "shared",
+    assert tuple(stages.STAGES) == ("warmup", "gan", "semantic", "shared", "refsr", "refsr_gan",
+                                    "semantic_control", "shared_control")
+    assert [s for s, st in stages.STAGES.items() if st.init] == ["gan", "semantic", "shared", "refsr_gan",
                                                                  "semantic_control", "shared_control"]
     assert [s for s, st in stages.STAGES.items() if st.classifier] == ["semantic", "shared", "semantic_control",
                                                                        "shared_control"]
@@ -54,7 +54,7 @@ def test_evaluation_names_follow_the_table():
     cfg = {"loss_preset": "srgan"}
     names = {s: stages.evaluation_name(s, "m", cfg) for s in stages.STAGES}
     assert names == {"warmup": "m", "gan": "m_srgan", "semantic": "m_semantic", "shared": "m_shared",
-                     "refsr": "m", "semantic_control": "m_semantic_control",
+                     "refsr": "m", "refsr_gan": "m_gan", "semantic_control": "m_semantic_control",
                      "shared_control": "m_shared_control"}
 
 
@@ -128,3 +128,31 @@ def test_a_control_differs_from_its_stage_only_in_the_zeroed_weights():
         assert {t: w for t, w in stage_weights(stage, resolve_config(a)).items()
                 if t not in ct.zero_terms} == weights
     assert not stages.STAGES["shared_control"].lr_head and stages.STAGES["shared"].lr_head
+
+
+def test_refsr_gan_fine_tunes_the_refsr_generator_with_a_patchgan_by_default():
+    """refsr_gan: from the refsr generator, on the reference groups, the preset's terms, a
+    discriminator always; its PatchGAN is the stage's own default (over 'training', whose
+    discriminator kwargs belong to the other stages' VGG discriminator), and a model's section still
+    overrides it."""
+    from sfsr.training.settings import stage_config
+
+    st = stages.STAGES["refsr_gan"]
+    assert (st.init, st.data, st.models, st.family, st.preset, st.discriminator, st.pixel_only) == \
+        ("refsr", "refsr", "refsr_models", "refsr", True, True, False)
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    assert config["training"]["discriminator"]["kwargs"]["dense_features"]  # a VGG option
+    for model in config["refsr_models"]:  # SSEN and its no-reference control, budget-matched
+        cfg = resolve_config(stage_config(config, model, "refsr_gan"), "refsr_gan")
+        assert cfg["discriminator"]["arch"] == "patchgan" and "dense_features" not in cfg["discriminator"]["kwargs"]
+        assert set(stage_weights("refsr_gan", cfg)) <= set(stages.SR_TERMS) and "adversarial" in stage_weights(
+            "refsr_gan", cfg)
+        assert not stages.needs_classifier("refsr_gan", cfg)  # the offline demo needs no classifier
+    assert stage_config(config, "srresnet_x4", "gan")["discriminator"]["arch"] == "vgg"  # other stages keep it
+    a, b = (stage_config(config, m, "refsr_gan") for m in config["refsr_models"])
+    assert {k for k in a if a[k] != b[k]} == {"kwargs"}  # the control: same settings, no reference branch
+    config["models"]["ssen_x4"]["refsr_gan"]["discriminator"] = {"arch": "vgg"}
+    assert stage_config(config, "ssen_x4", "refsr_gan")["discriminator"]["arch"] == "vgg"
+    # a direct call of the loop's resolve_config (no stage_config) gets the stage's default too
+    assert resolve_config({"arch": "ssen", "scale": 4}, "refsr_gan")["discriminator"]["arch"] == "patchgan"
+    assert resolve_config({"arch": "ssen", "scale": 4}, "gan")["discriminator"]["arch"] == "vgg"

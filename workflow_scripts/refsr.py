@@ -31,7 +31,8 @@ def refsr_summary(smk):
     table = pd.concat([pd.read_csv(p, dtype={"group": str}) for p in smk.input.tables], ignore_index=True)
     summary = reference_summary(table)
     io.write_csv(smk.output.csv, summary)
-    paired = paired_against_controls(table)  # each reference-based run vs the no-reference control
+    # each reference-based run vs the no-reference control of the same stage
+    paired = paired_against_controls(table, pairing=smk.params.get("pairing"))
     io.write_csv(smk.output.paired, paired)
     io.write_text(smk.output.md, summary_markdown(summary) + "\n" + paired_markdown(paired))
     # the figure: the gain over bicubic on the same group, per reference level; the random

@@ -169,7 +169,7 @@ def check_references(config: dict) -> None:
                 raise ConfigError(f"config key 'refsr_models' lists models but '{key}' is empty; list the "
                                   "reference-based SR training, validation and test sets (e.g. "
                                   "builtin_refgroups_train / _valid / _test).")
-    for name in config.get("sr_models", []) if not config.get("classification") else []:
+    for name in [*config.get("sr_models", []), *config.get("refsr_models", [])] if not config.get("classification") else []:
         stages = [stage for stage in _trained_stages(config, name) if _needs_classifier(config, name, stage)]
         stages.sort(key=lambda stage: not STAGES[stage].classifier)  # name a stage built on it first
         if stages:

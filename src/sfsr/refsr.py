@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -166,11 +166,20 @@ def gain_over_bicubic(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def paired_against_controls(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+def paired_against_controls(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0,
+                            pairing: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Every reference-based run (``ref<k>``, ``random``) against every no-reference model of the same
     dataset and scale (``input`` ``none``: the control), paired per group: mean PSNR-Y difference,
-    its 95% paired-bootstrap interval and the number of groups where the run wins. Columns ``model,
-    input, level, control, dataset, scale, n, diff_psnr_y, diff_low, diff_high, wins``."""
+    its 95% paired-bootstrap interval and the number of groups where the run wins. ``pairing``: model
+    -> its comparison group (the workflow's: the stage that trained it, refsr or refsr_gan), so that
+    a run is paired only with the controls of its group (the GAN SSEN with the GAN control); a model
+    it does not name is paired with every control; None: every run with every control. Columns
+    ``model, input, level, control, dataset, scale, n, diff_psnr_y, diff_low, diff_high, wins``."""
+    pairing = dict(pairing or {})
+
+    def comparable(model: str, control: str) -> bool:
+        return model not in pairing or control not in pairing or pairing[model] == pairing[control]
+
     rows = []
     for (dataset, scale), block in table.groupby(["dataset", "scale"], sort=True):
         by_group = block.pivot_table(index="group", columns=["model", "input"], values="psnr_y")
@@ -179,6 +188,8 @@ def paired_against_controls(table: pd.DataFrame, n_boot: int = 2000, seed: int =
         for control in controls:
             base = by_group[(control, "none")]
             for model, name in runs:
+                if not comparable(model, control):
+                    continue
                 diff = (by_group[(model, name)] - base).dropna().to_numpy()
                 if diff.size == 0:
                     continue

@@ -3,7 +3,7 @@
 * :data:`TRAINING_DEFAULTS`: the ``training`` config section's defaults, read from config.schema.yaml
   (the package's own, :mod:`sfsr.schema`).
 * :func:`stage_config`: the flat settings of ``models.<model>.<stage>`` (defaults < ``training`` <
-  the model's stage section, plus the model's arch, scale and kwargs; the stages on the
+  the stage's own defaults < the model's stage section, plus the model's arch, scale and kwargs; the stages on the
   classification set take the top-level ``semantic_train_split`` as their ``train_split``).
 * :func:`resolve_config`: defaults filled in, unknown keys and bad values raise ConfigError.
 * :func:`stage_weights`: the loss weights of a stage (from :data:`sfsr.training.stages.STAGES`).
@@ -56,8 +56,9 @@ def _merge(base: dict, override: dict | None) -> dict:
 
 
 def stage_config(config: dict, model: str, stage: str) -> dict:
-    """Flat settings of ``models.<model>.<stage>``: TRAINING_DEFAULTS < ``training`` < the stage
-    section, plus the model's ``arch``, ``scale`` and ``kwargs``."""
+    """Flat settings of ``models.<model>.<stage>``: TRAINING_DEFAULTS < ``training`` < the stage's
+    own defaults (:attr:`~sfsr.training.stages.Stage.settings`) < the stage section, plus the model's
+    ``arch``, ``scale`` and ``kwargs``."""
     if stage not in STAGES:
         raise ConfigError(f"unknown training stage {stage!r}; valid: {', '.join(STAGES)}")
     models = config.get("models") or {}
@@ -72,7 +73,8 @@ def stage_config(config: dict, model: str, stage: str) -> dict:
     if section is None:
         raise ConfigError(f"config key 'models.{model}.{key}' is null: this model has no {key} "
                           "stage; give it a mapping (possibly {}) to train it")
-    cfg = _merge(_merge(TRAINING_DEFAULTS, config.get("training")), section)
+    # the stage's own defaults (Stage.settings, e.g. refsr_gan's PatchGAN) over 'training'
+    cfg = _merge(_merge(_merge(TRAINING_DEFAULTS, config.get("training")), st.settings), section)
     if st.data == "classification" and config.get("semantic_train_split") and "train_split" not in section:
         cfg["train_split"] = config["semantic_train_split"]  # images the classifier never saw
     cfg["augment"] = stage_augmentation(cfg.get("augment", "auto"), stage)
@@ -91,12 +93,13 @@ def stage_augmentation(augment: str, stage: str) -> str:
 
 
 def resolve_config(cfg: dict, stage: str | None = None) -> dict:
-    """``cfg`` with defaults filled in (``augment: auto`` resolved for ``stage``, dihedral without
-    one); unknown keys and bad values raise ConfigError."""
+    """``cfg`` with defaults filled in (the stage's own defaults too, :attr:`~sfsr.training.stages.
+    Stage.settings`, where ``stage`` is given; ``augment: auto`` resolved for ``stage``, dihedral
+    without one); unknown keys and bad values raise ConfigError."""
     missing = [k for k in ("arch", "scale") if k not in cfg]
     if missing:
         raise ConfigError(f"training settings lack {missing} (the model's arch and scale)")
-    out = _merge(TRAINING_DEFAULTS, cfg)
+    out = _merge(_merge(TRAINING_DEFAULTS, STAGES[stage].settings if stage in STAGES else None), cfg)
     out["augment"] = stage_augmentation(out["augment"], stage) if stage else \
         ("dihedral" if out["augment"] == "auto" else out["augment"])
     out.setdefault("kwargs", {})

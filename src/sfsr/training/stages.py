@@ -42,6 +42,11 @@ class Stage:
     stage's section of each model), initialisation, images, iterations and losses, except the
     ``zero_terms`` weighted 0 (and no LR head). Trained for every model that trains the controlled
     stage when the config key ``controls`` is on.
+    ``settings``: the stage's own defaults of training settings, over ``training`` and under the
+    model's section of the stage (:func:`sfsr.training.settings.stage_config`; dict-valued keys
+    merged one level deep), e.g. refsr_gan's PatchGAN discriminator: ``training.discriminator``'s
+    ``kwargs`` belong to the discriminator of the other stages, so a stage that changes the ``arch``
+    gives its own ``kwargs`` too.
     """
 
     name: str
@@ -60,6 +65,7 @@ class Stage:
     models: str = "sr_models"
     control_of: str | None = None
     zero_terms: tuple[str, ...] = ()
+    settings: dict = field(default_factory=dict)
 
 
 SR_TERMS = ("pixel", "perceptual", "adversarial")
@@ -84,6 +90,11 @@ STAGES: dict[str, Stage] = {
                     outputs={"head": "lr_head.pt"}),
     "refsr": Stage("refsr", family="refsr", eval_name="{model}", data="refsr", pixel_only=True,
                    terms=SR_TERMS, default_weights={"pixel": 1.0}, models="refsr_models"),
+    # adversarial fine-tuning of the refsr generator (SSEN, and its no-reference control where that
+    # has a refsr_gan section): the gan stage's preset terms, with a PatchGAN by default
+    "refsr_gan": Stage("refsr_gan", family="refsr", eval_name="{model}_gan", init="refsr", data="refsr",
+                       preset=True, terms=SR_TERMS, discriminator=True, models="refsr_models",
+                       settings={"discriminator": {"arch": "patchgan", "kwargs": {}}}),
 }
 # Budget-matched controls: the semantic stage without its prior, the shared stage without its head.
 STAGES["semantic_control"] = replace(STAGES["semantic"], name="semantic_control",
