@@ -4,6 +4,7 @@ random reference from another photo, against its no-reference control and bicubi
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -14,9 +15,10 @@ import torch
 
 from sfsr.data.manifest import reference_groups
 from sfsr.data.prepare import prepare_dataset
-from sfsr.errors import DataError
+from sfsr.errors import ConfigError, DataError
 from sfsr.models import load_generator
-from sfsr.refsr import gain_over_bicubic, reference_summary, reference_table, summary_markdown
+from sfsr.refsr import (gain_over_bicubic, paired_against_controls, reference_summary, reference_table, row_name,
+                        summary_markdown)
 from sfsr.training.data import RefPairDataset, load_reference_validation
 from sfsr.training.loop import train
 
@@ -165,3 +167,84 @@ def test_smoke_run_on_the_real_cufed_samples(shared_data, tmp_path, caplog):
     bicubic = reference_table(tmp_path / "cufed5" / "HR", 4, model_name="bicubic", dataset="cufed5")
     # the published bicubic PSNR of CUFED5 is about 24-25 dB; one group, x4, Y channel
     assert 18 < bicubic["psnr_y"].iloc[0] < 32 and abs(table["psnr_y"].mean() - bicubic["psnr_y"].iloc[0]) < 1.0
+
+
+def _gan_cfg(**kw) -> dict:
+    """refsr_gan settings as a model's section gives them: the preset's three terms (the perceptual
+    one on the given feature network's layer '1'), the discriminator left to the stage's default."""
+    return dict(_cfg(**kw), loss_preset="esrgan", lr=1e-4, perceptual={"layer": "1"},
+                loss_weights={"pixel": 1.0, "perceptual": 0.1, "adversarial": 5e-3})
+
+
+def test_refsr_gan_fine_tunes_the_refsr_generator_with_a_patchgan_under_bf16(groups, tmp_path, monkeypatch):
+    """The adversarial stage starts from the refsr generator's weights, feeds the reference as refsr
+    does (offsets logged), trains the stage's default PatchGAN and changes the generator; with
+    bf16 'always' on this CPU (deform_conv2d in float32 inside the autocast) every loss is finite."""
+    import sfsr.training.loop as loop
+    from sfsr.models.discriminators import PatchDiscriminator
+
+    kw = dict(train_hr_dirs=[groups["train"]], valid_hr_dirs=[groups["test"]], seed=0)
+    init = train("refsr", _cfg(), out_dir=tmp_path / "refsr", **kw)
+    built, build_parts = [], loop.build_parts
+
+    def spy(st, cfg, weights, generator, *args, **kwargs):  # the parts, and the generator they start from
+        start = {k: v.detach().clone() for k, v in generator.state_dict().items()}
+        built.append((start, build_parts(st, cfg, weights, generator, *args, **kwargs)))
+        return built[-1][1]
+
+    monkeypatch.setattr(loop, "build_parts", spy)
+    feature_net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU())
+    out = train("refsr_gan", dict(_gan_cfg(), bf16="always"), out_dir=tmp_path / "gan", init_checkpoint=init,
+                feature_net=feature_net, **kw)
+    (start, parts), = built
+    assert isinstance(parts.disc, PatchDiscriminator)
+    assert set(parts.weights) == {"pixel", "perceptual", "adversarial"}
+    before = torch.load(init, weights_only=True)["state_dict"]
+    assert all(torch.equal(start[k], before[k]) for k in before)  # started from the refsr generator
+    after = torch.load(out, weights_only=True)
+    assert after["stage"] == "refsr_gan"
+    assert any(not torch.equal(after["state_dict"][k], before[k]) for k in before
+               if before[k].is_floating_point())  # and trained it
+    log = pd.read_csv(tmp_path / "gan" / "train_log.csv")
+    assert {"pixel", "perceptual", "adversarial", "g_total", "d_loss", "offset"} <= set(log.columns)
+    losses = log[["pixel", "perceptual", "adversarial", "g_total", "d_loss", "offset"]].dropna()
+    assert len(losses) and np.isfinite(losses.to_numpy()).all()
+    record = json.loads((tmp_path / "gan" / "provenance.json").read_text())
+    assert record["speed_flags"]["bf16"] is True and record["config"]["discriminator"]["arch"] == "patchgan"
+    model, scale = load_generator(out)
+    assert scale == 4 and model.use_reference
+    # without init: the stage refuses, naming the refsr generator it needs
+    with pytest.raises(ConfigError, match="refsr_gan stage needs init_checkpoint"):
+        train("refsr_gan", _gan_cfg(), out_dir=tmp_path / "none", feature_net=feature_net, **kw)
+
+
+def test_refsr_gan_rows_per_level_paired_with_the_gan_control(groups, tmp_path):
+    """The GAN generators are evaluated per reference level beside the refsr ones (rows
+    '<model>_gan @ ref<k>'), and each reference-based run is paired with the control of its own
+    stage when the workflow's pairing is given (every control otherwise)."""
+    kw = dict(train_hr_dirs=[groups["train"]], valid_hr_dirs=[groups["test"]], seed=0)
+    cfg = dict(_gan_cfg(), loss_weights={"pixel": 1.0, "perceptual": 0.0, "adversarial": 5e-3})
+    ckpts = {"ssen": train("refsr", _cfg(), out_dir=tmp_path / "ssen", **kw),
+             "noref": train("refsr", _cfg(use_reference=False), out_dir=tmp_path / "noref", **kw)}
+    ckpts["ssen_gan"] = train("refsr_gan", cfg, out_dir=tmp_path / "ssen_gan", init_checkpoint=ckpts["ssen"], **kw)
+    ckpts["noref_gan"] = train("refsr_gan", _gan_cfg(use_reference=False) | {"loss_weights": cfg["loss_weights"]},
+                               out_dir=tmp_path / "noref_gan", init_checkpoint=ckpts["noref"], **kw)
+    assert "offset" not in pd.read_csv(tmp_path / "noref_gan" / "train_log.csv").columns
+    table = pd.concat([reference_table(groups["test"], 4, model_name=name, dataset="test", checkpoint=ckpt)
+                       for name, ckpt in [*ckpts.items(), ("bicubic", None)]], ignore_index=True)
+    n_groups = len(reference_groups(groups["test"]))
+    counts = table.groupby(["model", "input"]).size()
+    assert counts["ssen_gan"].to_dict() == {f"ref{k}": n_groups for k in range(1, 5)} | {"random": n_groups}
+    assert counts["noref_gan"].to_dict() == {"none": n_groups}
+    summary = reference_summary(table, n_boot=50)
+    assert list(summary.loc[summary.model == "ssen_gan", "input"]) == ["ref1", "ref2", "ref3", "ref4", "random"]
+    assert "| ssen_gan |" in summary_markdown(summary) and "| noref_gan |" in summary_markdown(summary)
+    assert {"ssen_gan", "ssen_gan @ random", "noref_gan"} <= set(gain_over_bicubic(table)["model"])
+    assert row_name("ssen_gan", "ref2") == "ssen_gan @ ref2" and row_name("noref_gan", "none") == "noref_gan"
+    pairing = {"ssen": "refsr", "noref": "refsr", "ssen_gan": "refsr_gan", "noref_gan": "refsr_gan"}
+    paired = paired_against_controls(table, n_boot=50, pairing=pairing)
+    assert set(zip(paired["model"], paired["control"])) == {("ssen", "noref"), ("ssen_gan", "noref_gan")}
+    assert len(paired) == 2 * 5 and (paired["n"] == n_groups).all()
+    everyone = paired_against_controls(table, n_boot=50)  # no pairing: every run with every control
+    assert set(zip(everyone["model"], everyone["control"])) == {(m, c) for m in ("ssen", "ssen_gan")
+                                                                for c in ("noref", "noref_gan")}
