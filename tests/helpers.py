@@ -63,7 +63,7 @@ def run_snakemake(workdir: Path, *args: str, config: dict | None = None, check: 
 
 # ----------------------------------------------------------------------------- the shared tiny study
 #: The tiny whole study (data -> classifier -> warm-up -> GAN -> semantic/shared + controls -> RefSR
-#: -> evaluation -> classification -> figures -> summary): the settings only shrink sizes and budgets.
+#: and its GAN -> evaluation -> classification -> figures -> summary): the settings only shrink sizes and budgets.
 TINY_STUDY = {
     "sr_models": ["srresnet_x4"], "scales": [4],
     "train": ["builtin_valid"], "valid": ["builtin_valid"], "test": ["builtin_valid"],
@@ -76,9 +76,12 @@ TINY_STUDY = {
                                "semantic": {"iterations": 4, "batch_size": 4},
                                "shared": {"iterations": 4, "batch_size": 4}},
                "ssen_x4": {"kwargs": {"num_blocks": 1, "num_features": 8, "offset_features": 8},
-                           "refsr": {"iterations": 4, "batch_size": 2, "val_every": 2}},
+                           "refsr": {"iterations": 4, "batch_size": 2, "val_every": 2},
+                           "refsr_gan": {"iterations": 4, "batch_size": 2, "val_every": 2, "checkpoint_every": 2}},
                "ssen_x4_noref": {"kwargs": {"num_blocks": 1, "num_features": 8},
-                                 "refsr": {"iterations": 4, "batch_size": 2, "val_every": 2}}},
+                                 "refsr": {"iterations": 4, "batch_size": 2, "val_every": 2},
+                                 "refsr_gan": {"iterations": 4, "batch_size": 2, "val_every": 2,
+                                               "checkpoint_every": 2}}},
     "datasets": {"builtin_demo_cls": {"images": ["brick", "grass", "gravel", "coins"],
                                       "samples_per_class": 8, "hr_size": 32},
                  "builtin_refgroups_train": {"groups_per_image": 1},

@@ -1,7 +1,8 @@
 """Every speed setting forced on (``always``), on this CPU, for every job of the default study:
 the classifier, its judge and the LR baseline; every (model, stage) that config.yaml trains (the four
 warm-up generators, the GAN with its discriminator, the semantic and shared stages with the LR head
-and their controls, SSEN with and without references); then inference (bf16 autocast too) and
+and their controls, SSEN with and without references and their adversarial fine-tuning refsr_gan with
+its PatchGAN); then inference (bf16 autocast too) and
 evaluation of what they made. On a CPU without native bf16 the bf16 runs are emulated: slow, but the
 same code path as on a CPU with it (docs/PERFORMANCE.md, "bf16 on the CPU").
 
@@ -70,9 +71,10 @@ JOBS = default_jobs(CONFIG)
 
 def test_the_matrix_covers_every_model_and_stage_of_the_default_study():
     stages = {s for s, _ in JOBS}
-    assert stages == set(STAGES), stages  # warmup, gan, semantic, shared, both controls, refsr
+    assert stages == set(STAGES), stages  # warmup, gan, semantic, shared, both controls, refsr, refsr_gan
     assert {m for s, m in JOBS if s == "warmup"} == set(CONFIG["sr_models"]) and len(CONFIG["sr_models"]) == 4
     assert {m for s, m in JOBS if s == "refsr"} == set(CONFIG["refsr_models"])
+    assert {m for s, m in JOBS if s == "refsr_gan"} == set(CONFIG["refsr_models"])  # the control's GAN too
     kwargs = [CONFIG["models"][m]["kwargs"] for m in CONFIG["refsr_models"]]
     assert {k.get("use_reference", True) for k in kwargs} == {True, False}  # SSEN with and without
 
@@ -183,7 +185,7 @@ def test_every_stage_trains_with_the_setting_forced(studies, setting, stage, mod
         assert log["d_loss"].dropna().map(math.isfinite).all()  # the discriminator trained too
     if STAGES[stage].lr_head:
         assert (folder / "lr_head.pt").is_file()
-    if stage == "refsr" and CONFIG["models"][model]["kwargs"].get("use_reference", True):
+    if STAGES[stage].data == "refsr" and CONFIG["models"][model]["kwargs"].get("use_reference", True):
         assert log["offset"].dropna().map(math.isfinite).all()  # deform_conv2d ran (in float32)
     gen, scale = load_generator(path)
     assert all(torch.isfinite(p).all() for p in gen.parameters())
@@ -199,7 +201,7 @@ def test_inference_and_evaluation_of_what_the_setting_trained(studies, setting, 
     lr = imresize(hr, 1 / 4)
     bicubic = image_metrics(hr, imresize(lr, 4.0), 4)
     for stage, model in JOBS:
-        if stage == "refsr":
+        if STAGES[stage].data == "refsr":  # forward(lr, ref): per reference level below
             continue
         gen, scale = load_generator(study.generator(stage, model))
         for bf16 in (False, True):
@@ -223,8 +225,8 @@ def test_inference_and_evaluation_of_what_the_setting_trained(studies, setting, 
                          input_size=head.input_size, resize_size=head.resize_size, normalize=False)
     assert 0 <= acc["top1"] <= 1
     # SSEN per reference level (float32) and one bf16 forward with a reference
-    for model in CONFIG["refsr_models"]:
-        path = study.generator("refsr", model)
+    for stage, model in [(s, m) for s, m in JOBS if STAGES[s].data == "refsr"]:
+        path = study.generator(stage, model)
         table = reference_table(study.data["ref"], 4, model_name=model, dataset="ref", checkpoint=path,
                                 device="cpu")
         assert np.isfinite(table["psnr_y"]).all()

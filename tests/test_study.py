@@ -39,7 +39,7 @@ def study(tiny_study):
 def test_every_training_job_ran_bf16_autocast_as_on_a_native_bf16_cpu(study):
     _, res = study
     provenances = [*res.glob("models/*/*/provenance.json"), *res.glob("classifier/*/**/provenance.json")]
-    assert len(provenances) >= len(STAGES) + 2 + 3  # SR stages, both SSEN, prior + judge + LR baseline
+    assert len(provenances) >= len(STAGES) + 4 + 3  # SR stages, both SSEN and their GANs, prior + judge + LR baseline
     for path in provenances:
         assert json.loads(path.read_text())["speed_flags"]["bf16"] is True, path
     logs = [p for pattern in ("train_*", "pretrain_*", "finetune_*") for p in res.glob(f"logs/{pattern}/**/*.log")]
@@ -88,9 +88,18 @@ def test_reference_based_sr_is_trained_and_evaluated_per_level(study):
     assert log["iteration"].max() == 4 and "offset" in log.columns
     summary = pd.read_csv(res / "refsr" / "builtin_refgroups_test_x4.csv")
     inputs = {(m, i) for m, i in zip(summary["model"], summary["input"])}
-    assert inputs == {("bicubic", "bicubic"), ("ssen_x4_noref", "none"), ("ssen_x4", "random"),
-                      *{("ssen_x4", f"ref{k}") for k in range(1, 5)}}
+    # the refsr generators and their refsr_gan fine-tunings ('<model>_gan'), per level
+    assert inputs == {("bicubic", "bicubic"), *{(f"ssen_x4_noref{g}", "none") for g in ("", "_gan")},
+                      *{(f"ssen_x4{g}", i) for g in ("", "_gan") for i in ("random", *(f"ref{k}" for k in range(1, 5)))}}
     assert (res / "figures" / "refsr_builtin_refgroups_test_x4.png").stat().st_size > 10_000
+    gan = pd.read_csv(res / "models" / "ssen_x4" / "refsr_gan" / "train_log.csv")
+    assert gan["iteration"].max() == 4 and {"offset", "adversarial", "d_loss"} <= set(gan.columns)
+    record = json.loads((res / "models" / "ssen_x4" / "refsr_gan" / "provenance.json").read_text())
+    assert record["config"]["discriminator"]["arch"] == "patchgan"
+    assert record["init_checkpoint"].endswith("models/ssen_x4/refsr/generator.pt")
+    paired = pd.read_csv(res / "refsr" / "builtin_refgroups_test_x4_vs_control.csv")
+    assert set(zip(paired["model"], paired["control"])) == {("ssen_x4", "ssen_x4_noref"),
+                                                            ("ssen_x4_gan", "ssen_x4_noref_gan")}
     # reference-based models are not evaluated as single-image models
     assert "ssen_x4" not in set(pd.read_csv(res / "summary.csv")["model"])
 
@@ -98,7 +107,8 @@ def test_reference_based_sr_is_trained_and_evaluated_per_level(study):
 def test_summary_has_one_row_per_model_dataset_scale(study):
     _, res = study
     summary = pd.read_csv(res / "summary.csv")
-    refsr_rows = {"bicubic", "ssen_x4_noref", "ssen_x4 @ random", *{f"ssen_x4 @ ref{k}" for k in range(1, 5)}}
+    refsr_rows = {"bicubic", *{f"ssen_x4_noref{g}" for g in ("", "_gan")},
+                  *{f"ssen_x4{g} @ {i}" for g in ("", "_gan") for i in ("random", *(f"ref{k}" for k in range(1, 5)))}}
     expected = {(m, d, 4) for m in MODELS for d in ("builtin_valid", "builtin_demo_cls")} | \
         {(m, "builtin_refgroups_test", 4) for m in refsr_rows}  # RefSR per reference level
     assert set(zip(summary.model, summary.dataset, summary.scale)) == expected

@@ -50,6 +50,28 @@ def test_dry_run_lists_the_data_and_evaluation_jobs(tmp_path):
     assert counts["train_semantic_control"] == counts["train_semantic"]  # a control beside each model
 
 
+def test_dry_run_trains_and_evaluates_the_refsr_gan_per_level(tmp_path):
+    """The default study fine-tunes SSEN and its no-reference control adversarially (refsr_gan,
+    from their refsr generators, no classifier needed) and evaluates both GAN generators per
+    reference level beside the refsr ones; a model whose refsr_gan section is null trains none."""
+    proc = run_snakemake(tmp_path, "evaluate_refsr", "-n", "-p")
+    out = proc.stdout + proc.stderr
+    res = f"{tmp_path}/results/default"
+    for model in ("ssen_x4", "ssen_x4_noref"):
+        assert f"{res}/models/{model}/refsr_gan/generator.pt" in out
+        for name in (model, f"{model}_gan"):
+            assert f"{res}/refsr/per_group/{name}/builtin_refgroups_test_x4.csv" in out
+    assert f"{res}/figures/training_refsr_gan.png" in out
+    jobs = [line.split("rule ", 1)[1].rstrip(":") for line in out.splitlines() if line.startswith("rule ")]
+    assert jobs.count("train_refsr_gan") == 2 and jobs.count("refsr_metrics") == 5  # 4 generators + bicubic
+    assert "pretrain_classifier" not in jobs  # the offline refsr_gan has no perceptual term on the classifier
+    proc = run_snakemake(tmp_path, "evaluate_refsr", "-n",
+                         config={"models": {"ssen_x4_noref": {"refsr_gan": None}}})
+    out = proc.stdout + proc.stderr
+    assert "ssen_x4_noref/refsr_gan" not in out and "per_group/ssen_x4_noref_gan/" not in out
+    assert "per_group/ssen_x4_gan/" in out
+
+
 def test_dry_run_does_not_import_torch(tmp_path):
     """Parsing the workflow (Snakefile, rules/*.smk, the config checks) imports no torch: every
     `snakemake -n` would otherwise pay seconds for it (docs/PERFORMANCE.md)."""
