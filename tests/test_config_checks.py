@@ -232,3 +232,20 @@ def test_snakemake_dry_run_stops_at_the_parse_with_one_line(tmp_path, override, 
     assert len(lines) == 1 and ("give a path" in lines[0] or "set batch_size to" in lines[0]), err[-3000:]
     assert {name: os.path.lexists(f"/{name}") for name in ROOT_FOLDERS} == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".snakemake") == ["bad.yaml"]
+
+
+# ------------------------------------------------------------------------- the refsr_gan stage
+def test_refsr_gan_is_checked_like_the_other_stages(base):
+    """refsr_gan's settings are checked before any job: its discriminator (the stage's PatchGAN)
+    with the options of that arch, and a perceptual term on the pipeline's classifier needs a
+    classification set (the check covers refsr_models too)."""
+    base["models"]["ssen_x4"]["refsr_gan"]["discriminator"] = {"kwargs": {"dense_features": 8}}
+    msg = rejected(copy.deepcopy(base))
+    assert "models.ssen_x4.refsr_gan.discriminator.kwargs" in msg and "dense_features" in msg
+    base["models"]["ssen_x4"]["refsr_gan"]["discriminator"] = {"kwargs": {"n_layers": 2}}
+    cfg.validate(copy.deepcopy(base))
+    base["models"]["ssen_x4"]["refsr_gan"].update(perceptual={"net": "classifier", "layer": "layer3"},
+                                                  loss_weights={"perceptual": 0.1})
+    cfg.validate(copy.deepcopy(base))  # the study has a classification set: wired as the gan stage's
+    base.update(sr_models=[], classification=[])
+    assert "'models.ssen_x4.refsr_gan' needs a classification set" in rejected(base)
