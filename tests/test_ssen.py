@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sfsr.models.residual import bicubic_upsample
-from sfsr.models.ssen import SSEN, DeformableAlignment, NonLocalBlock
+from sfsr.models.ssen import SSEN, DeformableAlignment, LocalMatcher, NonLocalBlock
 
 TINY = dict(num_features=8, num_blocks=1, extract_blocks=1, offset_features=8)
 
@@ -114,3 +114,51 @@ def test_non_local_block_starts_as_identity():
     x = torch.rand(2, 8, 5, 7)
     assert torch.equal(block(x), x)
     assert isinstance(block.out, nn.Conv2d)
+
+
+def _photo_crop(size: int) -> torch.Tensor:
+    """A textured RGB crop of a real photograph (scikit-image's astronaut), (1, 3, size, size) in [0, 1]."""
+    import skimage.data
+
+    a = skimage.data.astronaut()[100:100 + size, 180:180 + size]
+    return torch.from_numpy(a.copy()).permute(2, 0, 1)[None].float() / 255
+
+
+def test_the_matcher_finds_an_integer_shift_of_a_photo():
+    """Block matching on a real photo: where the reference is the LR image moved by (-2, 1) pixels,
+    the matched offset of the interior pixels is that shift."""
+    lr = F.interpolate(_photo_crop(160), scale_factor=0.25, mode="bicubic", align_corners=False, antialias=True)
+    ref = torch.roll(lr, shifts=(-2, 1), dims=(2, 3))  # lr(p) = ref(p + (-2, 1))
+    offset = LocalMatcher(3)(lr, ref)[0, :, 6:-6, 6:-6]
+    assert offset[0].median().item() == pytest.approx(-2.0, abs=0.05)
+    assert offset[1].median().item() == pytest.approx(1.0, abs=0.05)
+    assert LocalMatcher(3)(lr, lr)[0, :, 6:-6, 6:-6].abs().median().item() < 0.05
+
+
+@pytest.mark.parametrize("match_radius,aligned", [(2, True), (0, False)])
+def test_a_fresh_matched_ssen_reads_a_shifted_reference_where_the_content_is(match_radius, aligned):
+    """The reference is the target's own HR moved by one LR pixel on both axes. With matching, an
+    untrained SSEN's output equals its output with the unmoved reference away from the borders
+    (the first deformable layer samples where the content went); without, it does not."""
+    torch.manual_seed(0)
+    hr = _photo_crop(96)
+    lr = F.interpolate(hr, scale_factor=0.25, mode="bicubic", align_corners=False, antialias=True)
+    model = SSEN(scale=4, match_radius=match_radius, non_local=False, **TINY).eval()
+    with torch.no_grad():  # an untrained tail outputs zeros: make the reference path visible
+        nn.init.normal_(model.tail.weight, std=0.1)
+        same = model(lr, hr)[..., 32:-32, 32:-32]
+        moved = model(lr, torch.roll(hr, shifts=(4, -4), dims=(2, 3)))[..., 32:-32, 32:-32]
+    gap = (same - moved).abs().max().item()
+    assert (gap < 1e-3) == aligned, gap
+
+
+def test_match_radius_is_checked_and_needs_the_reference_branch():
+    from sfsr.model_options import OptionError, generator_kwargs
+
+    with pytest.raises(OptionError, match="match_radius"):
+        generator_kwargs("ssen", 4, {"match_radius": -1})
+    with pytest.raises(OptionError, match="match_radius"):
+        generator_kwargs("ssen", 4, {"match_radius": 2.5})
+    assert generator_kwargs("ssen", 4, {"match_radius": 4})["match_radius"] == 4
+    with pytest.raises(ValueError, match="match_radius needs the reference branch"):
+        SSEN(scale=4, use_reference=False, match_radius=2, **TINY)

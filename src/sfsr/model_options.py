@@ -76,6 +76,8 @@ REFERENCE_GENERATORS = ("ssen",)
 GENERATOR_NAMES = tuple(GENERATORS)
 #: SSEN's deformable alignment layers: 1..MAX_DEFORM (sfsr.models.ssen; the paper uses 3).
 MAX_DEFORM = 5
+#: SSEN's correspondence search (``match_radius``): at most this many LR pixels each way.
+MAX_MATCH_RADIUS = 8
 #: options that take true/false, and those that take a number
 BOOL_OPTIONS = ("use_bn", "non_local", "use_reference")
 NUMBER_OPTIONS = ("res_scale", "negative_slope")
@@ -128,6 +130,10 @@ def generator_kwargs(name: str, scale: int, kwargs: dict[str, Any]) -> dict[str,
     if full.get("ref_downsample", "conv") not in ("conv", "unshuffle"):
         raise OptionError(f"option 'ref_downsample' of generator {name!r} must be 'conv' or 'unshuffle', "
                           f"got {full['ref_downsample']!r}", "ref_downsample")
+    radius = full.get("match_radius", 0)
+    if isinstance(radius, bool) or not isinstance(radius, int) or not 0 <= radius <= MAX_MATCH_RADIUS:
+        raise OptionError(f"option 'match_radius' of generator {name!r} must be an integer 0..{MAX_MATCH_RADIUS} "
+                          f"(LR pixels; 0: no matching, the paper), got {radius!r}", "match_radius")
     if full["base"] not in BASES:
         raise OptionError(f"unknown base {full['base']!r} for generator {name!r}; valid: {', '.join(BASES)}",
                           "base")

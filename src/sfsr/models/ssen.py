@@ -16,6 +16,10 @@ Graph (``forward(lr, ref)``; ``lr`` (N,3,h,w), ``ref`` the HR reference (N,3,H,W
    the skip added) with an embedded-Gaussian **non-local block** at each level (``non_local``:
    switchable for the ablation). The layer predicting the offsets starts at zero, so a fresh
    deformable layer is a plain 3x3 convolution of the reference features. No flow supervision.
+   ``match_radius > 0`` (not in the paper; the fix of docs/refsr.md's diagnosis ladder): the first
+   deformable layer's offsets start from a block-matched correspondence (:class:`LocalMatcher`,
+   zero-mean normalised cross-correlation of 5x5 patches of the LR image and the reference brought
+   down to the LR grid, within ``match_radius`` LR pixels), the learnt offsets added on top.
 3. **Fusion and trunk.** ``cat(lr features, aligned reference features)`` -> 1x1 conv -> the
    EDSR-baseline trunk (``num_blocks`` residual blocks without batch norm, conv, global skip) ->
    pixel-shuffle upsampler -> 3x3 conv to RGB, plus the residual ``base`` as in every generator of
@@ -41,7 +45,7 @@ from sfsr.model_options import MAX_DEFORM
 from sfsr.models.blocks import pixel_shuffle_upsampler, upsampling_factors
 from sfsr.models.residual import SRGenerator
 
-__all__ = ["SSEN", "NonLocalBlock", "DynamicOffsetEstimator", "DeformableAlignment"]
+__all__ = ["SSEN", "NonLocalBlock", "DynamicOffsetEstimator", "DeformableAlignment", "LocalMatcher"]
 
 # MAX_DEFORM (1..5 deformable layers) lives in the torch-free sfsr.model_options: the workflow checks it
 # when it is parsed.
@@ -150,18 +154,70 @@ class DeformableAlignment(nn.Module):
         """(N, 18, h, w): (dy, dx) per kernel tap, in LR-feature pixels."""
         return self.to_offset(self.estimator(torch.cat([lr_features, ref_features], dim=1)))
 
-    def forward(self, lr_features: Tensor, ref_features: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, lr_features: Tensor, ref_features: Tensor, base_offset: Tensor | None = None,
+                ) -> tuple[Tensor, Tensor]:
+        """``base_offset`` (N, 2, h, w): a (dy, dx) per position every tap is moved by before the
+        learnt offsets (the matched correspondence, :class:`LocalMatcher`)."""
         # here, not at the top: importing torchvision costs every job time (docs/PERFORMANCE.md,
         # "The test suite")
         from torchvision.ops import deform_conv2d
 
         offset = self.offsets(lr_features, ref_features)
+        if base_offset is not None:  # torchvision's layout: (dy, dx) per kernel tap
+            offset = offset + base_offset.repeat(1, offset.shape[1] // 2, 1, 1)
         # torchvision's CPU kernel has no bfloat16 (half) version: under autocast the op runs in
         # float32 and returns the input's dtype, as torchvision's own CUDA autocast wrapper does
         with torch.autocast(ref_features.device.type, enabled=False):
             aligned = deform_conv2d(ref_features.float(), offset.float(), self.weight.float(),
                                     self.bias.float(), padding=1)
         return aligned.to(ref_features.dtype), offset
+
+
+class LocalMatcher(nn.Module):
+    """Where the reference matches the LR image, near each LR pixel (``match_radius > 0``; not in the
+    SSEN paper): the offset the first deformable layer starts from, its learnt offsets added on top
+    (matching-initialised deformable alignment, as the aggregation of C2-Matching, Jiang et al.,
+    CVPR 2021).
+
+    The reference is brought down to the LR grid (bicubic, antialiased), so both sides are LR
+    images (TTSR's domain match of LR and Ref-down, Yang et al., CVPR 2020). Block matching: the
+    zero-mean normalised cross-correlation of ``patch`` x ``patch`` RGB patches at every
+    displacement within ``radius`` LR pixels, a softmax with a learnt temperature, and its
+    expectation give a (dy, dx) per LR pixel; flat patches (no texture to match) get weights of
+    about equal size, so an offset near 0. Why (docs/refsr.md, the diagnosis ladder): from zero,
+    the deformable offsets never learnt even a one-LR-pixel shift on the CPU budget, while this
+    finds integer shifts exactly before any training."""
+
+    def __init__(self, radius: int, patch: int = 5, temperature: float = 100.0) -> None:
+        super().__init__()
+        self.radius, self.patch = int(radius), int(patch)
+        d = torch.arange(-self.radius, self.radius + 1, dtype=torch.float32)
+        dy, dx = torch.meshgrid(d, d, indexing="ij")
+        self.register_buffer("displacements", torch.stack([dy.flatten(), dx.flatten()]), persistent=False)
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
+
+    def _patches(self, x: Tensor) -> Tensor:
+        """(N, C*p*p, h, w): each pixel's patch, zero-mean and unit-norm."""
+        n, c, h, w = x.shape
+        p = self.patch
+        u = F.unfold(F.pad(x, (p // 2,) * 4, mode="replicate"), p).view(n, c * p * p, h, w)
+        return F.normalize(u - u.mean(1, keepdim=True), dim=1, eps=1e-3)
+
+    def forward(self, lr: Tensor, ref_lr: Tensor) -> Tensor:
+        """(N, 2, h, w): expected (dy, dx) where ``ref_lr`` matches ``lr`` around each pixel."""
+        with torch.autocast(lr.device.type, enabled=False):  # a softmax of similarities: float32
+            return self._expected_offset(lr.float(), ref_lr.float()).to(lr.dtype)
+
+    def _expected_offset(self, lr: Tensor, ref_lr: Tensor) -> Tensor:
+        q, k = self._patches(lr), self._patches(ref_lr)
+        h, w = q.shape[-2:]
+        r, size = self.radius, 2 * self.radius + 1
+        k = F.pad(k, (r,) * 4, mode="replicate")
+        # (N, D, h, w): q at p against k at p + d, one displacement at a time (memory: 2 patch maps
+        # and D similarities, not D patch maps; a 2000x1500 x4 target would need 4.6 GB at once)
+        similarity = torch.stack([(q * k[:, :, i:i + h, j:j + w]).sum(1) for i in range(size) for j in range(size)], 1)
+        weights = torch.softmax(similarity * self.log_temperature.exp(), dim=1)
+        return torch.einsum("nkhw,ck->nchw", weights, self.displacements)
 
 
 class SSEN(SRGenerator):
@@ -171,7 +227,7 @@ class SSEN(SRGenerator):
     def __init__(self, scale: int = 4, num_features: int = 64, num_blocks: int = 16,
                  extract_blocks: int = 5, num_deform: int = 3, non_local: bool = True,
                  offset_features: int = 64, use_reference: bool = True, ref_downsample: str = "conv",
-                 base: str = "none") -> None:
+                 match_radius: int = 0, base: str = "none") -> None:
         super().__init__()
         factors = upsampling_factors(scale)
         if not 1 <= int(num_deform) <= MAX_DEFORM:
@@ -195,6 +251,9 @@ class SSEN(SRGenerator):
             self.ref_head = nn.Sequential(*ref_layers)
             self.align = nn.ModuleList(DeformableAlignment(num_features, offset_features, non_local)
                                        for _ in range(num_deform))
+            self.matcher = LocalMatcher(match_radius) if match_radius > 0 else None
+        elif match_radius:
+            raise ValueError("match_radius needs the reference branch (use_reference: true)")
         self.fuse = nn.Conv2d(num_features * (2 if self.use_reference else 1), num_features, 1)
         self.trunk = nn.Sequential(*[ResidualBlock(num_features) for _ in range(num_blocks)])
         self.trunk_tail = nn.Conv2d(num_features, num_features, 3, padding=1)
@@ -221,10 +280,15 @@ class SSEN(SRGenerator):
                                  "replicate a gray reference to three channels")
             if ref.shape[0] != lr.shape[0]:
                 raise ValueError(f"one reference per LR image: {ref.shape[0]} references for {lr.shape[0]} images")
-            aligned = self.reference_features(ref.to(lr.dtype), lr.shape[-2:])
+            ref = ref.to(lr.dtype)
+            aligned = self.reference_features(ref, lr.shape[-2:])
+            base_offset = None
+            if self.matcher is not None:
+                ref_lr = F.interpolate(ref, size=lr.shape[-2:], mode="bicubic", align_corners=False, antialias=True)
+                base_offset = self.matcher(lr, ref_lr)
             magnitudes = []
-            for layer in self.align:
-                aligned, offset = layer(lr_features, aligned)
+            for i, layer in enumerate(self.align):
+                aligned, offset = layer(lr_features, aligned, base_offset if i == 0 else None)
                 magnitudes.append(offset.detach().abs().mean())  # a tensor: no device sync here
             self.offset_magnitudes = magnitudes
             fused = self.fuse(torch.cat([lr_features, aligned], dim=1))
