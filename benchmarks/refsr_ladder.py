@@ -20,7 +20,8 @@ reference head, the deformable convolutions, the offset predictors) against the 
 PSNR-Y gain over the control with a 95% paired bootstrap interval over the test groups.
 
     python -m benchmarks.refsr_ladder --iterations 600 --rungs own int sub 1 2 3 4 --out benchmarks/results/refsr_ladder
-    python -m benchmarks.refsr_ladder --iterations 600 --rungs own 1 --model-kwargs '{"align_loss": 1.0}' --tag align
+    python -m benchmarks.refsr_ladder --iterations 600 --rungs int 1 --model-kwargs '{"match_radius": 4}' \
+        --control benchmarks/results/refsr_ladder/ladder/model_none.pt --tag match
 
 Runs are independent processes of one thread each (``--jobs`` at a time). Output: ``<out>/<tag>.csv``
 (one row per trained model and test rung) and ``<out>/<tag>.md``; every run's log beside them.
@@ -110,7 +111,7 @@ def _grad_norm(params) -> float:
 
 
 def train_one(rung: str, iterations: int, kwargs: dict, seed: int, lr_rate: float, batch: int, out: Path,
-              offset_lr_mult: float, align_weight: float) -> Path:
+              offset_lr_mult: float) -> Path:
     """Train one model on references of ``rung`` (``none``: the no-reference control); save it."""
     from sfsr.models.ssen import SSEN  # sfsr before torch (its thread-waiting policy)
 
@@ -121,7 +122,7 @@ def train_one(rung: str, iterations: int, kwargs: dict, seed: int, lr_rate: floa
     groups = ladder_groups(TRAIN, 9, seed=0)
     use_ref = rung != "none"
     if not use_ref:
-        kwargs = {k: v for k, v in kwargs.items() if k not in ("alignment_head", "deform_init")}
+        kwargs = {k: v for k, v in kwargs.items() if k != "match_radius"}
     model = SSEN(scale=SCALE, use_reference=use_ref, **kwargs)
     offset_params = [p for n, p in model.named_parameters() if ".estimator." in n or ".to_offset." in n]
     ids = {id(p) for p in offset_params}
@@ -148,17 +149,13 @@ def train_one(rung: str, iterations: int, kwargs: dict, seed: int, lr_rate: floa
         lr, ref, hr = _patches(groups, rung, rng, batch)
         sr = model(lr, ref if use_ref else None)
         loss = torch.nn.functional.l1_loss(sr, hr)
-        aux = model.alignment_error(lr, hr) if getattr(model, "alignment_head", None) is not None else None
-        total = loss + align_weight * aux if aux is not None else loss
         opt.zero_grad(set_to_none=True)
-        total.backward()
+        loss.backward()
         if it % 25 == 0 or it == iterations:
             row = {"it": it, "l1": loss.item(), "seconds": time.perf_counter() - start}
             row |= {f"grad_{k}": _grad_norm(v) for k, v in ref_params.items() if v}
             if use_ref:
                 row |= {f"offset{i}": float(m) for i, m in enumerate(model.offset_magnitudes)}
-            if aux is not None:
-                row["alignment"] = aux.item()
             log.append(row)
         opt.step()
         sched.step()
@@ -178,12 +175,11 @@ def evaluate(paths: dict[str, Path], seed: int, n_boot: int = 4000) -> list[dict
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     groups = ladder_groups(TEST, 4, seed=1)
-    order = [g["photo"] for g in groups]
     psnr: dict[tuple[str, str], np.ndarray] = {}
     for name, path in paths.items():
         blob = torch.load(path, weights_only=False)
         kw = blob["kwargs"] if blob["use_reference"] else {
-            k: v for k, v in blob["kwargs"].items() if k not in ("alignment_head", "deform_init")}
+            k: v for k, v in blob["kwargs"].items() if k != "match_radius"}
         model = SSEN(scale=SCALE, use_reference=blob["use_reference"], **kw).eval()
         model.load_state_dict(blob["state"])
         t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].float() / 255  # noqa: E731
@@ -211,7 +207,6 @@ def evaluate(paths: dict[str, Path], seed: int, n_boot: int = 4000) -> list[dict
         rows.append({"trained_on": name, "tested_with": rung, "psnr_y": v.mean(), "gain_vs_control": d.mean(),
                      "low": np.quantile(boots, 0.025), "high": np.quantile(boots, 0.975),
                      "groups_won": int((d > 0).sum()), "groups": len(d)})
-    del order
     return rows
 
 
@@ -222,8 +217,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model-kwargs", default="{}", help="JSON merged into the SSEN kwargs of the CPU setting")
     ap.add_argument("--offset-lr-mult", type=float, default=1.0,
                     help="learning rate of the offset estimators and predictors, relative to the rest")
-    ap.add_argument("--align-weight", type=float, default=1.0,
-                    help="weight of the alignment term when the kwargs ask for alignment_head")
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
@@ -238,13 +231,13 @@ def main(argv: list[str] | None = None) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     if args.train_one:
         train_one(args.train_one, args.iterations, kwargs, args.seed, args.lr, args.batch, run_dir,
-                  args.offset_lr_mult, args.align_weight)
+                  args.offset_lr_mult)
         return
     todo = [] if args.control else ["none"]
     todo += args.rungs
     base = [sys.executable, "-m", "benchmarks.refsr_ladder", "--iterations", str(args.iterations),
             "--model-kwargs", json.dumps(kwargs), "--offset-lr-mult", str(args.offset_lr_mult),
-            "--align-weight", str(args.align_weight),
+
             "--lr", str(args.lr), "--batch", str(args.batch), "--seed", str(args.seed), "--out", str(args.out),
             "--tag", args.tag]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
@@ -273,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
         blob = torch.load(path, weights_only=False)
         last = pd.DataFrame(blob["log"]).tail(8).mean(numeric_only=True)
         stats.append({"trained_on": name, "train_seconds": blob["seconds"], "final_l1": last.get("l1"),
-                      **{k: last[k] for k in last.index if k.startswith(("grad_", "offset", "alignment"))}})
+                      **{k: last[k] for k in last.index if k.startswith(("grad_", "offset"))}})
     stats = pd.DataFrame(stats)
     table = table.merge(stats, on="trained_on", how="left")
     table.to_csv(args.out / f"{args.tag}.csv", index=False)

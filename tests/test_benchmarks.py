@@ -166,3 +166,31 @@ def test_contention_dry_run_measures_each_policy_in_its_own_process(tmp_path):
     assert sfsr["sfsr_policy"]["applied_before_torch"] is True
     assert sfsr["sfsr_policy"]["env"]["OMP_WAIT_POLICY"] == "PASSIVE"
     assert by[("rrdbnet_x4", "default", False)]["speedup_vs_reference"] == 1.0
+
+
+def test_the_refsr_ladder_rungs_are_what_they_claim():
+    """benchmarks/refsr_ladder.py (docs/refsr.md, the diagnosis ladder): 'own' is the target itself,
+    'int' the photo's window moved by whole LR pixels, 'sub' by whole HR pixels that are not whole LR
+    pixels on both axes, and the numbered rungs the builtin levels."""
+    import numpy as np
+
+    from benchmarks.refsr_ladder import HR_SIZE, SCALE, ladder_groups
+    from sfsr.data.refgroups import _photo_pair, synthetic_groups
+
+    groups = ladder_groups(["camera"], 2, seed=1)
+    rows = [r for r in synthetic_groups("ladder", ["camera"], HR_SIZE, 2, seed=1) if r["role"] == "target"]
+    photo = _photo_pair("camera")[0]
+    for g, row in zip(groups, rows):
+        assert set(g["refs"]) == {"own", "int", "sub", "1", "2", "3", "4"}
+        assert np.array_equal(g["refs"]["own"], g["target"])
+
+        def moved(ref):  # the (dy, dx) within 8 HR px at which the photo's window equals ref
+            return [(dy, dx) for dy in range(-8, 9) for dx in range(-8, 9)
+                    if np.array_equal(photo[row["top"] + dy:row["top"] + dy + HR_SIZE,
+                                            row["left"] + dx:row["left"] + dx + HR_SIZE], ref)]
+
+        (dy, dx), = moved(g["refs"]["int"])
+        assert (dy, dx) != (0, 0) and dy % SCALE == 0 and dx % SCALE == 0 and max(abs(dy), abs(dx)) == SCALE
+        (dy, dx), = moved(g["refs"]["sub"])
+        assert (dy % SCALE or dx % SCALE) and 3.5 <= np.hypot(dy, dx) <= 6
+        assert moved(g["refs"]["1"]) == []  # level 1 is resampled, not a window of the photo
