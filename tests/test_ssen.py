@@ -135,21 +135,48 @@ def test_the_matcher_finds_an_integer_shift_of_a_photo():
     assert LocalMatcher(3)(lr, lr)[0, :, 6:-6, 6:-6].abs().median().item() < 0.05
 
 
-@pytest.mark.parametrize("match_radius,aligned", [(2, True), (0, False)])
-def test_a_fresh_matched_ssen_reads_a_shifted_reference_where_the_content_is(match_radius, aligned):
-    """The reference is the target's own HR moved by one LR pixel on both axes. With matching, an
-    untrained SSEN's output equals its output with the unmoved reference away from the borders
-    (the first deformable layer samples where the content went); without, it does not."""
+def _moved_reference_gap(**kwargs) -> float:
+    """Largest output difference, away from the borders, of an untrained SSEN given the target's own
+    HR and the same HR moved by one LR pixel on both axes."""
     torch.manual_seed(0)
     hr = _photo_crop(96)
     lr = F.interpolate(hr, scale_factor=0.25, mode="bicubic", align_corners=False, antialias=True)
-    model = SSEN(scale=4, match_radius=match_radius, non_local=False, **TINY).eval()
+    model = SSEN(scale=4, non_local=False, **TINY, **kwargs).eval()
     with torch.no_grad():  # an untrained tail outputs zeros: make the reference path visible
         nn.init.normal_(model.tail.weight, std=0.1)
         same = model(lr, hr)[..., 32:-32, 32:-32]
         moved = model(lr, torch.roll(hr, shifts=(4, -4), dims=(2, 3)))[..., 32:-32, 32:-32]
-    gap = (same - moved).abs().max().item()
-    assert (gap < 1e-3) == aligned, gap
+    return (same - moved).abs().max().item()
+
+
+def test_a_fresh_matched_ssen_reads_a_moved_reference_where_the_content_is():
+    """With matching, an untrained SSEN's output for a reference moved by one LR pixel is (offset
+    mode) or nearly is (warp mode: sub-pixel refinement) its output for the unmoved reference;
+    without matching it is not."""
+    unmatched = _moved_reference_gap()
+    assert unmatched > 2e-3
+    assert _moved_reference_gap(match_radius=2, match_mode="offset") < 0.02 * unmatched
+    assert _moved_reference_gap(match_radius=2, match_mode="warp") < 0.1 * unmatched
+
+
+def test_sub_pixel_flow_and_the_warp_bring_a_moved_photo_back():
+    """LocalMatcher.flow on the LR images of a photo and of the photo moved by (2, 5) HR pixels (half
+    and one and a quarter LR pixels): the flow is that shift within 0.25 LR pixel, and warping the
+    moved HR photo by the flow (upsampled to HR) brings it back far closer than it was."""
+    from sfsr.models.ssen import warp
+
+    hr = _photo_crop(160)
+    ref = torch.roll(hr, shifts=(2, 5), dims=(2, 3))  # hr(p) = ref(p + (2, 5))
+    down = lambda x: F.interpolate(x, scale_factor=0.25, mode="bicubic", align_corners=False, antialias=True)  # noqa: E731
+    flow, peak = LocalMatcher(3).flow(down(hr), down(ref))
+    inner = flow[0, :, 6:-6, 6:-6]
+    assert inner[0].median().item() == pytest.approx(0.5, abs=0.25)
+    assert inner[1].median().item() == pytest.approx(1.25, abs=0.25)
+    assert peak.shape == (1, 1, 40, 40) and peak[0, 0, 6:-6, 6:-6].median().item() > 0.8
+    back = warp(ref, F.interpolate(flow, scale_factor=4, mode="bilinear", align_corners=False) * 4)
+    before = (ref - hr)[..., 30:-30, 30:-30].abs().mean().item()
+    after = (back - hr)[..., 30:-30, 30:-30].abs().mean().item()
+    assert after < 0.4 * before, (before, after)
 
 
 def test_match_radius_is_checked_and_needs_the_reference_branch():
@@ -160,5 +187,7 @@ def test_match_radius_is_checked_and_needs_the_reference_branch():
     with pytest.raises(OptionError, match="match_radius"):
         generator_kwargs("ssen", 4, {"match_radius": 2.5})
     assert generator_kwargs("ssen", 4, {"match_radius": 4})["match_radius"] == 4
+    with pytest.raises(OptionError, match="match_mode"):
+        generator_kwargs("ssen", 4, {"match_radius": 4, "match_mode": "flow"})
     with pytest.raises(ValueError, match="match_radius needs the reference branch"):
         SSEN(scale=4, use_reference=False, match_radius=2, **TINY)

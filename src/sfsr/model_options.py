@@ -134,6 +134,9 @@ def generator_kwargs(name: str, scale: int, kwargs: dict[str, Any]) -> dict[str,
     if isinstance(radius, bool) or not isinstance(radius, int) or not 0 <= radius <= MAX_MATCH_RADIUS:
         raise OptionError(f"option 'match_radius' of generator {name!r} must be an integer 0..{MAX_MATCH_RADIUS} "
                           f"(LR pixels; 0: no matching, the paper), got {radius!r}", "match_radius")
+    if full.get("match_mode", "warp") not in ("offset", "warp"):
+        raise OptionError(f"option 'match_mode' of generator {name!r} must be 'offset' or 'warp', "
+                          f"got {full['match_mode']!r}", "match_mode")
     if full["base"] not in BASES:
         raise OptionError(f"unknown base {full['base']!r} for generator {name!r}; valid: {', '.join(BASES)}",
                           "base")

@@ -203,21 +203,59 @@ class LocalMatcher(nn.Module):
         u = F.unfold(F.pad(x, (p // 2,) * 4, mode="replicate"), p).view(n, c * p * p, h, w)
         return F.normalize(u - u.mean(1, keepdim=True), dim=1, eps=1e-3)
 
-    def forward(self, lr: Tensor, ref_lr: Tensor) -> Tensor:
-        """(N, 2, h, w): expected (dy, dx) where ``ref_lr`` matches ``lr`` around each pixel."""
-        with torch.autocast(lr.device.type, enabled=False):  # a softmax of similarities: float32
-            return self._expected_offset(lr.float(), ref_lr.float()).to(lr.dtype)
-
-    def _expected_offset(self, lr: Tensor, ref_lr: Tensor) -> Tensor:
+    def similarity(self, lr: Tensor, ref_lr: Tensor) -> Tensor:
+        """(N, D, h, w): the NCC of ``lr``'s patch at p with ``ref_lr``'s at p + d, for the D
+        displacements d of :attr:`displacements`, one displacement at a time (memory: 2 patch maps
+        and D similarities, not D patch maps; a 2000x1500 x4 target would need 4.6 GB at once)."""
         q, k = self._patches(lr), self._patches(ref_lr)
         h, w = q.shape[-2:]
         r, size = self.radius, 2 * self.radius + 1
         k = F.pad(k, (r,) * 4, mode="replicate")
-        # (N, D, h, w): q at p against k at p + d, one displacement at a time (memory: 2 patch maps
-        # and D similarities, not D patch maps; a 2000x1500 x4 target would need 4.6 GB at once)
-        similarity = torch.stack([(q * k[:, :, i:i + h, j:j + w]).sum(1) for i in range(size) for j in range(size)], 1)
-        weights = torch.softmax(similarity * self.log_temperature.exp(), dim=1)
-        return torch.einsum("nkhw,ck->nchw", weights, self.displacements)
+        return torch.stack([(q * k[:, :, i:i + h, j:j + w]).sum(1) for i in range(size) for j in range(size)], 1)
+
+    def forward(self, lr: Tensor, ref_lr: Tensor) -> Tensor:
+        """(N, 2, h, w): expected (dy, dx) where ``ref_lr`` matches ``lr`` around each pixel."""
+        with torch.autocast(lr.device.type, enabled=False):  # a softmax of similarities: float32
+            weights = torch.softmax(self.similarity(lr.float(), ref_lr.float()) * self.log_temperature.exp(), dim=1)
+            return torch.einsum("nkhw,ck->nchw", weights, self.displacements).to(lr.dtype)
+
+    def flow(self, lr: Tensor, ref_lr: Tensor) -> tuple[Tensor, Tensor]:
+        """Sub-pixel block matching: ((N, 2, h, w) flow (dy, dx), (N, 1, h, w) its NCC). The best
+        displacement, refined per axis by the parabola through its similarity and its two
+        neighbours' (the standard sub-pixel step of block matching; within half a pixel). Not
+        differentiable (no parameters to learn); float32 under autocast."""
+        with torch.no_grad(), torch.autocast(lr.device.type, enabled=False):
+            sim = self.similarity(lr.float(), ref_lr.float())
+            n, _, h, w = sim.shape
+            size = 2 * self.radius + 1
+            peak, best = sim.max(dim=1, keepdim=True)
+            grid = sim.view(n, size, size, h, w)
+            iy, ix = best // size, best % size
+
+            def at(dy: Tensor, dx: Tensor) -> Tensor:
+                flat = (dy.clamp(0, size - 1) * size + dx.clamp(0, size - 1))
+                return grid.view(n, size * size, h, w).gather(1, flat)
+
+            def refine(minus: Tensor, plus: Tensor) -> Tensor:
+                curvature = minus - 2 * peak + plus
+                step = 0.5 * (minus - plus) / curvature.clamp(max=-1e-6)  # a maximum: curvature < 0
+                return step.clamp(-0.5, 0.5)
+
+            dy = iy.float() - self.radius + refine(at(iy - 1, ix), at(iy + 1, ix))
+            dx = ix.float() - self.radius + refine(at(iy, ix - 1), at(iy, ix + 1))
+            return torch.cat([dy, dx], 1).to(lr.dtype), peak.to(lr.dtype)
+
+
+def warp(image: Tensor, flow: Tensor) -> Tensor:
+    """``image`` (N, C, H, W) sampled at p + flow(p) (bilinear, borders repeated); ``flow`` (N, 2, H,
+    W) as (dy, dx) in pixels of ``image``."""
+    n, _, h, w = image.shape
+    ys = torch.arange(h, device=image.device, dtype=flow.dtype).view(1, h, 1)
+    xs = torch.arange(w, device=image.device, dtype=flow.dtype).view(1, 1, w)
+    gx = (xs + flow[:, 1]) * (2 / w) + (1 / w - 1)   # pixel centres -> [-1, 1], align_corners=False
+    gy = (ys + flow[:, 0]) * (2 / h) + (1 / h - 1)
+    return F.grid_sample(image, torch.stack([gx, gy], -1).to(image.dtype), mode="bilinear",
+                         padding_mode="border", align_corners=False)
 
 
 class SSEN(SRGenerator):
@@ -227,7 +265,7 @@ class SSEN(SRGenerator):
     def __init__(self, scale: int = 4, num_features: int = 64, num_blocks: int = 16,
                  extract_blocks: int = 5, num_deform: int = 3, non_local: bool = True,
                  offset_features: int = 64, use_reference: bool = True, ref_downsample: str = "conv",
-                 match_radius: int = 0, base: str = "none") -> None:
+                 match_radius: int = 0, match_mode: str = "warp", base: str = "none") -> None:
         super().__init__()
         factors = upsampling_factors(scale)
         if not 1 <= int(num_deform) <= MAX_DEFORM:
@@ -251,10 +289,14 @@ class SSEN(SRGenerator):
             self.ref_head = nn.Sequential(*ref_layers)
             self.align = nn.ModuleList(DeformableAlignment(num_features, offset_features, non_local)
                                        for _ in range(num_deform))
+            if match_mode not in ("offset", "warp"):
+                raise ValueError(f"match_mode must be 'offset' or 'warp', got {match_mode!r}")
             self.matcher = LocalMatcher(match_radius) if match_radius > 0 else None
+            self.match_mode = match_mode
         elif match_radius:
             raise ValueError("match_radius needs the reference branch (use_reference: true)")
-        self.fuse = nn.Conv2d(num_features * (2 if self.use_reference else 1), num_features, 1)
+        confidence = int(self.use_reference and match_radius > 0 and match_mode == "warp")
+        self.fuse = nn.Conv2d(num_features * (2 if self.use_reference else 1) + confidence, num_features, 1)
         self.trunk = nn.Sequential(*[ResidualBlock(num_features) for _ in range(num_blocks)])
         self.trunk_tail = nn.Conv2d(num_features, num_features, 3, padding=1)
         self.upsampler = pixel_shuffle_upsampler(num_features, scale)
@@ -281,17 +323,28 @@ class SSEN(SRGenerator):
             if ref.shape[0] != lr.shape[0]:
                 raise ValueError(f"one reference per LR image: {ref.shape[0]} references for {lr.shape[0]} images")
             ref = ref.to(lr.dtype)
-            aligned = self.reference_features(ref, lr.shape[-2:])
-            base_offset = None
+            base_offset, extra = None, []
             if self.matcher is not None:
-                ref_lr = F.interpolate(ref, size=lr.shape[-2:], mode="bicubic", align_corners=False, antialias=True)
-                base_offset = self.matcher(lr, ref_lr)
+                h, w = lr.shape[-2:]
+                ref = F.interpolate(ref, size=(h * self.scale, w * self.scale), mode="bicubic",
+                                    align_corners=False, antialias=True) if ref.shape[-2:] != (h * self.scale, w * self.scale) else ref
+                ref_lr = F.interpolate(ref, size=(h, w), mode="bicubic", align_corners=False, antialias=True)
+                if self.match_mode == "warp":
+                    flow, peak = self.matcher.flow(lr, ref_lr)
+                    # the HR reference moved to where the target is, at HR precision, before any feature
+                    hr_flow = F.interpolate(flow, scale_factor=self.scale, mode="bilinear", align_corners=False)
+                    ref = warp(ref, hr_flow * self.scale)
+                    extra = [peak]
+                    self.match_flow = flow
+                else:
+                    base_offset = self.matcher(lr, ref_lr)
+            aligned = self.reference_features(ref, lr.shape[-2:])
             magnitudes = []
             for i, layer in enumerate(self.align):
                 aligned, offset = layer(lr_features, aligned, base_offset if i == 0 else None)
                 magnitudes.append(offset.detach().abs().mean())  # a tensor: no device sync here
             self.offset_magnitudes = magnitudes
-            fused = self.fuse(torch.cat([lr_features, aligned], dim=1))
+            fused = self.fuse(torch.cat([lr_features, aligned, *extra], dim=1))
         else:
             fused = self.fuse(lr_features)
         return fused + self.trunk_tail(self.trunk(fused))
