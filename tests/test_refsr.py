@@ -248,3 +248,28 @@ def test_refsr_gan_rows_per_level_paired_with_the_gan_control(groups, tmp_path):
     everyone = paired_against_controls(table, n_boot=50)  # no pairing: every run with every control
     assert set(zip(everyone["model"], everyone["control"])) == {(m, c) for m in ("ssen", "ssen_gan")
                                                                 for c in ("noref", "noref_gan")}
+
+
+def test_random_references_come_from_other_groups_at_the_asked_rate(groups):
+    """random_references: 0 keeps every sample's own reference (and the draws of the samples as they
+    were), 1 takes every reference from another group, 0.5 about half; the rate is a checked setting."""
+    from sfsr.errors import ConfigError
+    from sfsr.training.settings import resolve_config
+
+    def own_reference(data, k):  # is item k's reference one of its own group's, at the same window?
+        rng = np.random.default_rng([data.seed, k])
+        target, refs = data.groups[int(rng.integers(len(data.groups)))]
+        return any(torch.equal(data[k]["ref"], torch.from_numpy(np.ascontiguousarray(
+            r[y:y + 32, x:x + 32].transpose(2, 0, 1)))) for r in refs
+            for y in range(0, r.shape[0] - 31, 4) for x in range(0, r.shape[1] - 31, 4))
+
+    base = RefPairDataset([groups["train"]], 4, 8, length=40, seed=0, augment=False)
+    never = RefPairDataset([groups["train"]], 4, 8, length=40, seed=0, augment=False, random_references=0.0)
+    always = RefPairDataset([groups["train"]], 4, 8, length=40, seed=0, augment=False, random_references=1.0)
+    half = RefPairDataset([groups["train"]], 4, 8, length=40, seed=0, augment=False, random_references=0.5)
+    assert all(torch.equal(base[k]["ref"], never[k]["ref"]) and own_reference(never, k) for k in range(40))
+    assert not any(own_reference(always, k) for k in range(40))
+    assert 10 <= sum(not own_reference(half, k) for k in range(40)) <= 30
+    assert resolve_config({**_cfg(), "random_references": 0.25})["random_references"] == 0.25
+    with pytest.raises(ConfigError, match="random_references"):
+        resolve_config({**_cfg(), "random_references": 1.5})

@@ -385,10 +385,13 @@ class RefPairDataset(Dataset):
     a group, one of its references, an HR window of ``lr_patch * scale`` pixels of the target and
     the same window of the reference (resized to the target's size first when it differs), and
     one dihedral augmentation for both. ``levels``: draw only references of these levels (1 = the
-    most similar; groups without one are left out). Items: ``hr`` and ``ref`` uint8 CHW tensors."""
+    most similar; groups without one are left out). ``random_references``: the fraction of items
+    whose reference is one of *another* group's (drawn per item; needs two groups), cut at the
+    same window. Items: ``hr`` and ``ref`` uint8 CHW tensors."""
 
     def __init__(self, hr_dirs: Sequence[str | os.PathLike], scale: int, lr_patch: int, *, length: int,
-                 seed: int = 0, augment: bool | str = True, levels: Sequence[int] | None = None) -> None:
+                 seed: int = 0, augment: bool | str = True, levels: Sequence[int] | None = None,
+                 random_references: float = 0.0) -> None:
         if not hr_dirs:
             raise ConfigError("no reference-based training sets given; list them under 'refsr_train'")
         self.scale, self.lr_patch, self.hr_patch = int(scale), int(lr_patch), int(lr_patch) * int(scale)
@@ -419,14 +422,25 @@ class RefPairDataset(Dataset):
         if not self.groups:
             raise DataError(f"no reference group in {', '.join(map(str, hr_dirs))} has a target of at least "
                             f"{self.hr_patch} px (lr_patch {lr_patch} x scale {scale}); lower lr_patch")
+        self.random_references = float(random_references)
+        if not 0 <= self.random_references <= 1:
+            raise ConfigError(f"training setting 'random_references' must be a fraction in [0, 1], got {random_references!r}")
+        if self.random_references and len(self.groups) < 2:
+            raise ConfigError("training setting 'random_references' takes references from other groups, but the "
+                              f"reference sets in {', '.join(map(str, hr_dirs))} hold one group; set it to 0")
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, int(k)])
-        target, refs = self.groups[int(rng.integers(len(self.groups)))]
+        index = int(rng.integers(len(self.groups)))
+        target, refs = self.groups[index]
         ref = refs[int(rng.integers(len(refs)))]
+        if self.random_references and rng.random() < self.random_references:  # another group's reference
+            other = (index + 1 + int(rng.integers(len(self.groups) - 1))) % len(self.groups)
+            others = self.groups[other][1]
+            ref = fit_reference(others[int(rng.integers(len(others)))], target.shape[:2])
         s, p = self.scale, self.lr_patch
         y = int(rng.integers(target.shape[0] // s - p + 1)) * s
         x = int(rng.integers(target.shape[1] // s - p + 1)) * s

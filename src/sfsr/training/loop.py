@@ -397,7 +397,8 @@ def _training_batches(cfg: dict, st: Stage, train_hr_dirs, scale: int, lr_patch:
                    cache_mb=cfg["cache_mb"], augment=cfg["augment"])
     if st.data == "refsr":  # target patches with the same window of a reference (LR made on the fly)
         dataset: Dataset = RefPairDataset(train_hr_dirs, scale, lr_patch, length=data_kw["length"], seed=seed,
-                                          levels=cfg["reference_levels"], augment=cfg["augment"])
+                                          levels=cfg["reference_levels"], augment=cfg["augment"],
+                                          random_references=cfg["random_references"])
     elif keep is None and labels is None:
         dataset = PatchDataset(train_hr_dirs, scale, lr_patch, **data_kw)
     else:
