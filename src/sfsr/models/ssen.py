@@ -16,10 +16,12 @@ Graph (``forward(lr, ref)``; ``lr`` (N,3,h,w), ``ref`` the HR reference (N,3,H,W
    the skip added) with an embedded-Gaussian **non-local block** at each level (``non_local``:
    switchable for the ablation). The layer predicting the offsets starts at zero, so a fresh
    deformable layer is a plain 3x3 convolution of the reference features. No flow supervision.
-   ``match_radius > 0`` (not in the paper; the fix of docs/refsr.md's diagnosis ladder): the first
-   deformable layer's offsets start from a block-matched correspondence (:class:`LocalMatcher`,
-   zero-mean normalised cross-correlation of 5x5 patches of the LR image and the reference brought
-   down to the LR grid, within ``match_radius`` LR pixels), the learnt offsets added on top.
+   ``match_radius > 0`` (not in the paper; the fix of docs/refsr.md's diagnosis ladder): block
+   matching of the LR image against the reference brought down to the LR grid (:class:`LocalMatcher`,
+   zero-mean NCC of 5x5 patches within ``match_radius`` LR pixels). ``match_mode: warp`` (the
+   default): the sub-pixel flow, upsampled to HR, warps the HR reference before step 1's features,
+   and its NCC joins the fusion as a confidence channel; ``offset``: the first deformable layer's
+   offsets start from the expected displacement, the learnt offsets added on top.
 3. **Fusion and trunk.** ``cat(lr features, aligned reference features)`` -> 1x1 conv -> the
    EDSR-baseline trunk (``num_blocks`` residual blocks without batch norm, conv, global skip) ->
    pixel-shuffle upsampler -> 3x3 conv to RGB, plus the residual ``base`` as in every generator of
@@ -174,19 +176,22 @@ class DeformableAlignment(nn.Module):
 
 
 class LocalMatcher(nn.Module):
-    """Where the reference matches the LR image, near each LR pixel (``match_radius > 0``; not in the
-    SSEN paper): the offset the first deformable layer starts from, its learnt offsets added on top
-    (matching-initialised deformable alignment, as the aggregation of C2-Matching, Jiang et al.,
-    CVPR 2021).
+    """Where the reference matches the LR image, near each LR pixel (SSEN's ``match_radius > 0``; not
+    in the SSEN paper). Why (docs/refsr.md, the diagnosis ladder): from zero, the deformable offsets
+    never learnt even a one-LR-pixel shift on the CPU budget, while block matching finds integer
+    shifts exactly before any training.
 
     The reference is brought down to the LR grid (bicubic, antialiased), so both sides are LR
-    images (TTSR's domain match of LR and Ref-down, Yang et al., CVPR 2020). Block matching: the
-    zero-mean normalised cross-correlation of ``patch`` x ``patch`` RGB patches at every
-    displacement within ``radius`` LR pixels, a softmax with a learnt temperature, and its
-    expectation give a (dy, dx) per LR pixel; flat patches (no texture to match) get weights of
-    about equal size, so an offset near 0. Why (docs/refsr.md, the diagnosis ladder): from zero,
-    the deformable offsets never learnt even a one-LR-pixel shift on the CPU budget, while this
-    finds integer shifts exactly before any training."""
+    images (TTSR's domain match of LR and Ref-down, Yang et al., CVPR 2020); :meth:`similarity` is
+    the zero-mean normalised cross-correlation of ``patch`` x ``patch`` RGB patches at every
+    displacement within ``radius`` LR pixels. Two readings of it:
+
+    * :meth:`flow` (SSEN's ``match_mode: warp``): the best displacement refined to sub-pixel, and its
+      NCC as a confidence; SSEN warps the HR reference by it before extracting features.
+    * :meth:`forward` (``match_mode: offset``): the expectation of the displacements under a softmax
+      with a learnt temperature; SSEN's first deformable layer starts from it (matching-initialised
+      deformable alignment, as C2-Matching's aggregation, Jiang et al., CVPR 2021). Flat patches get
+      weights of about equal size, so an offset near 0."""
 
     def __init__(self, radius: int, patch: int = 5, temperature: float = 100.0) -> None:
         super().__init__()
@@ -292,6 +297,8 @@ class SSEN(SRGenerator):
             if match_mode not in ("offset", "warp"):
                 raise ValueError(f"match_mode must be 'offset' or 'warp', got {match_mode!r}")
             self.matcher = LocalMatcher(match_radius) if match_radius > 0 else None
+            if self.matcher is not None and match_mode == "warp":  # flow() learns nothing (DDP: no unused grads)
+                self.matcher.log_temperature.requires_grad_(False)
             self.match_mode = match_mode
         elif match_radius:
             raise ValueError("match_radius needs the reference branch (use_reference: true)")
@@ -335,7 +342,6 @@ class SSEN(SRGenerator):
                     hr_flow = F.interpolate(flow, scale_factor=self.scale, mode="bilinear", align_corners=False)
                     ref = warp(ref, hr_flow * self.scale)
                     extra = [peak]
-                    self.match_flow = flow
                 else:
                     base_offset = self.matcher(lr, ref_lr)
             aligned = self.reference_features(ref, lr.shape[-2:])
