@@ -19,12 +19,13 @@ absolute offset of each deformable layer, the gradient norm reaching the referen
 reference head, the deformable convolutions, the offset predictors) against the trunk's, and the
 PSNR-Y gain over the control with a 95% paired bootstrap interval over the test groups.
 
-    python -m benchmarks.refsr_ladder --iterations 600 --rungs own int sub 1 2 3 4 --out benchmarks/results/refsr_ladder
-    python -m benchmarks.refsr_ladder --iterations 600 --rungs int 1 --model-kwargs '{"match_radius": 4}' \
-        --control benchmarks/results/refsr_ladder/ladder/model_none.pt --tag match
+    python -m benchmarks.refsr_ladder --iterations 600 --tag base
+    python -m benchmarks.refsr_ladder --iterations 600 --tag warp --model-kwargs '{"match_radius": 4}' \
+        --control results/refsr_ladder/base/model_none.pt
 
-Runs are independent processes of one thread each (``--jobs`` at a time). Output: ``<out>/<tag>.csv``
-(one row per trained model and test rung) and ``<out>/<tag>.md``; every run's log beside them.
+Runs are independent processes of one thread each (``--jobs`` at a time). Output (``--out``, default
+the git-ignored ``results/refsr_ladder``): ``<out>/<tag>.csv`` (one row per trained model and test
+rung) and ``<out>/<tag>.md``; every run's model and log in ``<out>/<tag>/``.
 """
 
 from __future__ import annotations
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--control", type=Path, help="a trained control (model_none.pt) to reuse instead of training one")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/refsr_ladder"))
+    ap.add_argument("--out", type=Path, default=Path("results/refsr_ladder"))
     ap.add_argument("--tag", default="ladder")
     ap.add_argument("--train-one", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
