@@ -311,13 +311,16 @@ class SSEN(SRGenerator):
         self.offset_magnitudes: list[Tensor] = []
         self._init_base(base, scale, self.tail)
 
-    def reference_features(self, ref: Tensor, lr_size: tuple[int, int]) -> Tensor:
-        """HR reference (N,3,H,W) -> features on the LR grid (N,F,h,w)."""
-        h, w = lr_size
-        target = (h * self.scale, w * self.scale)
+    def fit_reference(self, ref: Tensor, lr_size: tuple[int, int]) -> Tensor:
+        """The HR reference resized (bicubic, antialiased) to the target's HR size when it differs."""
+        target = (lr_size[0] * self.scale, lr_size[1] * self.scale)
         if tuple(ref.shape[-2:]) != target:
             ref = F.interpolate(ref, size=target, mode="bicubic", align_corners=False, antialias=True)
-        return self.extractor(self.ref_head(ref))
+        return ref
+
+    def reference_features(self, ref: Tensor, lr_size: tuple[int, int]) -> Tensor:
+        """HR reference (N,3,H,W) -> features on the LR grid (N,F,h,w)."""
+        return self.extractor(self.ref_head(self.fit_reference(ref, lr_size)))
 
     def encode(self, lr: Tensor, ref: Tensor | None = None) -> Tensor:
         lr_features = self.extractor(self.lr_head(lr))
@@ -332,10 +335,8 @@ class SSEN(SRGenerator):
             ref = ref.to(lr.dtype)
             base_offset, extra = None, []
             if self.matcher is not None:
-                h, w = lr.shape[-2:]
-                ref = F.interpolate(ref, size=(h * self.scale, w * self.scale), mode="bicubic",
-                                    align_corners=False, antialias=True) if ref.shape[-2:] != (h * self.scale, w * self.scale) else ref
-                ref_lr = F.interpolate(ref, size=(h, w), mode="bicubic", align_corners=False, antialias=True)
+                ref = self.fit_reference(ref, lr.shape[-2:])
+                ref_lr = F.interpolate(ref, size=lr.shape[-2:], mode="bicubic", align_corners=False, antialias=True)
                 if self.match_mode == "warp":
                     flow, peak = self.matcher.flow(lr, ref_lr)
                     # the HR reference moved to where the target is, at HR precision, before any feature
