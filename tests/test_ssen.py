@@ -187,7 +187,63 @@ def test_match_radius_is_checked_and_needs_the_reference_branch():
     with pytest.raises(OptionError, match="match_radius"):
         generator_kwargs("ssen", 4, {"match_radius": 2.5})
     assert generator_kwargs("ssen", 4, {"match_radius": 4})["match_radius"] == 4
+    with pytest.raises(OptionError, match="match_gate"):
+        generator_kwargs("ssen", 4, {"match_radius": 4, "match_gate": "yes"})
+    with pytest.raises(OptionError, match="max_offset"):
+        generator_kwargs("ssen", 4, {"max_offset": -1.0})
     with pytest.raises(OptionError, match="match_mode"):
         generator_kwargs("ssen", 4, {"match_radius": 4, "match_mode": "flow"})
     with pytest.raises(ValueError, match="match_radius needs the reference branch"):
         SSEN(scale=4, use_reference=False, match_radius=2, **TINY)
+
+
+def test_the_match_gate_shuts_out_a_reference_that_matches_nowhere():
+    """Warp mode with the gate (the default): the aligned reference features are weighted by the
+    match confidence (NCC clamped to [0, 1]), so two flat references, which match nothing (NCC 0),
+    give the same output (up to float rounding of the flat patches' NCC); without the gate their
+    features reach the fusion and the outputs differ."""
+    torch.manual_seed(0)
+    lr = F.interpolate(_photo_crop(96), scale_factor=0.25, mode="bicubic", align_corners=False, antialias=True)
+    dark, light = torch.full((1, 3, 96, 96), 0.2), torch.full((1, 3, 96, 96), 0.8)
+    gaps = {}
+    for gate in (True, False):
+        torch.manual_seed(0)
+        model = SSEN(scale=4, non_local=False, match_radius=2, match_gate=gate, **TINY).eval()
+        with torch.no_grad():
+            nn.init.normal_(model.tail.weight, std=0.1)
+            gaps[gate] = (model(lr, dark) - model(lr, light)).abs().max().item()
+    assert gaps[False] > 1e-3
+    assert gaps[True] < 0.01 * gaps[False], gaps
+
+
+def test_max_offset_bounds_the_learnt_offsets():
+    """``max_offset`` > 0: a deformable layer's offsets stay within it however large the predicting
+    layer's output (tanh bound); 0 leaves them as predicted (the paper)."""
+    torch.manual_seed(0)
+    lr_f, ref_f = torch.randn(1, 8, 12, 12), torch.randn(1, 8, 12, 12)
+    for bound in (0.0, 2.0):
+        layer = DeformableAlignment(8, 8, non_local=False, max_offset=bound)
+        with torch.no_grad():
+            nn.init.normal_(layer.to_offset.weight, std=10.0)
+            offset = layer.offsets(lr_f, ref_f)
+        if bound:
+            assert offset.abs().max().item() <= bound
+            assert offset.abs().max().item() > 0.9 * bound  # saturated, not zeroed
+        else:
+            assert offset.abs().max().item() > 10.0
+
+
+def test_a_checkpoint_keeps_its_gate_and_one_from_before_the_gate_loads_ungated(tmp_path):
+    """The spec spells ``match_gate`` out, so a later default cannot change a saved model; a
+    checkpoint written before the option existed (no key) is read as the ungated model it was."""
+    from sfsr.models import generator_spec, load_generator, save_generator
+
+    kwargs = dict(non_local=False, match_radius=2, **TINY)
+    spec = generator_spec("ssen", 4, **kwargs)
+    assert spec["kwargs"]["match_gate"] is True
+    model = SSEN(scale=4, **kwargs)
+    save_generator(tmp_path / "new.pt", model, spec)
+    old = {**spec, "kwargs": {k: v for k, v in spec["kwargs"].items() if k != "match_gate"}}
+    save_generator(tmp_path / "old.pt", model, old)
+    assert load_generator(tmp_path / "new.pt")[0].match_gate is True
+    assert load_generator(tmp_path / "old.pt")[0].match_gate is False

@@ -79,8 +79,8 @@ MAX_DEFORM = 5
 #: SSEN's correspondence search (``match_radius``): at most this many LR pixels each way.
 MAX_MATCH_RADIUS = 8
 #: options that take true/false, and those that take a number
-BOOL_OPTIONS = ("use_bn", "non_local", "use_reference")
-NUMBER_OPTIONS = ("res_scale", "negative_slope")
+BOOL_OPTIONS = ("use_bn", "non_local", "use_reference", "match_gate")
+NUMBER_OPTIONS = ("res_scale", "negative_slope", "max_offset")
 POSITIVE_INT_OPTIONS = ("num_blocks", "num_features", "growth", "extract_blocks", "num_deform", "offset_features")
 
 #: Every discriminator: name -> (module, class), built as ``cls(**kwargs)`` by the gan stage
@@ -156,6 +156,9 @@ def generator_kwargs(name: str, scale: int, kwargs: dict[str, Any]) -> dict[str,
             hint = " (YAML 1.1 reads 1e-1 as text: write 1.0e-1)" if isinstance(full[key], str) else ""
             raise OptionError(f"option {key!r} of generator {name!r} must be a number, got {full[key]!r}{hint}",
                               key)
+    if full.get("max_offset", 0) < 0:
+        raise OptionError(f"option 'max_offset' of generator {name!r} must be >= 0 (LR-feature pixels; 0: "
+                          f"unbounded, the paper), got {full['max_offset']!r}", "max_offset")
     return full
 
 

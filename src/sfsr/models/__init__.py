@@ -92,11 +92,17 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+#: options a checkpoint always spells out, defaults included, so it keeps its meaning if a default
+#: changes (``match_gate``: SSEN's only; checkpoints from before it are read as ungated, below)
+SPELLED_OUT = ("base", "match_gate")
+
+
 def generator_spec(name: str, scale: int, **kwargs: Any) -> dict[str, Any]:
-    """The JSON-able description a checkpoint stores to rebuild the generator (validated here).
-    ``base`` is always written out, so a checkpoint keeps its meaning if a default changes."""
+    """The JSON-able description a checkpoint stores to rebuild the generator (validated here),
+    with each of :data:`SPELLED_OUT` the generator has written out."""
     full = _generator_kwargs(name, scale, kwargs)
-    return {"name": name, "scale": int(scale), "kwargs": {**kwargs, "base": full["base"]}}
+    return {"name": name, "scale": int(scale),
+            "kwargs": {**kwargs, **{k: full[k] for k in SPELLED_OUT if k in full}}}
 
 
 def save_generator(path: str | os.PathLike, model: nn.Module, spec: dict[str, Any], **extra: Any) -> None:
@@ -147,6 +153,8 @@ def _checkpoint_parts(path: Path, ckpt: Any) -> tuple[str, int, dict[str, Any], 
         _generator_kwargs(name, scale, kwargs)
     except ValueError as exc:
         raise unusable(f"its spec is invalid: {exc}") from None
+    if name == "ssen" and "match_gate" not in kwargs:  # written before SSEN had the gate (2026-12-07)
+        kwargs = {**kwargs, "match_gate": False}
     return name, int(scale), dict(kwargs), state
 
 

@@ -20,8 +20,12 @@ Graph (``forward(lr, ref)``; ``lr`` (N,3,h,w), ``ref`` the HR reference (N,3,H,W
    matching of the LR image against the reference brought down to the LR grid (:class:`LocalMatcher`,
    zero-mean NCC of 5x5 patches within ``match_radius`` LR pixels). ``match_mode: warp`` (the
    default): the sub-pixel flow, upsampled to HR, warps the HR reference before step 1's features,
-   and its NCC joins the fusion as a confidence channel; ``offset``: the first deformable layer's
-   offsets start from the expected displacement, the learnt offsets added on top.
+   and its NCC, clamped to [0, 1], weights the aligned reference features per LR pixel
+   (``match_gate``, TTSR's soft attention) and joins the fusion as a confidence channel; ``offset``:
+   the first deformable layer's offsets start from the expected displacement, the learnt offsets
+   added on top. ``max_offset > 0`` bounds every learnt offset to that many LR-feature pixels
+   (``max_offset * tanh(offset / max_offset)``, BasicVSR++'s ``max_residue_magnitude``): trained
+   with references that match nowhere, unbounded offsets diverged (docs/refsr.md).
 3. **Fusion and trunk.** ``cat(lr features, aligned reference features)`` -> 1x1 conv -> the
    EDSR-baseline trunk (``num_blocks`` residual blocks without batch norm, conv, global skip) ->
    pixel-shuffle upsampler -> 3x3 conv to RGB, plus the residual ``base`` as in every generator of
@@ -142,8 +146,10 @@ class DeformableAlignment(nn.Module):
     """One similarity-aware deformable layer: offsets from ``cat(lr, ref)`` through the dynamic offset
     estimator, then a 3x3 deformable convolution of ``ref`` at those offsets."""
 
-    def __init__(self, num_features: int, offset_features: int = 64, non_local: bool = True) -> None:
+    def __init__(self, num_features: int, offset_features: int = 64, non_local: bool = True,
+                 max_offset: float = 0.0) -> None:
         super().__init__()
+        self.max_offset = float(max_offset)
         self.estimator = DynamicOffsetEstimator(2 * num_features, offset_features, non_local=non_local)
         self.to_offset = nn.Conv2d(offset_features, 2 * 3 * 3, 3, padding=1)
         nn.init.zeros_(self.to_offset.weight)  # a fresh layer is a plain convolution
@@ -153,8 +159,12 @@ class DeformableAlignment(nn.Module):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Conv2d's default
 
     def offsets(self, lr_features: Tensor, ref_features: Tensor) -> Tensor:
-        """(N, 18, h, w): (dy, dx) per kernel tap, in LR-feature pixels."""
-        return self.to_offset(self.estimator(torch.cat([lr_features, ref_features], dim=1)))
+        """(N, 18, h, w): (dy, dx) per kernel tap, in LR-feature pixels; within ``max_offset`` (a
+        tanh bound, BasicVSR++'s ``max_residue_magnitude``) when it is positive."""
+        offset = self.to_offset(self.estimator(torch.cat([lr_features, ref_features], dim=1)))
+        if self.max_offset > 0:
+            offset = self.max_offset * torch.tanh(offset / self.max_offset)
+        return offset
 
     def forward(self, lr_features: Tensor, ref_features: Tensor, base_offset: Tensor | None = None,
                 ) -> tuple[Tensor, Tensor]:
@@ -270,7 +280,8 @@ class SSEN(SRGenerator):
     def __init__(self, scale: int = 4, num_features: int = 64, num_blocks: int = 16,
                  extract_blocks: int = 5, num_deform: int = 3, non_local: bool = True,
                  offset_features: int = 64, use_reference: bool = True, ref_downsample: str = "conv",
-                 match_radius: int = 0, match_mode: str = "warp", base: str = "none") -> None:
+                 match_radius: int = 0, match_mode: str = "warp", match_gate: bool = True,
+                 max_offset: float = 0.0, base: str = "none") -> None:
         super().__init__()
         factors = upsampling_factors(scale)
         if not 1 <= int(num_deform) <= MAX_DEFORM:
@@ -292,7 +303,7 @@ class SSEN(SRGenerator):
                     ref_layers.append(nn.Conv2d(channels, num_features, 3, stride=f, padding=1))
                     channels = num_features
             self.ref_head = nn.Sequential(*ref_layers)
-            self.align = nn.ModuleList(DeformableAlignment(num_features, offset_features, non_local)
+            self.align = nn.ModuleList(DeformableAlignment(num_features, offset_features, non_local, max_offset)
                                        for _ in range(num_deform))
             if match_mode not in ("offset", "warp"):
                 raise ValueError(f"match_mode must be 'offset' or 'warp', got {match_mode!r}")
@@ -300,6 +311,7 @@ class SSEN(SRGenerator):
             if self.matcher is not None and match_mode == "warp":  # flow() learns nothing (DDP: no unused grads)
                 self.matcher.log_temperature.requires_grad_(False)
             self.match_mode = match_mode
+            self.match_gate = bool(match_gate) and self.matcher is not None and match_mode == "warp"
         elif match_radius:
             raise ValueError("match_radius needs the reference branch (use_reference: true)")
         confidence = int(self.use_reference and match_radius > 0 and match_mode == "warp")
@@ -342,7 +354,9 @@ class SSEN(SRGenerator):
                     # the HR reference moved to where the target is, at HR precision, before any feature
                     hr_flow = F.interpolate(flow, scale_factor=self.scale, mode="bilinear", align_corners=False)
                     ref = warp(ref, hr_flow * self.scale)
-                    extra = [peak]
+                    # the gate's confidence: the NCC clamped to [0, 1]; without the gate the raw NCC
+                    confidence = peak.clamp(0, 1) if self.match_gate else peak
+                    extra = [confidence]
                 else:
                     base_offset = self.matcher(lr, ref_lr)
             aligned = self.reference_features(ref, lr.shape[-2:])
@@ -351,6 +365,8 @@ class SSEN(SRGenerator):
                 aligned, offset = layer(lr_features, aligned, base_offset if i == 0 else None)
                 magnitudes.append(offset.detach().abs().mean())  # a tensor: no device sync here
             self.offset_magnitudes = magnitudes
+            if self.match_gate:  # TTSR's soft attention: the reference counts as much as it matches
+                aligned = aligned * extra[0]
             fused = self.fuse(torch.cat([lr_features, aligned, *extra], dim=1))
         else:
             fused = self.fuse(lr_features)
