@@ -70,13 +70,14 @@ def test_metrics_basicsr_dry_run_alternates_and_checks_values(tmp_path):
     real = "basicsr calculate_psnr+ssim (real)"
     expected = {"basicsr-ref calculate_psnr+ssim", "sfsr image_metrics", "sfsr image_metrics, 1 thread"}
     if real in rows:
-        expected.add(real)
+        expected |= {real, real + ", cv2 1 thread"}
     else:
         assert "the real BasicSR variant is skipped" in proc.stderr
         assert not os.environ.get("SFSR_BASICSR_SOURCE") or "not installed" in proc.stderr
     assert set(rows) == expected
     sfsr = rows["sfsr image_metrics"]
-    assert sfsr["reference"] == (real if real in rows else "basicsr-ref calculate_psnr+ssim")
+    assert sfsr["reference"] in ({real, real + ", cv2 1 thread"} if real in rows
+                                 else {"basicsr-ref calculate_psnr+ssim"})
     assert sfsr["runs"] == 2 and sfsr["parameters"]["pairs"] == 2
     for r in rows.values():
         assert r["benchmark"] == "metrics_basicsr" and "load_before" in r and "load_after" in r
