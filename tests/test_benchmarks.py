@@ -58,8 +58,6 @@ def test_metrics_basicsr_dry_run_alternates_and_checks_values(tmp_path):
     """``--only metrics_basicsr --dry-run``: sfsr against the in-repo reference (and the real BasicSR
     where $SFSR_BASICSR_SOURCE and cv2 are there; else a message says it is skipped), one record per
     variant with the ratios and the value differences, all within the benchmark's tolerance."""
-    import os
-
     from benchmarks.__main__ import METRICS_TOLERANCE
 
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "metrics_basicsr", "--dry-run",
@@ -72,8 +70,7 @@ def test_metrics_basicsr_dry_run_alternates_and_checks_values(tmp_path):
     if real in rows:
         expected |= {real, real + ", cv2 1 thread"}
     else:
-        assert "the real BasicSR variant is skipped" in proc.stderr
-        assert not os.environ.get("SFSR_BASICSR_SOURCE") or "not installed" in proc.stderr
+        assert "the real BasicSR variant is skipped" in proc.stderr  # with the reason
     assert set(rows) == expected
     sfsr = rows["sfsr image_metrics"]
     assert sfsr["reference"] in ({real, real + ", cv2 1 thread"} if real in rows
