@@ -332,7 +332,7 @@ def bench_metrics(rec: Recorder, pairs: list[tuple[np.ndarray, np.ndarray]], rep
 #: image: BasicSR rounds Y to float32 (``to_y_channel``) and filters by DFT (``cv2.filter2D``), sfsr
 #: keeps Y in float64 and filters directly, so the values agree far below the printed precision
 #: (PSNR 2 decimals, SSIM 4) but not to the last bit: on Set14 x4 and noisy random images the real
-#: BasicSR 1.4.2 (cv2 5.1) differed by at most 3.3e-7 dB and 7.6e-9 (docs/PERFORMANCE.md).
+#: BasicSR 1.4.2 (cv2 5.1 and 4.14) differed by at most 3.3e-7 dB and 7.6e-9 (docs/PERFORMANCE.md).
 METRICS_TOLERANCE = {"psnr_y": 1e-5, "ssim_y": 1e-7}
 
 
