@@ -143,7 +143,8 @@ def basicsr_input(img: np.ndarray) -> np.ndarray:
     return img
 
 
-def psnr_ssim_y(module: types.ModuleType, hr_bgr: np.ndarray, sr_bgr: np.ndarray, crop_border: int) -> tuple[float, float]:
+def psnr_ssim_y(module: types.ModuleType, hr_bgr: np.ndarray, sr_bgr: np.ndarray,
+                crop_border: int) -> tuple[float, float]:
     """BasicSR's PSNR-Y and SSIM-Y as its validation computes them (two calls, each converting)."""
     return (float(module.calculate_psnr(hr_bgr, sr_bgr, crop_border, test_y_channel=True)),
             float(module.calculate_ssim(hr_bgr, sr_bgr, crop_border, test_y_channel=True)))
