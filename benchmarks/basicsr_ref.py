@@ -1,6 +1,8 @@
 """Reference competitor: a re-implementation of BasicSR's metric and resize code (XPixelGroup/BasicSR,
 ``basicsr/metrics/psnr_ssim.py`` and ``basicsr/utils/matlab_functions.py``), kept here so every
-benchmark compares sfsr with it *in the same run* (BasicSR itself is not installed).
+benchmark compares sfsr with it *in the same run* (BasicSR itself is not installed in the
+project's environment; :mod:`benchmarks.basicsr_real` runs its real metric code where its source and
+cv2 are available, and calibrates this one: docs/PERFORMANCE.md).
 
 Faithful in what costs time:
 

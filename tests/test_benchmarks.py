@@ -54,6 +54,92 @@ def test_reference_metrics_agree_with_sfsr_to_float32_precision():
     assert abs(ref.calculate_ssim(hr, sr, 4) - ours["ssim_y"]) < 1e-5
 
 
+def test_metrics_basicsr_dry_run_alternates_and_checks_values(tmp_path):
+    """``--only metrics_basicsr --dry-run``: sfsr against the in-repo reference (and the real BasicSR
+    where $SFSR_BASICSR_SOURCE and cv2 are there; else a message says it is skipped), one record per
+    variant with the ratios and the value differences, all within the benchmark's tolerance."""
+    from benchmarks.__main__ import METRICS_TOLERANCE
+
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "metrics_basicsr", "--dry-run",
+                           "--repeats", "2", "--out", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["variant"]: r for r in map(json.loads, (tmp_path / "cpu.jsonl").read_text().splitlines())}
+    real = "basicsr calculate_psnr+ssim (real)"
+    expected = {"basicsr-ref calculate_psnr+ssim", "sfsr image_metrics", "sfsr image_metrics, 1 thread"}
+    if real in rows:
+        expected |= {real, real + ", cv2 1 thread"}
+    else:
+        assert "the real BasicSR variant is skipped" in proc.stderr  # with the reason
+    assert set(rows) == expected
+    sfsr = rows["sfsr image_metrics"]
+    assert sfsr["reference"] in ({real, real + ", cv2 1 thread"} if real in rows
+                                 else {"basicsr-ref calculate_psnr+ssim"})
+    assert sfsr["runs"] == 2 and sfsr["parameters"]["pairs"] == 2
+    for r in rows.values():
+        assert r["benchmark"] == "metrics_basicsr" and "load_before" in r and "load_after" in r
+        assert "sfsr_vs_basicsr_ref" in r["values"]["ratios"]
+        if not r["variant"].startswith("sfsr"):
+            for key, tol in METRICS_TOLERANCE.items():
+                assert r["values"]["vs_sfsr"][f"{key}_max_abs_diff"] <= tol
+    assert rows["sfsr image_metrics, 1 thread"]["values"]["psnr_y"] == sfsr["values"]["psnr_y"]
+
+
+def _real_basicsr():
+    """BasicSR's own psnr_ssim module from $SFSR_BASICSR_SOURCE (skip with the reason otherwise)."""
+    import os
+
+    from benchmarks import basicsr_real
+
+    source = basicsr_real.source_from(None)
+    if source is None or not source.exists():
+        pytest.skip("real BasicSR source not given: set SFSR_BASICSR_SOURCE to basicsr-1.4.2.tar.gz "
+                    "(`pip download basicsr==1.4.2 --no-deps -d DIR`) or its extracted folder "
+                    f"(now {os.environ.get('SFSR_BASICSR_SOURCE')!r})")
+    try:
+        return basicsr_real.load_metrics(source)
+    except basicsr_real.Unavailable as exc:
+        pytest.skip(f"real BasicSR metrics cannot run here: {exc}")
+
+
+def test_real_basicsr_metrics_equal_sfsr(shared_data):
+    """Where the real BasicSR source and cv2 are present: its calculate_psnr/calculate_ssim
+    (crop_border 4, test_y_channel, BGR; gray as 2-D) give sfsr's PSNR-Y/SSIM-Y on Set14 x4 (SR =
+    sfsr's bicubic x4 of the exact x1/4) and on noisy random images, within the benchmark's
+    tolerance (BasicSR's Y is float32, sfsr's float64), and the same Set14 means at 4 decimals."""
+    from benchmarks.__main__ import METRICS_TOLERANCE
+    from benchmarks.basicsr_real import basicsr_input, psnr_ssim_y
+    from sfsr.data.bicubic import imresize, modcrop
+    from sfsr.data.images import read_image
+    from sfsr.metrics import image_metrics
+
+    module = _real_basicsr()
+    pairs = []
+    for path in sorted((shared_data / "benchmark" / "Set14" / "HR").glob("*.png")):
+        hr = modcrop(read_image(path), 4)
+        pairs.append((hr, imresize(imresize(hr, 1 / 4), 4)))
+    rng = np.random.default_rng(3)
+    for shape in [(64, 48, 3), (60, 52)]:
+        hr = rng.integers(0, 256, shape, dtype=np.uint8)
+        pairs.append((hr, np.clip(hr.astype(int) + rng.integers(-30, 31, shape), 0, 255).astype(np.uint8)))
+    assert len(pairs) == 16
+    ours_all, theirs_all = [], []
+    for hr, sr in pairs:
+        ours = image_metrics(hr, sr, 4)
+        theirs = psnr_ssim_y(module, basicsr_input(hr), basicsr_input(sr), 4)
+        assert abs(theirs[0] - ours["psnr_y"]) <= METRICS_TOLERANCE["psnr_y"], (hr.shape, theirs, ours)
+        assert abs(theirs[1] - ours["ssim_y"]) <= METRICS_TOLERANCE["ssim_y"], (hr.shape, theirs, ours)
+        ours_all.append((ours["psnr_y"], ours["ssim_y"]))
+        theirs_all.append(theirs)
+    # Set14's means as BasicSR logs them (4 decimals) are the same numbers
+    assert [f"{v:.4f}" for v in np.mean(ours_all[:14], axis=0)] == \
+        [f"{v:.4f}" for v in np.mean(theirs_all[:14], axis=0)]
+    # a wrong channel order is caught: RGB given as BGR moves PSNR-Y far beyond the tolerance
+    hr, sr = pairs[0]
+    swapped = psnr_ssim_y(module, hr, sr, 4)[0]
+    assert abs(swapped - image_metrics(hr, sr, 4)["psnr_y"]) > 100 * METRICS_TOLERANCE["psnr_y"]
+
+
 def test_reference_imresize_is_close_but_not_exact():
     from benchmarks import basicsr_ref as ref
     from sfsr.data.bicubic import imresize

@@ -188,7 +188,9 @@ def _flat_pass(x: np.ndarray, w: np.ndarray, step: int, n: int, acc: np.ndarray,
 
 
 _SSIM_WINDOW = _gaussian_window_1d()
-_SSIM_BLOCK_VALUES = 1 << 13  # values per map and band: the band's temporaries stay in cache
+_SSIM_BLOCK_VALUES = 1 << 15  # values per map and band: 32k was the fastest of 8k-64k on the 2-core AMD EPYC
+# VM (1 MiB L2 per core; 8k on issue 14's Intel VM): docs/PERFORMANCE.md, issue 26 item 3. The band
+# size does not change a value: every output is computed the same way in any band.
 
 
 def _ssim_map_rows(a: np.ndarray, b: np.ndarray, out: np.ndarray, r0: int, r1: int,
