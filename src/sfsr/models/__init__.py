@@ -92,9 +92,10 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-#: options a checkpoint always spells out, defaults included, so it keeps its meaning if a default
-#: changes (``match_gate``: SSEN's only; checkpoints from before it are read as ungated, below)
-SPELLED_OUT = ("base", "match_gate")
+#: Options a checkpoint always spells out, defaults included, so it keeps its meaning if a default
+#: changes; each with the value a checkpoint written before the option existed meant (None: today's
+#: default; ``match_gate``, SSEN's only: such a model was trained ungated).
+SPELLED_OUT: dict[str, Any] = {"base": None, "match_gate": False}
 
 
 def generator_spec(name: str, scale: int, **kwargs: Any) -> dict[str, Any]:
@@ -150,12 +151,11 @@ def _checkpoint_parts(path: Path, ckpt: Any) -> tuple[str, int, dict[str, Any], 
     if not isinstance(name, str) or isinstance(scale, bool) or not isinstance(scale, int) or not isinstance(kwargs, dict):
         raise unusable(f"its spec {_short(arch)} needs a name, an integer scale and a dict of kwargs")
     try:
-        _generator_kwargs(name, scale, kwargs)
+        full = _generator_kwargs(name, scale, kwargs)
     except ValueError as exc:
         raise unusable(f"its spec is invalid: {exc}") from None
-    if name == "ssen" and "match_gate" not in kwargs:  # written before SSEN had the gate (2026-12-07)
-        kwargs = {**kwargs, "match_gate": False}
-    return name, int(scale), dict(kwargs), state
+    before = {k: v for k, v in SPELLED_OUT.items() if v is not None and k in full and k not in kwargs}
+    return name, int(scale), {**kwargs, **before}, state
 
 
 def _short(obj: Any, limit: int = 200) -> str:

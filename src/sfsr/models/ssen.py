@@ -289,6 +289,7 @@ class SSEN(SRGenerator):
         self.scale = scale
         self.num_features = num_features
         self.use_reference = bool(use_reference)
+        warped = False  # the reference is block-matched and warped (match_radius > 0, warp mode)
         self.lr_head = nn.Conv2d(3, num_features, 1)
         self.extractor = nn.Sequential(*[ResidualBlock(num_features) for _ in range(extract_blocks)])
         if ref_downsample not in ("conv", "unshuffle"):
@@ -308,14 +309,15 @@ class SSEN(SRGenerator):
             if match_mode not in ("offset", "warp"):
                 raise ValueError(f"match_mode must be 'offset' or 'warp', got {match_mode!r}")
             self.matcher = LocalMatcher(match_radius) if match_radius > 0 else None
-            if self.matcher is not None and match_mode == "warp":  # flow() learns nothing (DDP: no unused grads)
+            warped = self.matcher is not None and match_mode == "warp"
+            if warped:  # flow() learns nothing (DDP: no unused grads)
                 self.matcher.log_temperature.requires_grad_(False)
             self.match_mode = match_mode
-            self.match_gate = bool(match_gate) and self.matcher is not None and match_mode == "warp"
+            self.match_gate = bool(match_gate) and warped
         elif match_radius:
             raise ValueError("match_radius needs the reference branch (use_reference: true)")
-        confidence = int(self.use_reference and match_radius > 0 and match_mode == "warp")
-        self.fuse = nn.Conv2d(num_features * (2 if self.use_reference else 1) + confidence, num_features, 1)
+        # warp mode's match confidence is one more fusion channel
+        self.fuse = nn.Conv2d(num_features * (2 if self.use_reference else 1) + int(warped), num_features, 1)
         self.trunk = nn.Sequential(*[ResidualBlock(num_features) for _ in range(num_blocks)])
         self.trunk_tail = nn.Conv2d(num_features, num_features, 3, padding=1)
         self.upsampler = pixel_shuffle_upsampler(num_features, scale)
@@ -345,7 +347,7 @@ class SSEN(SRGenerator):
             if ref.shape[0] != lr.shape[0]:
                 raise ValueError(f"one reference per LR image: {ref.shape[0]} references for {lr.shape[0]} images")
             ref = ref.to(lr.dtype)
-            base_offset, extra = None, []
+            base_offset, confidence = None, None
             if self.matcher is not None:
                 ref = self.fit_reference(ref, lr.shape[-2:])
                 ref_lr = F.interpolate(ref, size=lr.shape[-2:], mode="bicubic", align_corners=False, antialias=True)
@@ -356,7 +358,6 @@ class SSEN(SRGenerator):
                     ref = warp(ref, hr_flow * self.scale)
                     # the gate's confidence: the NCC clamped to [0, 1]; without the gate the raw NCC
                     confidence = peak.clamp(0, 1) if self.match_gate else peak
-                    extra = [confidence]
                 else:
                     base_offset = self.matcher(lr, ref_lr)
             aligned = self.reference_features(ref, lr.shape[-2:])
@@ -366,7 +367,8 @@ class SSEN(SRGenerator):
                 magnitudes.append(offset.detach().abs().mean())  # a tensor: no device sync here
             self.offset_magnitudes = magnitudes
             if self.match_gate:  # TTSR's soft attention: the reference counts as much as it matches
-                aligned = aligned * extra[0]
+                aligned = aligned * confidence
+            extra = [] if confidence is None else [confidence]
             fused = self.fuse(torch.cat([lr_features, aligned, *extra], dim=1))
         else:
             fused = self.fuse(lr_features)
