@@ -296,10 +296,20 @@ def bench_evaluate_process(rec: Recorder, hr: Path, sr: Path, repeats: int,
                 reference="basicsr-ref metrics script", values=values)
 
 
-def bench_metrics(rec: Recorder, pairs: list[tuple[np.ndarray, np.ndarray]], repeats: int,
-                  baseline_src: Path | None = None) -> None:
+def _sfsr_values(pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[float, float]]:
+    """sfsr's (PSNR-Y, SSIM-Y) of every pair."""
     from sfsr.metrics import image_metrics
 
+    return [(m["psnr_y"], m["ssim_y"]) for m in (image_metrics(h, s, SCALE) for h, s in pairs)]
+
+
+def _ref_values(pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[float, float]]:
+    """The in-repo reference's (calculate_psnr, calculate_ssim) of every pair."""
+    return [(ref.calculate_psnr(h, s, SCALE), ref.calculate_ssim(h, s, SCALE)) for h, s in pairs]
+
+
+def bench_metrics(rec: Recorder, pairs: list[tuple[np.ndarray, np.ndarray]], repeats: int,
+                  baseline_src: Path | None = None) -> None:
     old = _baseline_module(baseline_src, "sfsr/metrics.py", "sfsr_baseline_metrics")
 
     rgb_pairs = [(_rgb(h), _rgb(s)) for h, s in pairs]
@@ -307,10 +317,10 @@ def bench_metrics(rec: Recorder, pairs: list[tuple[np.ndarray, np.ndarray]], rep
     params = {"pairs": len(pairs), "scale": SCALE, "megapixels": round(mp, 3)}
 
     def sfsr_run() -> list[tuple[float, float]]:
-        return [(m["psnr_y"], m["ssim_y"]) for m in (image_metrics(h, s, SCALE) for h, s in pairs)]
+        return _sfsr_values(pairs)
 
     def ref_run() -> list[tuple[float, float]]:
-        return [(ref.calculate_psnr(h, s, SCALE), ref.calculate_ssim(h, s, SCALE)) for h, s in rgb_pairs]
+        return _ref_values(rgb_pairs)
 
     variants = [("basicsr-ref calculate_psnr+ssim", ref_run, {}),
                 ("sfsr image_metrics, 1 thread", sfsr_run, {"SFSR_METRIC_THREADS": "1"}),
@@ -336,10 +346,6 @@ def bench_metrics(rec: Recorder, pairs: list[tuple[np.ndarray, np.ndarray]], rep
 METRICS_TOLERANCE = {"psnr_y": 1e-5, "ssim_y": 1e-7}
 
 
-def _loadavg() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
 def bench_metrics_basicsr(rec: Recorder, pairs: list[tuple[np.ndarray, np.ndarray]], repeats: int,
                           source: Path | None) -> dict[str, Any]:
     """sfsr's PSNR-Y + SSIM-Y of every pair against the *real* BasicSR ``calculate_psnr`` +
@@ -347,7 +353,6 @@ def bench_metrics_basicsr(rec: Recorder, pairs: list[tuple[np.ndarray, np.ndarra
     where it cannot run) and the in-repo reference, in one process, the variants alternating run by
     run (each round in a rotated order), values checked against :data:`METRICS_TOLERANCE`."""
     from benchmarks import basicsr_real as real
-    from sfsr.metrics import image_metrics
 
     real_name = "basicsr calculate_psnr+ssim (real)"
     ref_name = "basicsr-ref calculate_psnr+ssim"
@@ -370,10 +375,10 @@ def bench_metrics_basicsr(rec: Recorder, pairs: list[tuple[np.ndarray, np.ndarra
               "megapixels": round(mp, 3), "order": "alternating, rotated each round", **info}
 
     def sfsr_run() -> list[tuple[float, float]]:
-        return [(m["psnr_y"], m["ssim_y"]) for m in (image_metrics(h, s, SCALE) for h, s in pairs)]
+        return _sfsr_values(pairs)
 
     def ref_run() -> list[tuple[float, float]]:  # RGB order (the re-implementation's), gray 2-D
-        return [(ref.calculate_psnr(h, s, SCALE), ref.calculate_ssim(h, s, SCALE)) for h, s in pairs]
+        return _ref_values(pairs)
 
     def real_run() -> list[tuple[float, float]]:
         return [real.psnr_ssim_y(module, h, s, SCALE) for h, s in bgr]
@@ -396,7 +401,7 @@ def bench_metrics_basicsr(rec: Recorder, pairs: list[tuple[np.ndarray, np.ndarra
                  ("sfsr image_metrics, 1 thread", sfsr_run, {"SFSR_METRIC_THREADS": "1"})]
     times: dict[str, list[float]] = {name: [] for name, _, _ in variants}
     values: dict[str, list[tuple[float, float]]] = {}
-    load, loadavg = _load(), _loadavg()
+    load = _load()
     for round_ in range(repeats + 1):  # round 0 warms up (imports, caches) and is not timed
         k = round_ % len(variants)
         for name, fn, env in variants[k:] + variants[:k]:
@@ -421,8 +426,7 @@ def bench_metrics_basicsr(rec: Recorder, pairs: list[tuple[np.ndarray, np.ndarra
     reference = real_names if module is not None else ref_name  # the faster real variant (Recorder.finish)
     for name, _, env in variants:
         v = np.array(values[name])
-        row_values = {"psnr_y": float(v[:, 0].mean()), "ssim_y": float(v[:, 1].mean()),
-                      "loadavg_before": loadavg, "loadavg_after": _loadavg()}
+        row_values = {"psnr_y": float(v[:, 0].mean()), "ssim_y": float(v[:, 1].mean())}
         if name in diffs:
             row_values["vs_sfsr"] = diffs[name]
         if name == "sfsr image_metrics" and skipped:
