@@ -1,8 +1,14 @@
-"""Forward+backward time of MSRResNet's trunk (16 residual blocks of 64 features at LR 24x24) and
-its x4 pixel-shuffle upsampler, batch 16, with PReLU (sfsr's srresnet/msrresnet, as SRResNet), ReLU
-(BasicSR's ResidualBlockNoBN) and LeakyReLU(0.1) (BasicSR's MSRResNet upsampler), the variants
-alternating round by round in one process (docs/PERFORMANCE.md, "Issue 26 item 1: where the fp32
-step goes"). Prints the median and the minimum per variant in ms, float32, torch's default threads.
+"""Forward+backward time of the parts of sfsr's ``msrresnet`` x4 training step (batch 16, LR 24x24,
+64 features) against BasicSR's MSRResNet parts, the variants alternating round by round in one
+process (docs/PERFORMANCE.md, "Issue 26 item 1: where the fp32 step goes"):
+
+* trunk, 16 residual blocks at LR: sfsr's ``SRResidualBlock`` without batch norm (PReLU, as
+  SRResNet) against ``EDSRResidualBlock`` (ReLU, res_scale 1: BasicSR's ``ResidualBlockNoBN``);
+* x4 upsampler (``pixel_shuffle_upsampler``): PReLU (sfsr) against LeakyReLU(0.1) (BasicSR);
+* tail at HR 96x96: sfsr's 9x9 conv 64->3 against BasicSR's conv_hr (3x3 64->64, LeakyReLU) +
+  conv_last (3x3 64->3).
+
+Prints the median and the minimum per variant in ms, float32, torch's default threads.
 
     python -m benchmarks.activation_cost [--rounds 8]
 """
@@ -18,24 +24,24 @@ import sfsr  # noqa: F401  (before torch: the OpenMP wait policy)
 import torch
 from torch import nn
 
-ACTIVATIONS = {"PReLU": nn.PReLU, "ReLU": nn.ReLU, "LeakyReLU(0.1)": lambda: nn.LeakyReLU(0.1)}
+from sfsr.models.blocks import pixel_shuffle_upsampler
+from sfsr.models.edsr import EDSRResidualBlock
+from sfsr.models.srresnet import SRResidualBlock
 
 
-class Block(nn.Module):
-    """conv3x3 - activation - conv3x3 plus identity (no batch norm)."""
-
-    def __init__(self, act) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), act(), nn.Conv2d(64, 64, 3, padding=1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
-
-
-def upsampler(act) -> nn.Module:
-    """x4 as two (conv 64->256, pixel shuffle x2, activation) stages."""
-    return nn.Sequential(nn.Conv2d(64, 256, 3, padding=1), nn.PixelShuffle(2), act(),
-                         nn.Conv2d(64, 256, 3, padding=1), nn.PixelShuffle(2), act())
+def variants() -> dict[str, tuple[nn.Module, tuple[int, ...]]]:
+    """name -> (module, input shape)."""
+    lr, hr = (16, 64, 24, 24), (16, 64, 96, 96)
+    leaky = lambda: nn.LeakyReLU(0.1)  # noqa: E731
+    return {
+        "trunk, sfsr (PReLU)": (nn.Sequential(*[SRResidualBlock(64, use_bn=False) for _ in range(16)]), lr),
+        "trunk, BasicSR (ReLU)": (nn.Sequential(*[EDSRResidualBlock(64) for _ in range(16)]), lr),
+        "upsampler, sfsr (PReLU)": (pixel_shuffle_upsampler(64, 4, nn.PReLU), lr),
+        "upsampler, BasicSR (LeakyReLU 0.1)": (pixel_shuffle_upsampler(64, 4, leaky), lr),
+        "tail, sfsr (9x9 64->3)": (nn.Conv2d(64, 3, 9, padding=4), hr),
+        "tail, BasicSR (conv_hr + conv_last)": (nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), leaky(),
+                                                              nn.Conv2d(64, 3, 3, padding=1)), hr),
+    }
 
 
 def main() -> None:
@@ -43,22 +49,20 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=8)
     args = ap.parse_args()
     torch.manual_seed(0)
-    x = torch.randn(16, 64, 24, 24, requires_grad=True)
-    mods = {(name, part): nn.Sequential(*[Block(act) for _ in range(16)]) if part == "trunk" else upsampler(act)
-            for name, act in ACTIVATIONS.items() for part in ("trunk", "upsampler")}
-    for m in mods.values():  # warm-up
+    mods = {name: (m, torch.randn(shape, requires_grad=True)) for name, (m, shape) in variants().items()}
+    for m, x in mods.values():  # warm-up
         for _ in range(2):
             m(x).sum().backward()
-    times: dict[tuple[str, str], list[float]] = {k: [] for k in mods}
+    times: dict[str, list[float]] = {k: [] for k in mods}
     load = os.getloadavg()[0]
     for _ in range(args.rounds):
-        for k, m in mods.items():
+        for name, (m, x) in mods.items():
             start = time.perf_counter()
             m(x).sum().backward()
-            times[k].append(time.perf_counter() - start)
+            times[name].append(time.perf_counter() - start)
     print(f"load {load:.2f} -> {os.getloadavg()[0]:.2f}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    for (name, part), v in times.items():
-        print(f"{part:9s} {name:15s} median {statistics.median(v) * 1000:6.1f} ms  min {min(v) * 1000:6.1f} ms")
+    for name, v in times.items():
+        print(f"{name:38s} median {statistics.median(v) * 1000:6.1f} ms  min {min(v) * 1000:6.1f} ms")
 
 
 if __name__ == "__main__":

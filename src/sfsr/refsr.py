@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 TABLE_KEYS = ["model", "dataset", "scale", "group", "input", "level"]
 
 
-def _photos(hr_dir: Path, groups: list[str]) -> dict[str, str]:
+def group_photos(hr_dir: Path, groups: list[str]) -> dict[str, str]:
     """Group -> the photo it was cut from (``references.csv`` of builtin groups); each group is its
     own scene otherwise (CUFED5)."""
     table = hr_dir.parent / "references.csv"
@@ -58,7 +58,7 @@ def reference_table(hr_dir: str | os.PathLike, scale: int, *, model_name: str, d
     hr_dir = Path(hr_dir)
     groups = reference_levels(hr_dir)  # levels from the file names: a missing level is a gap
     names = [g for g, _, _ in groups]
-    photos = _photos(hr_dir, names)
+    photos = group_photos(hr_dir, names)
     first_ref = {g: refs[0][1] for g, _, refs in groups}
     model, upscale = None, None
     if checkpoint is not None:
