@@ -280,3 +280,83 @@ def test_the_refsr_ladder_rungs_are_what_they_claim():
         (dy, dx), = moved(g["refs"]["sub"])
         assert (dy % SCALE or dx % SCALE) and 3.5 <= np.hypot(dy, dx) <= 6
         assert moved(g["refs"]["1"]) == []  # level 1 is resampled, not a window of the photo
+
+
+def _real_msrresnet():
+    """BasicSR's own MSRResNet class from $SFSR_BASICSR_SOURCE (skip with the reason otherwise)."""
+    import os
+
+    from benchmarks import basicsr_real, basicsr_train
+
+    source = basicsr_real.source_from(None)
+    if source is None or not source.exists():
+        pytest.skip("real BasicSR source not given: set SFSR_BASICSR_SOURCE to basicsr-1.4.2.tar.gz "
+                    f"or its extracted folder (now {os.environ.get('SFSR_BASICSR_SOURCE')!r})")
+    try:
+        return basicsr_train.load_msrresnet(source)
+    except basicsr_real.Unavailable as exc:
+        pytest.skip(f"real BasicSR MSRResNet cannot load here: {exc}")
+
+
+def test_real_basicsr_msrresnet_loads_and_upscales_x4():
+    """benchmarks/basicsr_train.py: BasicSR's MSRResNet from the source (srresnet_arch.py, arch_util.py,
+    registry.py, unchanged) maps (1,3,24,24) to (1,3,96,96); compare_architectures tells equal from
+    different nets."""
+    import sys
+
+    import torch
+
+    from benchmarks.basicsr_train import BASICSR_NET, compare_architectures
+
+    msrresnet = _real_msrresnet()
+    assert msrresnet.__module__ == "basicsr.archs.srresnet_arch"
+    assert "MSRResNet" in sys.modules["basicsr.utils.registry"].ARCH_REGISTRY
+    net = msrresnet(**BASICSR_NET)
+    with torch.no_grad():
+        out = net(torch.rand(1, 3, 24, 24))
+    assert out.shape == (1, 3, 96, 96) and torch.isfinite(out).all()
+    same = compare_architectures(net, msrresnet(**BASICSR_NET))
+    assert same["same"] and same["same_count"] and same["same_shapes"]
+    assert same["basicsr_params"] == sum(p.numel() for p in net.parameters())
+    fewer = compare_architectures(net, msrresnet(**{**BASICSR_NET, "num_block": 15}))
+    assert not fewer["same"] and not fewer["same_count"] and not fewer["same_shapes"]
+
+
+def test_basicsr_model_ema_is_the_formula():
+    """benchmarks/basicsr_train.basicsr_model_ema: ema = decay * ema + (1 - decay) * net, per parameter
+    (base_model.py's model_ema); decay 0 copies the net."""
+    import torch
+
+    from benchmarks.basicsr_train import basicsr_model_ema
+
+    torch.manual_seed(0)
+    net, ema = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    before = [p.detach().clone() for p in ema.parameters()]
+    basicsr_model_ema(net, ema, 0.9)
+    for old, new, p in zip(before, ema.parameters(), net.parameters()):
+        assert torch.allclose(new, 0.9 * old + 0.1 * p, atol=1e-7)
+        assert not torch.equal(new, old)
+    basicsr_model_ema(net, ema, 0)
+    for new, p in zip(ema.parameters(), net.parameters()):
+        assert torch.equal(new, p)
+
+
+def test_basicsr_train_tiny_run_gives_both_rates(tmp_path):
+    """benchmarks/basicsr_train.main: 1 round, 2 iterations, batch 2, tiny images: one row with
+    positive s/it for sfsr and BasicSR, their ratio, and what sfsr ran (fp32)."""
+    from benchmarks.basicsr_train import main
+    from sfsr import io
+
+    _real_msrresnet()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        io.save_image(tmp_path / "img" / f"{i}.png", rng.integers(0, 256, (48, 48, 3), dtype=np.uint8))
+    rows = main(["--images", str(tmp_path / "img"), "--rounds", "1", "--iterations", "2",
+                 "--batch-size", "2", "--lr-patch", "8", "--threads", "1"])
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["order"] == "sfsr+basicsr"
+    assert row["sfsr_s_per_it"] > 0 and row["basicsr_s_per_it"] > 0
+    assert row["ratio"] == pytest.approx(row["basicsr_s_per_it"] / row["sfsr_s_per_it"])
+    assert row["sfsr_ran"] == "fp32"
+    assert row["basicsr_timed_iterations"] == 2 and row["sfsr_timed_iterations"] == 2
