@@ -68,6 +68,52 @@ def test_msrresnet_has_no_batchnorm_and_srresnet_does() -> None:
     assert not has_bn(build_generator("msrresnet", 4, **TINY["msrresnet"]))
 
 
+def _conv(cin: int, cout: int, k: int = 3) -> list[tuple[int, ...]]:
+    return [(cout, cin, k, k), (cout,)]
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_msrresnet_is_basicsrs_graph(scale: int) -> None:
+    """BasicSR's MSRResNet (basicsr/archs/srresnet_arch.py) layer by layer: conv_first 3x3, 16 blocks
+    of two 3x3 convs, upconv1 (x2, x3) or upconv1+upconv2 (x4), conv_hr, conv_last 3x3; its x4
+    parameter count is BasicSR's 1,517,571; ReLU in the blocks, LeakyReLU(0.1) elsewhere, no PReLU."""
+    with torch.device("meta"):
+        model = build_generator("msrresnet", scale)
+    f = 64
+    up = _conv(f, f * scale * scale) if scale in (2, 3) else _conv(f, 4 * f) * 2
+    expected = _conv(3, f) + _conv(f, f) * 32 + up + _conv(f, f) + _conv(f, 3)
+    assert [tuple(p.shape) for p in model.parameters()] == expected
+    if scale == 4:
+        assert count_parameters(model) == 1_517_571
+    acts = [type(m) for m in model.modules() if isinstance(m, (nn.ReLU, nn.LeakyReLU, nn.PReLU))]
+    assert acts.count(nn.ReLU) == 16 and nn.PReLU not in acts
+    assert {m.negative_slope for m in model.modules() if isinstance(m, nn.LeakyReLU)} == {0.1}
+
+
+def test_old_msrresnet_checkpoints_load_as_the_graph_they_were_trained_as(tmp_path) -> None:
+    """Until 2026-12-07 ``msrresnet`` named SRResNet without batch norm: such a checkpoint loads as
+    that graph (srresnet, use_bn false) and gives the outputs it gave; a GAN stage refuses to start
+    from it with a message that says what to do."""
+    from sfsr.errors import ConfigError
+    from sfsr.training.parts import load_init
+    torch.manual_seed(0)
+    old = build_generator("srresnet", 4, num_blocks=1, num_features=8, use_bn=False, base="bilinear").eval()
+    path = tmp_path / "old.pt"
+    save_generator(path, old, {"name": "msrresnet", "scale": 4, "kwargs": {"num_blocks": 1, "num_features": 8}})
+    loaded, scale = load_generator(path)
+    lr = torch.rand(1, 3, 10, 10)
+    with torch.no_grad():
+        assert scale == 4 and torch.equal(loaded(lr), old(lr))
+    assert type(loaded).__name__ == "SRResNet" and loaded.base.mode == "bilinear"
+    spec = generator_spec("msrresnet", 4, num_blocks=1, num_features=8)
+    with pytest.raises(ConfigError, match="re-run the warm-up stage.*srresnet with kwargs use_bn: false"):
+        load_init(build_generator("msrresnet", 4, num_blocks=1, num_features=8), path,
+                  {**spec, "kwargs": {"num_blocks": 1, "num_features": 8}})
+    new = build_generator("msrresnet", 4, num_blocks=1, num_features=8)
+    save_generator(tmp_path / "new.pt", new, spec)
+    assert type(load_generator(tmp_path / "new.pt")[0]).__name__ == "MSRResNet"
+
+
 def test_unknown_generator_name_and_options() -> None:
     with pytest.raises(ValueError, match="rrdbnet") as info:
         build_generator("unet", 4)

@@ -73,6 +73,27 @@ def test_ema_rule_numerically():
 
 
 # ---------------------------------------------------------------------------------------- data
+def test_cosine_start_holds_the_lr_then_decays_as_cosine_annealing():
+    """``cosine_start`` f: the lr stays constant for f of the iterations, then follows
+    CosineAnnealingLR's curve over the rest down to eta_min; 0 is CosineAnnealingLR itself."""
+    def lrs(**cfg):
+        opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=2e-4)
+        sched = parts.make_scheduler(opt, {"scheduler": "cosine", "eta_min": 1e-6, **cfg})
+        out = []
+        for _ in range(cfg.get("iterations") + 1):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+    held = lrs(iterations=100, cosine_start=0.6)
+    plain = lrs(iterations=40, cosine_start=0.0)
+    assert held[:61] == [2e-4] * 61 and held[61] < 2e-4
+    assert held[60:] == pytest.approx(plain, rel=1e-9)
+    assert held[-1] == pytest.approx(1e-6) and held == sorted(held, reverse=True)
+    assert lrs(iterations=40) == plain  # the key absent: the decay starts at once
+    assert len(set(plain[:2])) == 2
+
+
 def test_patch_dataset_deterministic_and_gray(photos):
     ds = PatchDataset([photos["train"]], scale=2, lr_patch=10, length=50, seed=3)
     a, b = ds[7], ds[7]

@@ -23,7 +23,7 @@ BASES = ("none", "bilinear", "bicubic")
 #: RRDBNet predict the image itself; BasicSR's MSRResNet adds a bilinear upsampling.
 GENERATORS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "srresnet": ("sfsr.models.srresnet", "SRResNet", {}),
-    "msrresnet": ("sfsr.models.srresnet", "SRResNet", {"use_bn": False, "base": "bilinear"}),
+    "msrresnet": ("sfsr.models.msrresnet", "MSRResNet", {}),
     "edsr_baseline": ("sfsr.models.edsr", "EDSR", {}),
     "edsr": ("sfsr.models.edsr", "EDSR", {"num_blocks": 32, "num_features": 256, "res_scale": 0.1}),
     "rrdbnet": ("sfsr.models.rrdbnet", "RRDBNet", {}),

@@ -33,6 +33,7 @@ from sfsr.models.autoencoder import ConvAutoencoderSR
 from sfsr.models.classifier import Classifier, build_classifier, classifier_features
 from sfsr.models.discriminators import PatchDiscriminator, VGGDiscriminator
 from sfsr.models.edsr import EDSR
+from sfsr.models.msrresnet import MSRResNet
 from sfsr.models.residual import ResidualBase, SRGenerator, bicubic_upsample
 from sfsr.models.rrdbnet import RRDBNet
 from sfsr.models.srresnet import SRResNet
@@ -57,8 +58,8 @@ __all__ = [
     "GENERATORS", "GENERATOR_NAMES", "DISCRIMINATOR_NAMES", "SUPPORTED_SCALES", "BASES",
     "ResidualBase", "SRGenerator", "bicubic_upsample",
     "build_generator", "build_discriminator", "build_classifier", "classifier_features",
-    "generator_spec", "save_generator", "load_generator", "count_parameters",
-    "Classifier", "ConvAutoencoderSR", "EDSR", "PatchDiscriminator", "RRDBNet", "SRResNet", "SSEN",
+    "generator_spec", "save_generator", "load_generator", "legacy_generator", "count_parameters",
+    "Classifier", "ConvAutoencoderSR", "EDSR", "MSRResNet", "PatchDiscriminator", "RRDBNet", "SRResNet", "SSEN",
     "VGGDiscriminator",
 ]
 
@@ -70,7 +71,7 @@ def _generator_kwargs(name: str, scale: int, kwargs: dict[str, Any]) -> dict[str
 
 def build_generator(name: str, scale: int, **kwargs: Any) -> nn.Module:
     """Build generator ``name`` for ``scale`` (2, 3, 4 or 8). ``kwargs`` override the standard
-    configuration: num_blocks, num_features, use_bn (srresnet/msrresnet), res_scale (edsr*,
+    configuration: num_blocks, num_features, use_bn (srresnet), res_scale (edsr*,
     rrdbnet), growth (rrdbnet), negative_slope (autoencoder), base (every generator: none / bilinear / bicubic, the upsampled
     input the output is added to; the residual branch's last layer then starts at zero). Unknown names/options raise ValueError listing the valid ones."""
     kw = _generator_kwargs(name, scale, kwargs)  # validates the name, scale and options
@@ -150,12 +151,29 @@ def _checkpoint_parts(path: Path, ckpt: Any) -> tuple[str, int, dict[str, Any], 
         raise unusable("its 'state_dict' is not a dict of tensors")
     if not isinstance(name, str) or isinstance(scale, bool) or not isinstance(scale, int) or not isinstance(kwargs, dict):
         raise unusable(f"its spec {_short(arch)} needs a name, an integer scale and a dict of kwargs")
+    name, kwargs = legacy_generator(name, kwargs, state)
     try:
         full = _generator_kwargs(name, scale, kwargs)
     except ValueError as exc:
         raise unusable(f"its spec is invalid: {exc}") from None
     before = {k: v for k, v in SPELLED_OUT.items() if v is not None and k in full and k not in kwargs}
     return name, int(scale), {**kwargs, **before}, state
+
+
+#: A state-dict key that only the graph ``msrresnet`` named until 2026-12-07 has (SRResNet without
+#: batch norm: its conv after the residual blocks; BasicSR's MSRResNet has none).
+LEGACY_MSRRESNET_KEY = "body_tail.0.weight"
+
+
+def legacy_generator(name: str, kwargs: dict[str, Any], state: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The (name, kwargs) that rebuild a checkpoint's weights. ``msrresnet`` named SRResNet without
+    batch norm (9x9 head and tail, PReLU) until 2026-12-07, when it became BasicSR's MSRResNet
+    (:mod:`sfsr.models.msrresnet`); a checkpoint of the old graph (it has
+    :data:`LEGACY_MSRRESNET_KEY`) is that graph, ``srresnet`` with ``use_bn: false`` and its base
+    (bilinear, the old default, where unstated), so what it was trained as is what it loads as."""
+    if name == "msrresnet" and LEGACY_MSRRESNET_KEY in state:
+        return "srresnet", {**kwargs, "use_bn": False, "base": kwargs.get("base", "bilinear")}
+    return name, kwargs
 
 
 def _short(obj: Any, limit: int = 200) -> str:

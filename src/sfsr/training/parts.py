@@ -10,6 +10,7 @@ training state (``state/last.pt``).
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from torch import nn
 from sfsr import io
 from sfsr.errors import ConfigError, DataError
 from sfsr.losses import LOSS_PRESETS, PerceptualLoss, adversarial_loss, pixel_loss
-from sfsr.models import build_discriminator, build_generator
+from sfsr.models import build_discriminator, build_generator, legacy_generator
 from sfsr.models.classifier import load_classifier
 from sfsr.semantic import LRClassificationHead, SharedFeatureModel, load_semantic_prior
 from sfsr.training.ema import make_ema
@@ -44,14 +45,30 @@ def make_optimizer(params, cfg: dict, lr: float) -> torch.optim.Optimizer:
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: dict,
                    steps: int | None = None) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-step schedule over ``steps`` (default ``cfg['iterations']``): multistep (milestones are
-    fractions of it), cosine (to ``eta_min``) or constant."""
+    fractions of it), cosine (to ``eta_min``; with ``cosine_start`` > 0 the lr stays constant for that
+    fraction of the steps and the cosine runs over the rest) or constant."""
     total = cfg["iterations"] if steps is None else steps
     if cfg["scheduler"] == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=cfg["eta_min"])
+        flat = round(cfg.get("cosine_start", 0.0) * total)
+        if flat == 0:
+            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=cfg["eta_min"])
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, [
+            _flat_cosine(flat, total, cfg["eta_min"] / group["lr"]) for group in optimizer.param_groups])
     if cfg["scheduler"] == "constant":  # the classifier's settings have no gamma
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[], gamma=cfg.get("gamma", 0.1))
     milestones = sorted({max(1, round(m * total)) for m in cfg["milestones"]})
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=cfg["gamma"])
+
+
+def _flat_cosine(flat: int, total: int, floor: float) -> Callable[[int], float]:
+    """lr factor at step t: 1 for the first ``flat`` steps, then a cosine from 1 to ``floor`` (eta_min
+    over the group's lr) at step ``total`` (CosineAnnealingLR's closed form, shifted)."""
+    span = max(1, total - flat)
+
+    def factor(step: int) -> float:
+        t = min(max(0, step - flat), span)
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t / span))
+    return factor
 
 
 # ----------------------------------------------------------------------------- frozen classifier
@@ -94,7 +111,18 @@ def load_init(generator: nn.Module, path: Path, spec: dict) -> None:
         raise ConfigError(f"initial generator checkpoint {path} holds {arch}, but this stage builds "
                           f"{spec}; a model's stages must use the same arch, scale and kwargs as the "
                           "stage they start from (delete the stale checkpoint or fix models.<name>)")
-    generator.load_state_dict(ckpt["state_dict"], strict=True)
+    state = ckpt.get("state_dict")
+    if isinstance(state, dict) and legacy_generator(arch["name"], arch.get("kwargs", {}), state)[0] != arch["name"]:
+        raise ConfigError(f"initial generator checkpoint {path} holds the graph {arch['name']!r} named before "
+                          "2026-12-07 (SRResNet without batch norm; docs/models.md), not today's; re-run the "
+                          "warm-up stage (delete the checkpoint), or set arch srresnet with kwargs use_bn: false "
+                          "to go on with the old graph")
+    try:
+        generator.load_state_dict(state, strict=True)
+    except Exception as exc:
+        raise DataError(f"initial generator checkpoint {path} does not fit {spec['name']} x{spec['scale']} "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); re-run the warm-up stage "
+                        "(delete the checkpoint)") from exc
 
 
 # ----------------------------------------------------------------------------- the parts
