@@ -60,25 +60,50 @@ def source_from(path: str | Path | None) -> Path | None:
     return Path(env) if env else None
 
 
-def _root(source: Path) -> Path:
-    """The folder holding ``basicsr/`` (a ``.tar.gz`` sdist: its four metric files, extracted)."""
+def source_root(source: Path, files: tuple[str, ...] = FILES) -> Path:
+    """The folder holding ``basicsr/`` (a ``.tar.gz`` sdist: ``files`` extracted to a temporary
+    folder, removed at exit; ``files[0]`` must be there)."""
     source = Path(source)
     if source.is_file() and source.name.endswith((".tar.gz", ".tgz")):
         tmp = Path(tempfile.mkdtemp(prefix="sfsr-basicsr-"))
         atexit.register(shutil.rmtree, tmp, ignore_errors=True)
         with tarfile.open(source) as tar:
             members = [m for m in tar.getmembers()
-                       if m.isfile() and m.name.split("/", 1)[-1] in FILES + ("VERSION",)]
+                       if m.isfile() and m.name.split("/", 1)[-1] in files + ("VERSION",)]
             tar.extractall(tmp, members=members, filter="data")
-        found = [p for p in tmp.iterdir() if (p / FILES[0]).is_file()]
+        found = [p for p in tmp.iterdir() if (p / files[0]).is_file()]
         if not found:
-            raise Unavailable(f"{source}: no {FILES[0]} in the archive")
+            raise Unavailable(f"{source}: no {files[0]} in the archive")
         return found[0]
     for root in (source, source.parent):  # the extracted sdist, or its basicsr/ folder itself
-        if (root / FILES[0]).is_file():
+        if (root / files[0]).is_file():
             return root
-    raise Unavailable(f"{source}: no {FILES[0]} there (give the extracted basicsr-X.Y.Z folder or "
+    raise Unavailable(f"{source}: no {files[0]} there (give the extracted basicsr-X.Y.Z folder or "
                       f"the basicsr-X.Y.Z.tar.gz from `pip download basicsr==1.4.2 --no-deps`)")
+
+
+def light_package(name: str, folder: Path) -> types.ModuleType:
+    """Register ``name`` as a package module whose ``__path__`` holds ``folder``, its ``__init__.py``
+    not run; a light package already there (loaded for other BasicSR files, maybe from another
+    extraction of the source) gets ``folder`` added to its ``__path__``. A real BasicSR package
+    imported already raises :class:`Unavailable`."""
+    module = sys.modules.get(name)
+    if module is None:
+        spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+        spec.submodule_search_locations = []
+        module = types.ModuleType(name, f"light package for BasicSR's {folder} (its __init__.py not run)")
+        module.__spec__ = spec
+        module.__path__ = spec.submodule_search_locations
+        module._sfsr_light = True
+        sys.modules[name] = module
+        if "." in name:
+            parent, child = name.rsplit(".", 1)
+            setattr(sys.modules[parent], child, module)
+    elif not getattr(module, "_sfsr_light", False):
+        raise Unavailable(f"a real {name} package is imported already; use it directly")
+    if str(folder) not in module.__path__:
+        module.__path__.append(str(folder))
+    return module
 
 
 def load_metrics(source: str | Path) -> types.ModuleType:
@@ -88,28 +113,15 @@ def load_metrics(source: str | Path) -> types.ModuleType:
     loaded = sys.modules.get("basicsr.metrics.psnr_ssim")
     if loaded is not None:
         return loaded
-    root = _root(Path(source))
+    root = source_root(Path(source))
     for name in ("cv2", "torch"):
         try:
             importlib.import_module(name)
         except ImportError as exc:
             raise Unavailable(f"BasicSR's psnr_ssim.py imports {name}, which is not installed here "
                               f"({exc}); pip install opencv-python-headless torch") from exc
-    if "basicsr" in sys.modules and not getattr(sys.modules["basicsr"], "_sfsr_light", False):
-        raise Unavailable("a real basicsr package is imported already; use basicsr.metrics directly")
     for name in _PACKAGES:
-        if name not in sys.modules:
-            folder = root.joinpath(*name.split("."))
-            spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
-            spec.submodule_search_locations = [str(folder)]
-            module = types.ModuleType(name, f"light package for BasicSR's {folder} (its __init__.py not run)")
-            module.__spec__ = spec
-            module.__path__ = [str(folder)]
-            module._sfsr_light = True
-            sys.modules[name] = module
-            if "." in name:
-                parent, child = name.rsplit(".", 1)
-                setattr(sys.modules[parent], child, module)
+        light_package(name, root.joinpath(*name.split(".")))
     color_util = importlib.import_module("basicsr.utils.color_util")
     sys.modules["basicsr.utils"].bgr2ycbcr = color_util.bgr2ycbcr  # what basicsr/utils/__init__.py exports
     return importlib.import_module("basicsr.metrics.psnr_ssim")

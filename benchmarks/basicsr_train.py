@@ -42,15 +42,11 @@ parameter counts of both models and whether their parameter shapes match
 from __future__ import annotations
 
 import argparse
-import atexit
 import importlib
-import importlib.machinery
 import logging
 import os
-import shutil
 import statistics
 import sys
-import tarfile
 import tempfile
 import time
 import types
@@ -69,7 +65,7 @@ from sfsr.training.loop import train
 import torch  # noqa: E402  isort: skip
 from torch.nn import functional as F  # noqa: E402  isort: skip
 
-from benchmarks.basicsr_real import ENV, Unavailable, source_from  # noqa: E402
+from benchmarks.basicsr_real import ENV, Unavailable, light_package, source_from, source_root  # noqa: E402
 from benchmarks.train_speed import BUILTIN_TRAIN, ran  # noqa: E402
 
 SCALE = 4
@@ -82,50 +78,6 @@ WARMUP_STEPS = 2
 N_BATCHES = 8
 
 
-def _root(source: Path) -> Path:
-    """The folder holding ``basicsr/`` (a ``.tar.gz`` sdist: :data:`FILES` extracted to a temporary folder)."""
-    source = Path(source)
-    if source.is_file() and source.name.endswith((".tar.gz", ".tgz")):
-        tmp = Path(tempfile.mkdtemp(prefix="sfsr-basicsr-train-"))
-        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
-        with tarfile.open(source) as tar:
-            members = [m for m in tar.getmembers()
-                       if m.isfile() and m.name.split("/", 1)[-1] in FILES + ("VERSION",)]
-            tar.extractall(tmp, members=members, filter="data")
-        found = [p for p in tmp.iterdir() if (p / FILES[0]).is_file()]
-        if not found:
-            raise Unavailable(f"{source}: no {FILES[0]} in the archive")
-        return found[0]
-    for root in (source, source.parent):  # the extracted sdist, or its basicsr/ folder itself
-        if (root / FILES[0]).is_file():
-            return root
-    raise Unavailable(f"{source}: no {FILES[0]} there (give the extracted basicsr-X.Y.Z folder or "
-                      f"the basicsr-X.Y.Z.tar.gz from `pip download basicsr==1.4.2 --no-deps`)")
-
-
-def _light_package(name: str, folder: Path) -> types.ModuleType:
-    """Register ``name`` as a package module whose ``__path__`` holds ``folder`` (its ``__init__.py``
-    is not run); a light package already there (e.g. from :func:`benchmarks.basicsr_real.load_metrics`,
-    from another extraction of the source) gets ``folder`` added to its ``__path__``."""
-    module = sys.modules.get(name)
-    if module is None:
-        spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
-        spec.submodule_search_locations = []
-        module = types.ModuleType(name, f"light package for BasicSR's {folder} (its __init__.py not run)")
-        module.__spec__ = spec
-        module.__path__ = spec.submodule_search_locations
-        module._sfsr_light = True
-        sys.modules[name] = module
-        if "." in name:
-            parent, child = name.rsplit(".", 1)
-            setattr(sys.modules[parent], child, module)
-    elif not getattr(module, "_sfsr_light", False):
-        raise Unavailable(f"a real {name} package is imported already; use basicsr.archs directly")
-    if str(folder) not in module.__path__:
-        module.__path__.append(str(folder))
-    return module
-
-
 def load_msrresnet(source: str | Path) -> type[torch.nn.Module]:
     """BasicSR's own ``MSRResNet`` class from ``basicsr/archs/srresnet_arch.py`` of ``source``, loaded
     with ``basicsr/archs/arch_util.py`` and ``basicsr/utils/registry.py`` unchanged, without running
@@ -133,15 +85,13 @@ def load_msrresnet(source: str | Path) -> type[torch.nn.Module]:
     loaded = sys.modules.get("basicsr.archs.srresnet_arch")
     if loaded is not None:  # loading it twice would register MSRResNet twice (ARCH_REGISTRY asserts)
         return loaded.MSRResNet
-    if "basicsr" in sys.modules and not getattr(sys.modules["basicsr"], "_sfsr_light", False):
-        raise Unavailable("a real basicsr package is imported already; use basicsr.archs directly")
     try:
         importlib.import_module("torchvision")  # arch_util.py imports it
     except ImportError as exc:
         raise Unavailable(f"BasicSR's arch_util.py imports torchvision, not installed here ({exc})") from exc
-    root = _root(Path(source))
+    root = source_root(Path(source), FILES)
     for name in ("basicsr", "basicsr.utils", "basicsr.archs", "basicsr.ops"):
-        _light_package(name, root.joinpath(*name.split(".")))
+        light_package(name, root.joinpath(*name.split(".")))
     utils = sys.modules["basicsr.utils"]
     if not hasattr(utils, "get_root_logger"):
         # Stand-in: arch_util.py imports get_root_logger from basicsr/utils/__init__.py (which imports
