@@ -55,9 +55,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sfsr import io  # sfsr before torch: its threading policy (sfsr.threads), as a training job has it
+from sfsr import io  # noqa: F401  sfsr before torch: its threading policy (sfsr.threads), as a training job has it
 from sfsr.data.images import list_images, read_image, to_rgb
-from sfsr.data.sources import load_builtin
 from sfsr.models import count_parameters, load_generator
 from sfsr.training.data import make_lr_batch
 from sfsr.training.loop import train
@@ -66,7 +65,7 @@ import torch  # noqa: E402  isort: skip
 from torch.nn import functional as F  # noqa: E402  isort: skip
 
 from benchmarks.basicsr_real import ENV, Unavailable, light_package, source_from, source_root  # noqa: E402
-from benchmarks.train_speed import BUILTIN_TRAIN, ran  # noqa: E402
+from benchmarks.train_speed import ran, training_images  # noqa: E402
 
 SCALE = 4
 #: BasicSR's files MSRResNet runs (relative to the folder holding ``basicsr/``), loaded unchanged.
@@ -256,11 +255,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows, nets = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        images = args.images
-        if images is None:
-            images = tmp / "images"
-            for name in BUILTIN_TRAIN:
-                io.save_image(images / f"{name}.png", load_builtin(name))
+        images = training_images(args.images, tmp)
         batches = make_batches(images, args.batch_size, args.lr_patch)
         for r in range(1, args.rounds + 1):
             order = ("sfsr", "basicsr") if r % 2 else ("basicsr", "sfsr")

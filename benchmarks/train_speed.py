@@ -59,6 +59,17 @@ CPU_SETTINGS = [
 ]
 
 
+def training_images(given: Path | None, tmp: Path) -> Path:
+    """``given`` (a folder of HR images), else the builtin photos of :data:`BUILTIN_TRAIN` written
+    to ``tmp/images``."""
+    if given is not None:
+        return given
+    images = tmp / "images"
+    for name in BUILTIN_TRAIN:
+        io.save_image(images / f"{name}.png", load_builtin(name))
+    return images
+
+
 def ran(out_dir: Path) -> str:
     """What a training run actually ran, from the speed flags its provenance.json records: e.g.
     ``bf16+channels_last``, or ``fp32`` when no switch was on."""
@@ -99,11 +110,7 @@ def main() -> None:
     curves = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        images = args.images
-        if images is None:
-            images = tmp / "images"
-            for name in BUILTIN_TRAIN:
-                io.save_image(images / f"{name}.png", load_builtin(name))
+        images = training_images(args.images, tmp)
         rows = []
         for label, flags in settings:
             flags = dict(flags)
