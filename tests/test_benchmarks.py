@@ -322,6 +322,28 @@ def test_real_basicsr_msrresnet_loads_and_upscales_x4():
     assert not fewer["same"] and not fewer["same_count"] and not fewer["same_shapes"]
 
 
+def test_sfsr_msrresnet_computes_what_basicsrs_computes():
+    """sfsr's ``msrresnet`` is BasicSR's graph, not only its shapes: with BasicSR's weights copied in
+    parameter order it gives BasicSR's output (activations, order, skips and the bilinear base)."""
+    import torch
+
+    from benchmarks.basicsr_train import BASICSR_NET, compare_architectures
+    from sfsr.models import build_generator
+
+    msrresnet = _real_msrresnet()
+    torch.manual_seed(0)
+    theirs = msrresnet(**BASICSR_NET).eval()
+    ours = build_generator("msrresnet", 4).eval()
+    assert compare_architectures(theirs, ours)["same"]
+    with torch.no_grad():
+        for mine, their in zip(ours.parameters(), theirs.parameters()):
+            mine.copy_(their)
+        lr = torch.rand(2, 3, 20, 24)
+        assert torch.allclose(ours(lr), theirs(lr), atol=1e-6)
+        ours.tail[-1].weight.mul_(2)  # a different net gives a different output: the check can fail
+        assert not torch.allclose(ours(lr), theirs(lr), atol=1e-6)
+
+
 def test_basicsr_model_ema_is_the_formula():
     """benchmarks/basicsr_train.basicsr_model_ema: ema = decay * ema + (1 - decay) * net, per parameter
     (base_model.py's model_ema); decay 0 copies the net."""

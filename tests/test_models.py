@@ -106,7 +106,8 @@ def test_old_msrresnet_checkpoints_load_as_the_graph_they_were_trained_as(tmp_pa
         assert scale == 4 and torch.equal(loaded(lr), old(lr))
     assert type(loaded).__name__ == "SRResNet" and loaded.base.mode == "bilinear"
     spec = generator_spec("msrresnet", 4, num_blocks=1, num_features=8)
-    with pytest.raises(ConfigError, match="re-run the warm-up stage.*srresnet with kwargs use_bn: false"):
+    with pytest.raises(ConfigError, match=r"holds srresnet x4 .*'use_bn': False.*builds msrresnet x4 .*"
+                                          "delete the stale checkpoint"):
         load_init(build_generator("msrresnet", 4, num_blocks=1, num_features=8), path,
                   {**spec, "kwargs": {"num_blocks": 1, "num_features": 8}})
     new = build_generator("msrresnet", 4, num_blocks=1, num_features=8)

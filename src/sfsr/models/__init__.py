@@ -58,7 +58,8 @@ __all__ = [
     "GENERATORS", "GENERATOR_NAMES", "DISCRIMINATOR_NAMES", "SUPPORTED_SCALES", "BASES",
     "ResidualBase", "SRGenerator", "bicubic_upsample",
     "build_generator", "build_discriminator", "build_classifier", "classifier_features",
-    "generator_spec", "save_generator", "load_generator", "legacy_generator", "count_parameters",
+    "generator_spec", "save_generator", "load_generator", "checkpoint_parts", "check_generator_weights",
+    "legacy_generator", "count_parameters",
     "Classifier", "ConvAutoencoderSR", "EDSR", "MSRResNet", "PatchDiscriminator", "RRDBNet", "SRResNet", "SSEN",
     "VGGDiscriminator",
 ]
@@ -124,7 +125,7 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") 
     path = Path(path)
     ckpt = io.torch_load(path, "generator checkpoint", "train the model first or fix the path",
                          "delete it and re-run training")
-    name, scale, kwargs, state = _checkpoint_parts(path, ckpt)
+    name, scale, kwargs, state = checkpoint_parts(path, ckpt)
     check_generator_weights(path, name, scale, kwargs, state)
     try:
         model = build_generator(name, scale, **kwargs)
@@ -136,8 +137,10 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") 
     return model.to(device).eval(), scale
 
 
-def _checkpoint_parts(path: Path, ckpt: Any) -> tuple[str, int, dict[str, Any], dict[str, torch.Tensor]]:
-    """(name, scale, kwargs, state dict) of a loaded checkpoint, validated as to form and options."""
+def checkpoint_parts(path: Path, ckpt: Any) -> tuple[str, int, dict[str, Any], dict[str, torch.Tensor]]:
+    """(name, scale, kwargs, state dict) of a loaded checkpoint, validated as to form and options: the
+    graph its weights are (:func:`legacy_generator`) and each of :data:`SPELLED_OUT` it lacks at what it
+    meant when it was written. A one-line :class:`DataError` naming ``path`` where it is unusable."""
     def unusable(why: str) -> DataError:
         return DataError(f"generator checkpoint {path} does not describe a usable generator ({why}); it "
                          "was not written by save_generator or by this version - re-run training")

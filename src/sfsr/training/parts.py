@@ -22,7 +22,7 @@ from torch import nn
 from sfsr import io
 from sfsr.errors import ConfigError, DataError
 from sfsr.losses import LOSS_PRESETS, PerceptualLoss, adversarial_loss, pixel_loss
-from sfsr.models import build_discriminator, build_generator, legacy_generator
+from sfsr.models import build_discriminator, build_generator, check_generator_weights, checkpoint_parts
 from sfsr.models.classifier import load_classifier
 from sfsr.semantic import LRClassificationHead, SharedFeatureModel, load_semantic_prior
 from sfsr.training.ema import make_ema
@@ -98,31 +98,20 @@ def frozen_classifier(st: Stage, cfg: dict, weights: dict, checkpoint: str | os.
 
 # ----------------------------------------------------------------------------- generator init
 def load_init(generator: nn.Module, path: Path, spec: dict) -> None:
-    """Copy the weights of a save_generator checkpoint into ``generator`` (architecture checked)."""
+    """Copy the weights of a save_generator checkpoint into ``generator``: the checkpoint read and
+    checked as :func:`sfsr.models.load_generator` reads it (:func:`~sfsr.models.checkpoint_parts`,
+    :func:`~sfsr.models.check_generator_weights`: a checkpoint of the graph ``msrresnet`` named before
+    2026-12-07 reads as ``srresnet`` with ``use_bn: false``), then its spec compared with ``spec``."""
     ckpt = io.torch_load(path, "initial generator checkpoint", "train the warm-up stage first or fix "
                          "the path", "re-run the warm-up stage")
-    try:
-        arch = ckpt["arch"]
-    except Exception as exc:
-        raise DataError(f"initial generator checkpoint {str(path)!r} is not a save_generator checkpoint "
-                        f"({type(exc).__name__}: {exc}); re-run the warm-up stage") from exc
-    if (arch.get("name"), arch.get("scale"), arch.get("kwargs", {})) != (spec["name"], spec["scale"],
-                                                                          spec["kwargs"]):
-        raise ConfigError(f"initial generator checkpoint {path} holds {arch}, but this stage builds "
-                          f"{spec}; a model's stages must use the same arch, scale and kwargs as the "
-                          "stage they start from (delete the stale checkpoint or fix models.<name>)")
-    state = ckpt.get("state_dict")
-    if isinstance(state, dict) and legacy_generator(arch["name"], arch.get("kwargs", {}), state)[0] != arch["name"]:
-        raise ConfigError(f"initial generator checkpoint {path} holds the graph {arch['name']!r} named before "
-                          "2026-12-07 (SRResNet without batch norm; docs/models.md), not today's; re-run the "
-                          "warm-up stage (delete the checkpoint), or set arch srresnet with kwargs use_bn: false "
-                          "to go on with the old graph")
-    try:
-        generator.load_state_dict(state, strict=True)
-    except Exception as exc:
-        raise DataError(f"initial generator checkpoint {path} does not fit {spec['name']} x{spec['scale']} "
-                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); re-run the warm-up stage "
-                        "(delete the checkpoint)") from exc
+    name, scale, kwargs, state = checkpoint_parts(path, ckpt)
+    if (name, scale, kwargs) != (spec["name"], spec["scale"], spec["kwargs"]):
+        raise ConfigError(f"initial generator checkpoint {path} holds {name} x{scale} {kwargs}, but this stage "
+                          f"builds {spec['name']} x{spec['scale']} {spec['kwargs']}; a model's stages must use "
+                          "the same arch, scale and kwargs as the stage they start from (delete the stale "
+                          "checkpoint or fix models.<name>)")
+    check_generator_weights(path, name, scale, kwargs, state)
+    generator.load_state_dict(state, strict=True)
 
 
 # ----------------------------------------------------------------------------- the parts
